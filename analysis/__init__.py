@@ -1,0 +1,1 @@
+"""Analysis of TimeSformer models: attention, patterns, attributions and cost."""

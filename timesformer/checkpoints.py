@@ -1,0 +1,3 @@
+class CheckpointError(ValueError): pass
+def load_model(*a, **k): raise NotImplementedError
+def save_model(*a, **k): raise NotImplementedError

@@ -1,0 +1,232 @@
+"""TimeSformer: embeddings, blocks made of attention steps, and the classifier.
+
+Module names follow the official code (`patch_embed.proj`, `pos_embed`, `time_embed`,
+`blocks.i.norm1/attn/temporal_norm1/temporal_attn/temporal_fc/norm2/mlp`, `norm`, `head`), so an
+official checkpoint maps onto this model by dropping its `model.` prefix.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import SCHEMES, Grouping, attend, scheme_groupings
+from .config import TimeSformerConfig
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the residual branch of whole samples during training."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Attention(nn.Module):
+    """qkv + the attention core + output projection. `recorder` is set by `record_attention`."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, attn_drop: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.recorder = None  # callable(grouping, probs) while recording, else None
+
+    def forward(self, x: torch.Tensor, grouping: Grouping) -> torch.Tensor:
+        record = None if self.recorder is None else functools.partial(self.recorder, grouping)
+        p = self.attn_drop if self.training else 0.0
+        return self.proj(attend(self.qkv(x), grouping, self.num_heads, p, record))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm attention steps, each with its own residual, then the MLP.
+
+    The scheme's steps come from `SCHEMES`; the block never branches on the attention type.
+    """
+
+    def __init__(self, cfg: TimeSformerConfig, drop_path: float):
+        super().__init__()
+        d = cfg.embed_dim
+        self.steps = SCHEMES[cfg.attention_type].steps
+        for step in self.steps:
+            name = step.prefix + "_" if step.prefix else ""
+            self.add_module(f"{name}norm1", nn.LayerNorm(d, eps=cfg.norm_eps))
+            self.add_module(f"{name}attn", Attention(d, cfg.num_heads, cfg.qkv_bias, cfg.attn_drop_rate))
+            if step.prefix:
+                self.add_module(f"{name}fc", nn.Linear(d, d))
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.mlp = Mlp(d, int(d * cfg.mlp_ratio))
+
+    def _parts(self, step):
+        name = step.prefix + "_" if step.prefix else ""
+        return getattr(self, f"{name}norm1"), getattr(self, f"{name}attn"), getattr(self, f"{name}fc", None)
+
+    def step_attentions(self) -> list[Attention]:
+        return [self._parts(step)[1] for step in self.steps]
+
+    def forward(self, x: torch.Tensor, groupings: tuple[Grouping, ...]) -> torch.Tensor:
+        # x: (B, C + T·N, D); the first C tokens are cls
+        C = groupings[0].num_cls
+        for step, grouping in zip(self.steps, groupings):
+            norm, attn, fc = self._parts(step)
+            tokens = x if step.with_cls else x[:, C:]
+            y = self.drop_path(attn(norm(tokens), grouping))
+            if fc is not None:  # official order: drop_path, then temporal_fc
+                y = fc(y)
+            x = x + y if step.with_cls else torch.cat([x[:, :C], tokens + y], dim=1)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class TimeSformer(nn.Module):
+    """`TimeSformer(config)(video)`: video (B, 3, T, H, W) → logits (B, num_classes)."""
+
+    def __init__(self, config: TimeSformerConfig):
+        super().__init__()
+        self.config = cfg = config
+        d = cfg.embed_dim
+        self.scheme = SCHEMES[cfg.attention_type]
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(cfg.in_chans, d, cfg.patch_size, cfg.patch_size)
+        _, gh, gw = cfg.grid
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + gh * gw, d))
+        # space_only has no time embedding (official; also how load_model recognises it)
+        self.time_embed = None if self.scheme.cls_per_frame else nn.Parameter(torch.zeros(1, cfg.num_frames, d))
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()  # stochastic depth decay rule
+        self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(d, cfg.num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The official initialisation (timm ViT), with every extra step's fc zeroed."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.time_embed is not None:
+            nn.init.normal_(self.time_embed, std=self.config.time_embed_std)
+        for blk in self.blocks:
+            for step in blk.steps:
+                fc = blk._parts(step)[2]
+                if fc is not None:
+                    # a fresh block behaves like the image ViT it may be initialised from (the official
+                    # code skips block 0 here, an accident we do not copy)
+                    nn.init.zeros_(fc.weight)
+                    nn.init.zeros_(fc.bias)
+
+    # ---------------------------------------------------------------------------------------------
+    def grid_of(self, video: torch.Tensor) -> tuple[int, int, int]:
+        """(T, H_p, W_p) of a (B, 3, T, H, W) clip, or a ValueError that says what to change."""
+        cfg = self.config
+        if video.dim() != 5:
+            raise ValueError(f"expected a video batch (B, {cfg.in_chans}, T, H, W), got shape {tuple(video.shape)}")
+        B, C, T, H, W = video.shape
+        if C != cfg.in_chans:
+            hint = ""
+            if T == cfg.in_chans:
+                hint = " — it looks like (B, T, C, H, W): use video.permute(0, 2, 1, 3, 4)"
+            raise ValueError(f"expected {cfg.in_chans} channels in dim 1 of {tuple(video.shape)}{hint}")
+        P = cfg.patch_size
+        if H % P or W % P:
+            raise ValueError(
+                f"frame size {H}×{W} is not a multiple of the patch size {P}: resize or crop to a multiple of {P}"
+            )
+        if T < 1 or H < P or W < P:
+            raise ValueError(f"empty clip of shape {tuple(video.shape)}")
+        return T, H // P, W // P
+
+    def _pos_embed(self, H: int, W: int) -> torch.Tensor:
+        """(1, H·W, D) patch position embeddings, interpolated in 2-D (nearest, as the official code)."""
+        pos = self.pos_embed[:, 1:]
+        _, gh, gw = self.config.grid
+        if (H, W) == (gh, gw):
+            return pos
+        pos = pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)  # (1, D, gh, gw)
+        return F.interpolate(pos, size=(H, W), mode="nearest").flatten(2).transpose(1, 2)
+
+    def _time_embed(self, T: int) -> torch.Tensor:
+        """(1, T, D) time embeddings, interpolated over frames (nearest, as the official code)."""
+        if T == self.time_embed.shape[1]:
+            return self.time_embed
+        return F.interpolate(self.time_embed.transpose(1, 2), size=T, mode="nearest").transpose(1, 2)
+
+    def embed(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Tokens (B, C + T·N, D) in frame-major order, and the grid (T, H_p, W_p)."""
+        T, H, W = grid = self.grid_of(video)
+        B = video.shape[0]
+        frames = video.transpose(1, 2).reshape(B * T, *video.shape[1:2], *video.shape[3:])  # (B·T, 3, H, W)
+        x = self.patch_embed.proj(frames).flatten(2).transpose(1, 2)  # (B·T, N, D)
+        x = x + self._pos_embed(H, W)
+        x = x.reshape(B, T, H * W, -1)  # (B, T, N, D)
+        if self.time_embed is not None:
+            x = x + self._time_embed(T)[:, :, None]
+        x = x.flatten(1, 2)  # (B, T·N, D)
+        num_cls = T if self.scheme.cls_per_frame else 1
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, num_cls, -1)
+        return self.pos_drop(torch.cat([cls, x], dim=1)), grid
+
+    def groupings(self, grid: tuple[int, int, int], device) -> tuple[Grouping, ...]:
+        cfg = self.config
+        return scheme_groupings(cfg.attention_type, grid, str(device), cfg.local_split, cfg.global_stride)
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        """Normalised tokens (B, 1 + T·N, D): cls at 0, then the patches frame-major.
+
+        space_only's per-frame cls tokens are averaged into one before the final norm, as the official
+        code averages its per-frame outputs.
+        """
+        x, grid = self.embed(video)
+        groupings = self.groupings(grid, x.device)
+        for blk in self.blocks:
+            x = blk(x, groupings)
+        num_cls = groupings[0].num_cls
+        if num_cls > 1:
+            x = torch.cat([x[:, :num_cls].mean(1, keepdim=True), x[:, num_cls:]], dim=1)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits (B, num_classes) from forward_features' tokens (or the pooled cls with pre_logits)."""
+        x = self.head_drop(x[:, 0])
+        return x if pre_logits else self.head(x)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(video))
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.config.class_names
+        return list(names) if names else [str(i) for i in range(self.config.num_classes)]
