@@ -1,0 +1,205 @@
+"""read_clip on files made by a real ffmpeg: containers, odd shapes, sampling, and every kind of bad input."""
+
+import io
+import subprocess
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+
+from timesformer import video as V
+from timesformer.video import VideoError, read_clip, sample_indices, transform_frames
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def ffmpeg(*args):
+    subprocess.run([FFMPEG, "-loglevel", "error", "-y", *args], check=True, timeout=60)
+
+
+def lavfi(path, src="testsrc2", size="96x64", rate=25, frames=32, extra=()):
+    sep = "" if src.endswith(":") else "="
+    ffmpeg("-f", "lavfi", "-i", f"{src}{sep}size={size}:rate={rate}", "-frames:v", str(frames), *extra, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    f = {}
+    for ext in ("mp4", "webm", "avi", "mov", "mkv"):
+        extra = ("-pix_fmt", "yuv420p") if ext in ("mp4", "mov", "mkv") else ()
+        f[ext] = lavfi(d / f"clip.{ext}", extra=extra)
+    f["gif"] = lavfi(d / "anim.gif", size="64x48", rate=10, frames=6)
+    # testsrc2 rounds odd sizes down to even ones: scale to the odd size
+    f["odd"] = lavfi(d / "odd.mp4", size="320x240", frames=12, extra=("-vf", "scale=321:239", "-pix_fmt", "yuv444p"))
+    f["portrait"] = lavfi(d / "portrait.mp4", size="48x96", frames=12, extra=("-pix_fmt", "yuv420p"))
+    f["one"] = lavfi(d / "one.mp4", frames=1, extra=("-pix_fmt", "yuv420p"))
+    f["four"] = lavfi(d / "four.mp4", frames=4, extra=("-pix_fmt", "yuv420p"))
+    f["long"] = lavfi(d / "long.mp4", size="32x32", frames=900, extra=("-pix_fmt", "yuv420p", "-g", "30"))
+    f["vfr"] = lavfi(d / "vfr.mkv", frames=40, extra=("-vf", "setpts='if(lt(N,20),N,2*N)/25/TB'",
+                                                        "-fps_mode", "vfr", "-pix_fmt", "yuv420p"))
+    f["gray"] = lavfi(d / "gray.mp4", src="color=c=0x737373:", size="64x64", frames=10, extra=("-pix_fmt", "yuv444p"))
+    # a big noisy faststart mp4 to cut: the index survives the cut, the frame data does not
+    f["big"] = lavfi(d / "big.mp4", src="testsrc2", size="160x120", frames=32,
+                     extra=("-vf", "noise=alls=40:allf=t", "-pix_fmt", "yuv420p", "-g", "8", "-movflags", "+faststart"))
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=1", str(d / "audio.m4a"))
+    f["audio"] = d / "audio.m4a"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48", "-frames:v", "1", str(d / "image.png"))
+    f["png_as_mp4"] = d / "image.mp4"
+    f["png_as_mp4"].write_bytes((d / "image.png").read_bytes())
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48", "-frames:v", "1", str(d / "image.jpg"))
+    f["jpg_as_mp4"] = d / "photo.mp4"
+    f["jpg_as_mp4"].write_bytes((d / "image.jpg").read_bytes())
+    big = f["big"].read_bytes()
+    f["truncated"] = d / "truncated.mp4"
+    f["truncated"].write_bytes(big[: len(big) * 3 // 10])
+    f["headless"] = d / "headless.mp4"  # the end of a file: no header at all
+    f["headless"].write_bytes(big[len(big) // 2:])
+    corrupt = bytearray(big)
+    rng = np.random.default_rng(0)
+    corrupt[len(big) // 2: len(big) // 2 + 5000] = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    f["corrupt"] = d / "corrupt.mp4"
+    f["corrupt"].write_bytes(bytes(corrupt))
+    f["empty"] = d / "empty.mp4"
+    f["empty"].write_bytes(b"")
+    f["random"] = d / "random.mp4"
+    f["random"].write_bytes(rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    f["text"] = d / "notes.mp4"
+    f["text"].write_text("this is not a video\n" * 20)
+    return f
+
+
+@pytest.mark.parametrize("ext", ["mp4", "webm", "avi", "mov", "mkv"])
+def test_containers(files, ext):
+    video, info = read_clip(files[ext], num_frames=8, sampling_rate=4, size=48)
+    assert video.shape == (1, 3, 8, 48, 48) and video.dtype == torch.float32
+    assert (info.width, info.height, info.num_frames) == (96, 64, 32)
+    assert info.fps == pytest.approx(25.0)
+    assert info.indices == [1, 5, 9, 13, 17, 21, 25, 29]  # the middle span of 29 frames
+    assert info.backend == "decord"
+    assert torch.isfinite(video).all()
+
+
+def test_gif_falls_back_to_pyav(files):
+    video, info = read_clip(files["gif"], num_frames=8, size=32)
+    assert info.backend == "pyav" and info.num_frames == 6
+    assert video.shape == (1, 3, 8, 32, 32)
+    assert info.indices == sorted(info.indices) and set(info.indices) <= set(range(6))
+
+
+def test_bytes_file_object_and_path_agree(files):
+    a, _ = read_clip(files["mp4"], size=32, sampling_rate=2)
+    b, _ = read_clip(files["mp4"].read_bytes(), size=32, sampling_rate=2)
+    with open(files["mp4"], "rb") as fh:
+        c, _ = read_clip(fh, size=32, sampling_rate=2)
+    d, info = read_clip(io.BytesIO(files["gif"].read_bytes()), size=32)
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert info.backend == "pyav" and d.shape == (1, 3, 8, 32, 32)
+
+
+def test_pyav_backend_matches_decord(files):
+    a, ia = read_clip(files["mp4"], size=32, sampling_rate=3, backend="decord")
+    b, ib = read_clip(files["mp4"], size=32, sampling_rate=3, backend="pyav")
+    assert ia.indices == ib.indices and ib.backend == "pyav"
+    assert (a - b).abs().max() < 0.2  # same frames; colour conversion may differ by a few levels
+
+
+def test_odd_size_portrait_and_three_crops(files):
+    video, info = read_clip(files["odd"], size=64, spatial_crops=3, keep_frames=True)
+    assert video.shape == (3, 3, 8, 64, 64) and (info.width, info.height) == (321, 239)
+    assert info.frames.shape == (8, 239, 321, 3)
+    assert not torch.equal(video[0], video[2])  # left and right crops of a wide frame differ
+    centre, _ = read_clip(files["odd"], size=64, spatial_crops=1)
+    assert torch.allclose(centre[0], video[1])
+    tall, info = read_clip(files["portrait"], size=32, spatial_crops=3)
+    assert tall.shape == (3, 3, 8, 32, 32) and (info.width, info.height) == (48, 96)
+    assert not torch.equal(tall[0], tall[2])  # top and bottom crops
+
+
+def test_short_videos_repeat_frames(files):
+    video, info = read_clip(files["one"], num_frames=8, size=32)
+    assert video.shape == (1, 3, 8, 32, 32) and info.indices == [0] * 8
+    assert torch.equal(video[0, :, 0], video[0, :, 7])
+    _, info = read_clip(files["four"], num_frames=8, size=32)
+    assert info.indices == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_long_and_vfr_videos(files):
+    _, info = read_clip(files["long"], num_frames=8, sampling_rate=32, size=32)
+    span = 7 * 32 + 1
+    assert info.num_frames == 900 and info.indices[0] == (900 - span) // 2
+    assert np.diff(info.indices).tolist() == [32] * 7
+    video, info = read_clip(files["vfr"], num_frames=8, sampling_rate=4, size=32)
+    assert video.shape == (1, 3, 8, 32, 32) and info.num_frames == 40
+
+
+def test_normalisation_and_denormalize(files):
+    video, _ = read_clip(files["gray"], size=32)
+    expected = (0x73 / 255 - V.MEAN) / V.STD
+    assert video.mean().item() == pytest.approx(expected, abs=0.03)
+    frames = V.denormalize(video[0])
+    assert frames.shape == (8, 32, 32, 3) and abs(int(frames.mean()) - 0x73) <= 2
+
+
+def test_training_sampling_is_random_and_seedable():
+    a = sample_indices(1000, 8, 32, train=True, rng=np.random.default_rng(1))
+    b = sample_indices(1000, 8, 32, train=True, rng=np.random.default_rng(1))
+    starts = {sample_indices(1000, 8, 32, train=True, rng=np.random.default_rng(s))[0] for s in range(20)}
+    assert a == b and len(starts) > 10 and max(starts) <= 1000 - 225
+    frames = np.random.default_rng(0).integers(0, 256, (8, 40, 60, 3), dtype=np.uint8)
+    x = transform_frames(frames, size=32, train=True, rng=np.random.default_rng(0))
+    y = transform_frames(frames, size=32, train=True, rng=np.random.default_rng(0))
+    assert x.shape == (1, 3, 8, 32, 32) and torch.equal(x, y)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("empty", "empty file"),
+    ("random", "not a video"),
+    ("text", "text file"),
+    ("png_as_mp4", "PNG image"),
+    ("jpg_as_mp4", "JPEG image"),
+    ("audio", "no video stream"),
+    ("truncated", "truncated"),
+    ("headless", "not a video"),
+])
+def test_bad_input_raises_video_error(files, name, message):
+    with pytest.raises(VideoError, match=message):
+        read_clip(files[name], size=32)
+    with pytest.raises(ValueError):  # VideoError is a ValueError
+        read_clip(files[name].read_bytes(), size=32)
+
+
+def test_corrupt_frame_data_fails_clearly_or_decodes(files):
+    try:
+        video, _ = read_clip(files["corrupt"], size=32, sampling_rate=4)
+    except VideoError as e:
+        assert "corrupt" in str(e) or "truncated" in str(e)
+    else:
+        assert video.shape == (1, 3, 8, 32, 32) and torch.isfinite(video).all()
+
+
+def test_paths_and_argument_errors(files, tmp_path, monkeypatch):
+    with pytest.raises(VideoError, match="no such file"):
+        read_clip(tmp_path / "missing.mp4")
+    with pytest.raises(VideoError, match="folder"):
+        read_clip(tmp_path)
+    with open(files["mp4"]) as fh, pytest.raises(VideoError, match="text mode"):
+        read_clip(fh)
+    with pytest.raises(TypeError):
+        read_clip(12345)
+    monkeypatch.setattr(V, "MAX_PIXELS", 1000)
+    with pytest.raises(VideoError, match="too large"):
+        read_clip(files["mp4"], size=32)
+    with pytest.raises(VideoError, match="too large"):
+        read_clip(files["gif"], size=32)
+
+
+def test_write_video_round_trip(tmp_path):
+    frames = np.zeros((6, 30, 41, 3), np.uint8)
+    frames[:, :, :20] = (200, 30, 30)
+    path = V.write_video(tmp_path / "out.mp4", frames, fps=6)
+    video, info = read_clip(path, num_frames=6, sampling_rate=1, size=30, keep_frames=True)
+    assert (info.width, info.height, info.num_frames) == (41, 30, 6)
+    assert abs(int(info.frames[0, 15, 5, 0]) - 200) < 12

@@ -1,0 +1,336 @@
+"""Reading clips from video files: sampling, resizing, cropping and normalising as the paper.
+
+`read_clip(source, ...)` takes a path, bytes or a binary file object and returns `(video, info)`:
+`video` is `(spatial_crops, 3, T, size, size)` float32 normalised with the official mean/std, `info` a
+`ClipInfo` with the fps, frame count, sampled indices and original size (for the app).
+
+decord decodes (it seeks to the frames it needs); PyAV is the fallback for what decord cannot open (GIF)
+and wherever decord fails on a file PyAV can read. Every failure becomes a `VideoError` (a `ValueError`)
+whose message says what is wrong with the file: decord raises `RuntimeError` or `decord.DECORDError`
+(unrelated types) with a C++ log line as message, which no user should have to read.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MEAN = 0.45  # official TimeSformer normalisation (Kinetics statistics), also HuggingFace's
+STD = 0.225
+MAX_PIXELS = 8192 * 8192  # larger frames are refused: 8 such frames are already 1.6 GB of RGB
+MAX_FRAMES = 10_000_000  # a frame count above this is a broken header, not a video (≈ 4 days at 30 fps)
+
+
+class VideoError(ValueError):
+    """A file that cannot be used as a video, with a message for the user."""
+
+
+@dataclass
+class ClipInfo:
+    fps: float  # average frame rate reported by the container (0.0 when unknown)
+    num_frames: int  # frames in the video
+    indices: list[int]  # the frames sampled, in order
+    width: int  # original frame size
+    height: int
+    backend: str  # "decord" or "pyav"
+    frames: np.ndarray | None = field(default=None, repr=False)  # (T, H, W, 3) uint8 when keep_frames=True
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling and transforms (shared with the synthetic dataset, so both see identical pre-processing)
+def sample_indices(num_video_frames: int, num_frames: int = 8, sampling_rate: int = 32, train: bool = False,
+                   rng: np.random.Generator | None = None) -> list[int]:
+    """`num_frames` indices `sampling_rate` apart: the middle span for testing, a random one for training.
+
+    Videos shorter than the span are sampled uniformly over their whole length (frames repeat when the
+    video has fewer frames than asked for: a 4-frame clip still gives 8 frames).
+    """
+    if num_video_frames < 1:
+        raise VideoError("the video has no frames")
+    span = (num_frames - 1) * sampling_rate + 1
+    if num_video_frames >= span:
+        slack = num_video_frames - span
+        if train:
+            rng = rng if rng is not None else np.random.default_rng()
+            start = int(rng.integers(0, slack + 1))
+        else:
+            start = slack // 2
+        return [start + i * sampling_rate for i in range(num_frames)]
+    # uniform over the whole video, centred in each of num_frames equal segments
+    return [min(num_video_frames - 1, int((i + 0.5) * num_video_frames / num_frames)) for i in range(num_frames)]
+
+
+def transform_frames(frames: np.ndarray | torch.Tensor, size: int = 224, spatial_crops: int = 1, train: bool = False,
+                     rng: np.random.Generator | None = None, mean: float = MEAN, std: float = STD) -> torch.Tensor:
+    """uint8 frames (T, H, W, 3) → normalised float32 (spatial_crops, 3, T, size, size).
+
+    Testing: resize the short side to `size`, then 1 centre crop or 3 crops along the long side (start,
+    centre, end: the paper's test views). Training: resize the short side to a random length in
+    [size, 1.25·size] and take one random crop (no flip: it would swap left/right motion classes).
+    """
+    if spatial_crops not in (1, 3):
+        raise ValueError(f"spatial_crops must be 1 or 3, got {spatial_crops}")
+    x = torch.as_tensor(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+    x = x.permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+    H, W = x.shape[-2:]
+    short = size
+    if train:
+        rng = rng if rng is not None else np.random.default_rng()
+        short = int(rng.integers(size, int(size * 1.25) + 1))
+    if min(H, W) != short:
+        scale = short / min(H, W)
+        new = (max(short, round(H * scale)), max(short, round(W * scale)))
+        x = F.interpolate(x, size=new, mode="bilinear", align_corners=False, antialias=True)
+        H, W = new
+    if train:
+        tops, lefts = [int(rng.integers(0, H - size + 1))], [int(rng.integers(0, W - size + 1))]
+    elif spatial_crops == 1:
+        tops, lefts = [(H - size) // 2], [(W - size) // 2]
+    elif H >= W:  # 3 crops along the long side
+        tops, lefts = [0, (H - size) // 2, H - size], [(W - size) // 2] * 3
+    else:
+        tops, lefts = [(H - size) // 2] * 3, [0, (W - size) // 2, W - size]
+    crops = [x[:, :, t:t + size, l_:l_ + size] for t, l_ in zip(tops, lefts)]
+    v = torch.stack(crops).permute(0, 2, 1, 3, 4)  # (views, 3, T, size, size)
+    return ((v / 255.0 - mean) / std).contiguous()
+
+
+def denormalize(video: torch.Tensor, mean: float = MEAN, std: float = STD) -> np.ndarray:
+    """(3, T, H, W) normalised → (T, H, W, 3) uint8, for display and export."""
+    x = (video.detach().float().cpu() * std + mean).clamp(0, 1) * 255
+    return x.round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# input sniffing: name what a file is before a decoder gives a cryptic error about it
+_IMAGE_MAGIC = [
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"BM", "a BMP image"),
+    (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+]
+_AUDIO_MAGIC = [(b"ID3", "an MP3 audio file"), (b"fLaC", "a FLAC audio file"), (b"OggS", None)]
+
+
+def _sniff(head: bytes) -> str | None:
+    """'gif', or None to try the decoders; raises VideoError for input that is certainly not a video."""
+    if not head:
+        raise VideoError("empty file (0 bytes): not a video")
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        raise VideoError("this is a WebP image, not a video")
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        raise VideoError("this is a WAV audio file: no video stream")
+    for magic, what in _IMAGE_MAGIC + _AUDIO_MAGIC:
+        if head.startswith(magic) and what is not None:
+            kind = "image" if "image" in what else "audio"
+            raise VideoError(f"this is {what}, not a video" + (" (no video stream)" if kind == "audio" else ""))
+    if head.startswith(b"%PDF"):
+        raise VideoError("this is a PDF document, not a video")
+    if head.startswith(b"PK\x03\x04"):
+        raise VideoError("this is a ZIP archive, not a video")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
+        raise VideoError("this is a text file, not a video")
+    return None
+
+
+class _Source:
+    """A path or in-memory bytes, with the first bytes read for sniffing."""
+
+    def __init__(self, source):
+        self.path: str | None = None
+        self.data: bytes | None = None
+        if isinstance(source, (str, os.PathLike)):
+            p = Path(source)
+            if not p.exists():
+                raise VideoError(f"no such file: {p}")
+            if p.is_dir():
+                raise VideoError(f"{p} is a folder, not a video file")
+            self.path = str(p)
+            self.name = p.name
+            with open(p, "rb") as f:
+                self.head = f.read(4096)
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            self.data = bytes(source)
+            self.name = "<bytes>"
+        elif hasattr(source, "read"):
+            if isinstance(source, io.TextIOBase):
+                raise VideoError("the file object is opened in text mode: open the video with 'rb'")
+            data = source.read()
+            if isinstance(data, str):
+                raise VideoError("the file object is opened in text mode: open the video with 'rb'")
+            self.data = bytes(data)
+            self.name = getattr(source, "name", "<file>")
+        else:
+            raise TypeError(f"read_clip takes a path, bytes or a binary file object, not {type(source).__name__}")
+        if self.data is not None:
+            self.head = self.data[:4096]
+
+    def open(self):
+        """What the decoders take: the path, or a fresh BytesIO."""
+        return self.path if self.path is not None else io.BytesIO(self.data)
+
+
+# ---------------------------------------------------------------------------------------------
+def _check_size(width: int, height: int) -> None:
+    if width <= 0 or height <= 0:
+        raise VideoError(f"the video stream has no picture size ({width}×{height}): the file is corrupt")
+    if width * height > MAX_PIXELS:
+        raise VideoError(f"frames of {width}×{height} are too large to decode (limit {MAX_PIXELS:,} pixels)")
+
+
+def _read_decord(src: _Source, pick):
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
+    try:
+        vr = decord.VideoReader(src.open(), ctx=decord.cpu(0), num_threads=1)
+        n = len(vr)
+        if n < 1 or n > MAX_FRAMES:
+            raise _Fallback(f"decord reports {n} frames")
+        h, w = vr[0].shape[:2] if n else (0, 0)
+        _check_size(w, h)
+        indices = pick(n)
+        frames = vr.get_batch(indices).asnumpy()
+        fps = float(vr.get_avg_fps() or 0.0)
+    except (RuntimeError, decord.DECORDError) as e:  # two unrelated types; both only mean "decord failed"
+        raise _Fallback(str(e)) from None
+    if frames.shape[0] != len(indices) or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise _Fallback(f"decord returned frames of shape {frames.shape}")
+    return frames, ClipInfo(fps if math.isfinite(fps) else 0.0, n, list(indices), w, h, "decord")
+
+
+class _Fallback(Exception):
+    """decord could not read the file: try PyAV."""
+
+
+def _av_message(err: Exception) -> str:
+    text = str(err).lower()
+    if "invalid data" in text or "could not find codec" in text or "end of file" in text:
+        return "not a video file (or a corrupt one): no decoder could read it"
+    return f"the video could not be decoded ({type(err).__name__}: {str(err)[:200]})"
+
+
+def _read_pyav(src: _Source, pick):
+    import av
+
+    try:
+        container = av.open(src.open(), mode="r")
+    except av.error.FFmpegError as e:
+        raise VideoError(_av_message(e)) from None
+    except (OSError, ValueError) as e:
+        raise VideoError(f"not a video file: {e}") from None
+    with container:
+        if not container.streams.video:
+            if container.streams.audio:
+                raise VideoError("no video stream: this is an audio-only file")
+            raise VideoError("not a video file (or a corrupt one): no video stream found")
+        stream = container.streams.video[0]
+        w, h = stream.codec_context.width, stream.codec_context.height
+        _check_size(w, h)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        # the container's frame count, or count the packets (GIF and WebM headers carry none)
+        n = int(stream.frames or 0)
+        if n <= 0:
+            try:
+                n = sum(1 for p in container.demux(stream) if p.size > 0)
+            except av.error.FFmpegError as e:
+                raise VideoError(_av_message(e)) from None
+            container.seek(0)
+        if n < 1:
+            raise VideoError("the video stream has no frames (empty or truncated file)")
+        if n > MAX_FRAMES:
+            raise VideoError(f"the header claims {n:,} frames: the file is corrupt")
+        indices = pick(n)
+        wanted = set(indices)
+        last = max(indices)
+        got: dict[int, np.ndarray] = {}
+        decoded = 0
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                decoded = i + 1
+                if i in wanted:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+        except av.error.FFmpegError as e:
+            if decoded == 0:
+                raise VideoError(_av_message(e)) from None
+        if len(got) < len(wanted):
+            if decoded == 0:
+                raise VideoError("not a video file (or a corrupt one): no frame could be decoded")
+            raise VideoError(f"the file is truncated or corrupt: only {decoded} of {n} frames could be decoded")
+    frames = np.stack([got[i] for i in indices])
+    if frames.shape[1:3] != (h, w):  # a stream whose frames change size mid-way
+        h, w = frames.shape[1:3]
+    return frames, ClipInfo(fps, n, list(indices), w, h, "pyav")
+
+
+def decode_frames(source, indices_for, *, backend: str = "auto") -> tuple[np.ndarray, ClipInfo]:
+    """Decode the frames `indices_for(num_video_frames)` picks: uint8 (T, H, W, 3) and ClipInfo."""
+    src = _Source(source)
+    kind = _sniff(src.head)
+    if backend not in ("auto", "decord", "pyav"):
+        raise ValueError(f"backend must be auto, decord or pyav, not {backend!r}")
+    if kind != "gif" and backend in ("auto", "decord"):
+        try:
+            return _read_decord(src, indices_for)
+        except _Fallback as e:
+            if backend == "decord":
+                raise VideoError(f"decord could not read {src.name}: {str(e).splitlines()[0][:200]}") from None
+    return _read_pyav(src, indices_for)
+
+
+def read_clip(source, num_frames: int = 8, sampling_rate: int = 32, size: int = 224, spatial_crops: int = 1,
+              train: bool = False, rng: np.random.Generator | None = None, backend: str = "auto",
+              keep_frames: bool = False, mean: float = MEAN, std: float = STD) -> tuple[torch.Tensor, ClipInfo]:
+    """Decode, sample, resize, crop and normalise one clip.
+
+    Returns `(video, info)`: `video` float32 `(spatial_crops, 3, num_frames, size, size)`; `info` a ClipInfo
+    (fps, num_frames, indices, width, height, backend; the sampled uint8 frames with keep_frames=True).
+    Raises VideoError (a ValueError) on anything that is not a readable video.
+    """
+    if num_frames < 1 or sampling_rate < 1 or size < 1:
+        raise ValueError("num_frames, sampling_rate and size must be positive")
+    rng = rng if rng is not None else (np.random.default_rng() if train else None)
+    frames, info = decode_frames(source, lambda n: sample_indices(n, num_frames, sampling_rate, train, rng),
+                                 backend=backend)
+    video = transform_frames(frames, size, spatial_crops, train, rng, mean, std)
+    if keep_frames:
+        info.frames = frames
+    return video, info
+
+
+def write_video(path, frames: np.ndarray, fps: float = 8.0, crf: int = 18) -> Path:
+    """uint8 (T, H, W, 3) → an H.264 mp4 (yuv444p where a side is odd, else yuv420p) with PyAV."""
+    import av
+
+    path = Path(path)
+    frames = np.asarray(frames, dtype=np.uint8)
+    T, H, W, _ = frames.shape
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=max(1, round(fps)))
+        stream.width, stream.height = W, H
+        stream.pix_fmt = "yuv420p" if H % 2 == 0 and W % 2 == 0 else "yuv444p"
+        stream.options = {"crf": str(crf), "preset": "medium"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
