@@ -118,7 +118,7 @@ class TimeSformer(nn.Module):
         # space_only has no time embedding (official; also how load_model recognises it)
         self.time_embed = None if self.scheme.cls_per_frame else nn.Parameter(torch.zeros(1, cfg.num_frames, d))
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()  # stochastic depth decay rule
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear decay rule
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.head_drop = nn.Dropout(cfg.drop_rate)

@@ -1,0 +1,198 @@
+import json
+import os
+import pickle
+import re
+
+import pytest
+import torch
+
+from tests.test_model import small_model
+from timesformer import CheckpointError, TimeSformerConfig, load_model, save_model
+
+transformers = pytest.importorskip("transformers")
+
+LABELS = ["archery", "bowling", "cooking", "dancing", "eating"]
+
+
+def hf_model(attention_type, seed=0):
+    cfg = transformers.TimesformerConfig(
+        image_size=32, patch_size=8, num_frames=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=256, attention_type=attention_type, id2label=dict(enumerate(LABELS)),
+        label2id={c: i for i, c in enumerate(LABELS)},
+    )
+    torch.manual_seed(seed)
+    model = transformers.TimesformerForVideoClassification(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # random weights everywhere, zero-initialised ones included
+            p.normal_(0, 0.2)
+    return model
+
+
+def hf_logits(model, video):
+    with torch.no_grad():
+        return model(pixel_values=video.transpose(1, 2)).logits  # HF takes (B, T, C, H, W)
+
+
+def official_key(hf_key):
+    """HuggingFace → official TimeSformer names, written from the official vit.py module names."""
+    k = hf_key.replace("timesformer.", "")
+    k = k.replace("embeddings.cls_token", "cls_token").replace("embeddings.position_embeddings", "pos_embed")
+    k = k.replace("embeddings.time_embeddings", "time_embed")
+    k = k.replace("embeddings.patch_embeddings.projection", "patch_embed.proj")
+    k = re.sub(r"encoder\.layer\.(\d+)\.", r"blocks.\1.", k)
+    for old, new in [("temporal_attention.attention.qkv", "temporal_attn.qkv"),
+                     ("temporal_attention.output.dense", "temporal_attn.proj"),
+                     ("temporal_layernorm", "temporal_norm1"), ("temporal_dense", "temporal_fc"),
+                     ("attention.attention.qkv", "attn.qkv"), ("attention.output.dense", "attn.proj"),
+                     ("layernorm_before", "norm1"), ("layernorm_after", "norm2"),
+                     ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2")]:
+        k = k.replace(old, new)
+    k = re.sub(r"^layernorm\.", "norm.", k).replace("classifier.", "head.")
+    return "model." + k
+
+
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time"])
+def test_huggingface_folder_and_official_checkpoint_give_hf_logits(tmp_path, attention_type):
+    hf = hf_model(attention_type)
+    video = torch.randn(2, 3, 4, 32, 32)
+    expected = hf_logits(hf, video)
+
+    hf.save_pretrained(tmp_path / "hf")
+    model = load_model(tmp_path / "hf")
+    assert model.config.attention_type == attention_type
+    assert model.class_names == LABELS
+    with torch.no_grad():
+        assert (model(video) - expected).abs().max() <= 1e-4
+
+    # the same weights in the official layout, as the official code saves them
+    state = {official_key(k): v for k, v in hf.state_dict().items()}
+    torch.save({"epoch": 15, "model_state": state, "cfg": "TIMESFORMER:\n  ATTENTION_TYPE: x\n"},
+               tmp_path / "official.pyth")
+    # released models have 64-channel heads; this toy has 16, which the shapes cannot tell
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "official.pyth", num_heads=3)
+    official = load_model(tmp_path / "official.pyth", num_heads=4)
+    assert official.config.attention_type == attention_type
+    assert official.config.num_frames == 4 and official.config.img_size == 32
+    with torch.no_grad():
+        assert (official(video) - expected).abs().max() <= 1e-4
+
+
+def test_huggingface_pytorch_model_bin_and_hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub_constants
+
+    hf = hf_model("divided_space_time", seed=1)
+    video = torch.randn(1, 3, 4, 32, 32)
+    expected = hf_logits(hf, video)
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    hf.config.to_json_file(folder / "config.json")
+    torch.save(hf.state_dict(), folder / "pytorch_model.bin")
+    with torch.no_grad():
+        assert (load_model(folder)(video) - expected).abs().max() <= 1e-4
+
+    # a hub id found in the local HuggingFace cache (the layout snapshot_download writes)
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--tiny-timesformer"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    hf.save_pretrained(snap)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    with torch.no_grad():
+        assert (load_model("someone/tiny-timesformer")(video) - expected).abs().max() <= 1e-4
+    with pytest.raises(CheckpointError, match="neither a local path nor in the HuggingFace cache"):
+        load_model("someone/not-there")
+
+
+@pytest.mark.parametrize("attention_type", ["space_only", "sparse_local_global", "axial"])
+def test_our_format_round_trip(tmp_path, attention_type):
+    model = small_model(attention_type, num_classes=3, class_names=["left", "right", "still"])
+    video = torch.randn(1, 3, 4, 32, 32)
+    path = save_model(model, tmp_path / "ckpt")
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((path / "config.json").read_text())["config"]["class_names"] == ["left", "right", "still"]
+    for source in (path, path / "model.safetensors", str(path)):
+        loaded = load_model(source)
+        assert loaded.config == model.config and not loaded.training
+        with torch.no_grad():
+            assert torch.equal(loaded(video), model(video))
+    # the safetensors file alone carries its config
+    alone = tmp_path / "alone.safetensors"
+    alone.write_bytes((path / "model.safetensors").read_bytes())
+    assert load_model(alone).class_names == ["left", "right", "still"]
+    # saving again over an existing checkpoint replaces it
+    save_model(small_model(attention_type, seed=3, num_classes=3), path)
+    assert load_model(path).config.class_names is None
+
+
+def test_official_config_inference(tmp_path):
+    for attention_type in ("space_only", "joint_space_time", "divided_space_time", "sparse_local_global", "axial"):
+        model = small_model(attention_type, num_heads=1, embed_dim=64)  # 64-channel heads, like the releases
+        torch.save({"model_state": {"model." + k: v for k, v in model.state_dict().items()}}, tmp_path / "m.pth")
+        loaded = load_model(tmp_path / "m.pth")
+        assert loaded.config.attention_type == attention_type
+        assert loaded.config.num_heads == 1 and loaded.config.depth == 2 and loaded.config.num_classes == 5
+        video = torch.randn(1, 3, 4, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(loaded(video), model(video))
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open("evil.pyth", "wb") as f:
+        pickle.dump({"model_state": {"x": RunsCode()}}, f)
+    torch.save({"model_state": RunsCode()}, "evil2.pyth")
+    for name in ("evil.pyth", "evil2.pyth"):
+        with pytest.raises(CheckpointError, match="refusing to load"):
+            load_model(name)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_mismatches_name_the_offending_keys(tmp_path):
+    model = small_model("divided_space_time")
+    state = {"model." + k: v for k, v in model.state_dict().items()}
+    state["model.blocks.1.mlp.fc9.weight"] = state.pop("model.blocks.1.mlp.fc2.weight")
+    torch.save({"model_state": state}, tmp_path / "renamed.pyth")
+    with pytest.raises(CheckpointError, match=r"missing: blocks\.1\.mlp\.fc2\.weight.*unexpected: blocks\.1\.mlp\.fc9"):
+        load_model(tmp_path / "renamed.pyth", num_heads=4)
+    state = {"model." + k: v for k, v in model.state_dict().items()}
+    state["model.blocks.0.temporal_fc.weight"] = torch.zeros(3, 3)
+    torch.save({"model_state": state}, tmp_path / "shape.pyth")
+    with pytest.raises(CheckpointError, match=r"shape mismatch.*blocks\.0\.temporal_fc\.weight \(3, 3\) vs \(32, 32\)"):
+        load_model(tmp_path / "shape.pyth", num_heads=4)
+    save_model(model, tmp_path / "ours")
+    with pytest.raises(CheckpointError, match="do not fit a axial model"):
+        load_model(tmp_path / "ours", attention_type="axial")
+
+
+def test_bad_sources(tmp_path):
+    (tmp_path / "empty.pyth").write_bytes(b"")
+    (tmp_path / "junk.pyth").write_bytes(os.urandom(1000))
+    (tmp_path / "junk.safetensors").write_bytes(os.urandom(1000))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"model_type": "bert"}')
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    cases = {
+        "empty.pyth": "is empty",
+        "junk.pyth": "not a readable PyTorch checkpoint",
+        "junk.safetensors": "not a readable safetensors file",
+        "folder": "without a config.json",
+        "other": "neither a TimeSformer Lab nor a HuggingFace",
+        "list.pth": "holds no state dict",
+        "missing.pyth": "no such checkpoint",
+    }
+    for name, message in cases.items():
+        with pytest.raises(CheckpointError, match=message):
+            load_model(tmp_path / name)
+    with pytest.raises(CheckpointError, match="unknown config fields: heads"):
+        load_model(tmp_path / "empty.pyth", heads=3)
+    assert issubclass(CheckpointError, ValueError)
+    assert TimeSformerConfig  # the config type is what load_model returns inside the model

@@ -1,0 +1,263 @@
+import pytest
+import torch
+
+from tests.reference import reference_logits
+from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig, attention_pattern, record_attention
+from timesformer.attention import SCHEMES, full_recording_bytes
+
+SMALL = dict(img_size=32, patch_size=8, num_frames=4, embed_dim=32, depth=2, num_heads=4, num_classes=5,
+             drop_path_rate=0.0)
+
+
+def small_model(attention_type, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = TimeSformer(TimeSformerConfig(attention_type=attention_type, **{**SMALL, **kw}))
+    with torch.no_grad():  # random everything, so zero-initialised layers and embeddings matter too
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "attention_type, expected",
+    [("space_only", 85.9), ("joint_space_time", 85.9), ("divided_space_time", 121.4),
+     ("sparse_local_global", 121.4), ("axial", 156.8)],
+)
+def test_parameter_counts_match_paper_table_1(attention_type, expected):
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        model = TimeSformer(TimeSformerConfig.base(attention_type=attention_type, num_classes=174))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == expected
+
+
+def test_presets():
+    assert TimeSformerConfig.base().grid == (8, 14, 14)
+    assert TimeSformerConfig.hr().grid == (16, 28, 28)
+    assert TimeSformerConfig.large().grid == (96, 14, 14)
+    assert TimeSformerConfig.tiny(attention_type="axial").attention_type == "axial"
+    tiny = TimeSformer(TimeSformerConfig.tiny())
+    assert sum(p.numel() for p in tiny.parameters()) < 2_000_000
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="attention_type"):
+        TimeSformerConfig(attention_type="divided")
+    with pytest.raises(ValueError, match="divisible"):
+        TimeSformerConfig(img_size=100, patch_size=16)
+    with pytest.raises(ValueError, match="num_frames"):
+        TimeSformerConfig(num_frames=0)
+    with pytest.raises(ValueError, match="class names"):
+        TimeSformerConfig(num_classes=3, class_names=["a", "b"])
+    cfg = TimeSformerConfig.tiny(class_names=list("abcdefghij"))
+    assert TimeSformerConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# Which keys each step lets a patch query see (paper §3 definitions)
+
+
+def keys_seen(attention_type, T, H, W):
+    """{step: number of patch keys (cls excluded) seen by each patch query}."""
+    return {step: mask[1:, 1:].sum(1) for step, mask in attention_pattern(attention_type, T, H, W).items()}
+
+
+def test_keys_seen_match_the_paper_definitions():
+    T, H, W = 8, 14, 14
+    N = H * W
+    expected = {
+        "space_only": {"space": N},
+        "joint_space_time": {"joint": T * N},
+        "divided_space_time": {"time": T, "space": N},
+        "sparse_local_global": {"local": T * N // 4, "global": T * N // 8},
+        "axial": {"time": T, "width": W, "height": H},
+    }
+    for attention_type, steps in expected.items():
+        seen = keys_seen(attention_type, T, H, W)
+        assert list(seen) == list(steps)
+        for step, count in steps.items():
+            assert (seen[step] == count).all(), (attention_type, step)
+
+
+def test_pattern_details():
+    T, H, W = 4, 4, 6
+    N = H * W
+    idx = lambda t, h, w: 1 + t * N + h * W + w
+    pat = attention_pattern("sparse_local_global", T, H, W)
+    q = idx(1, 0, 0)
+    local = pat["local"][q]
+    assert local[idx(3, 1, 2)] and not local[idx(0, 2, 0)] and not local[idx(0, 0, 3)]
+    glob = pat["global"][q]
+    assert glob[idx(3, 2, 4)] and not glob[idx(2, 2, 4)] and not glob[idx(1, 1, 0)]
+    pat = attention_pattern("axial", T, H, W)
+    assert pat["width"][idx(2, 1, 3), idx(2, 1, 0)] and not pat["width"][idx(2, 1, 3), idx(2, 0, 3)]
+    assert pat["height"][idx(2, 1, 3), idx(2, 3, 3)] and not pat["height"][idx(1, 1, 3), idx(2, 3, 3)]
+    # cls: skipped in time steps, query and key everywhere else
+    assert not pat["time"][0].any() and not pat["time"][:, 0].any()
+    assert pat["width"][0, 1:].all() and pat["width"][1:, 0].all()
+
+
+def test_odd_sizes_split_into_ceil_and_floor_windows():
+    T, H, W = 3, 5, 7
+    pat = attention_pattern("sparse_local_global", T, H, W)
+    seen = pat["local"][1:, 1:].sum(1).reshape(T, H, W)
+    # windows of 3 and 2 rows, 4 and 3 columns, over all 3 frames
+    assert seen[0, 0, 0] == 3 * 3 * 4 and seen[0, 4, 6] == 3 * 2 * 3
+    seen = pat["global"][1:, 1:].sum(1).reshape(T, H, W)
+    # stride-2 subsets of odd sizes: 2 or 1 frames × 3 or 2 rows × 4 or 3 columns
+    assert seen[0, 0, 0] == 2 * 3 * 4 and seen[1, 1, 1] == 1 * 2 * 3
+    # every patch still sees itself and exactly one local window
+    assert all(pat[s][1:, 1:].diagonal().all() for s in pat)
+
+
+# ------------------------------------------------------------------------------------------------
+# Numerics
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_matches_naive_reference(attention_type):
+    model = small_model(attention_type)
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(video), reference_logits(model, video), atol=1e-4)
+        # other frame counts and non-square sizes: embeddings are interpolated, grouping follows the clip
+        video = torch.randn(1, 3, 6, 48, 32)
+        assert torch.allclose(model(video), reference_logits(model, video), atol=1e-4)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 4, 32, 32), (1, 3, 3, 40, 56), (1, 3, 1, 8, 8)])
+def test_fused_equals_recorded_and_maps_are_consistent(attention_type, shape):
+    model = small_model(attention_type)
+    video = torch.randn(shape)
+    with torch.no_grad():
+        fused = model(video)
+        with record_attention(model) as rec:
+            recorded = model(video)
+    assert torch.allclose(fused, recorded, atol=1e-5)
+    T, H, W = shape[2], shape[3] // 8, shape[4] // 8
+    steps = [s.name for s in SCHEMES[attention_type].steps]
+    assert [(m.layer, m.step) for m in rec] == [(layer, s) for layer in range(2) for s in steps]
+    pattern = attention_pattern(attention_type, T, H, W)
+    for m in rec:
+        dense = m.dense()
+        assert dense.shape == (shape[0], 4, 1 + T * H * W, 1 + T * H * W)
+        assert torch.equal((dense > 0).all(0).all(0), pattern[m.step])  # support == pattern
+        takes_part = pattern[m.step].any(1)
+        sums = dense.sum(-1)
+        assert torch.allclose(sums[..., takes_part], torch.ones(()), atol=1e-5)
+        assert (sums[..., ~takes_part] == 0).all()
+    assert rec.get(1, steps[-1]) is list(rec)[-1]
+
+
+def test_recording_only_requested_layers_and_nothing_outside():
+    model = small_model("divided_space_time")
+    video = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad(), record_attention(model, layers=[-1]) as rec:
+        model(video)
+    assert {m.layer for m in rec} == {1}
+    with pytest.raises(KeyError, match="layer 0"):
+        rec.get(0, "space")
+    assert all(a.recorder is None for blk in model.blocks for a in blk.step_attentions())
+    with pytest.raises(RuntimeError, match="recorded nothing"):
+        with record_attention(model):
+            pass
+    with pytest.raises(ValueError, match="out of range"):
+        with record_attention(model, layers=[5]):
+            pass
+
+
+def test_full_recording_size_formula():
+    model = small_model("axial")
+    with torch.no_grad(), record_attention(model) as rec:
+        model(torch.randn(1, 3, 4, 32, 32))
+    assert sum(m.probs.numel() * 4 for m in rec) == full_recording_bytes("axial", (4, 4, 4), 4, 2)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_every_parameter_gets_a_gradient(attention_type):
+    model = small_model(attention_type).train()
+    model(torch.randn(2, 3, 4, 32, 32)).logsumexp(-1).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "sparse_local_global", "axial"])
+def test_fresh_extra_steps_are_zero_initialised(attention_type):
+    torch.manual_seed(0)
+    model = TimeSformer(TimeSformerConfig(attention_type=attention_type, **SMALL)).eval()
+    video = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        before = model(video)
+        for blk in model.blocks:
+            for step in blk.steps[:-1]:
+                assert step.prefix and getattr(blk, f"{step.prefix}_fc").weight.abs().sum() == 0
+                for p in getattr(blk, f"{step.prefix}_attn").parameters():
+                    p.normal_()
+        assert torch.allclose(model(video), before)  # extra steps contribute nothing until trained
+
+
+def test_time_embedding_carries_frame_order():
+    video = torch.randn(1, 3, 4, 32, 32)
+    for attention_type in ATTENTION_TYPES:
+        model = small_model(attention_type)
+        with torch.no_grad():
+            same = torch.allclose(model(video), model(video.flip(2)), atol=1e-5)
+        assert same == (attention_type == "space_only"), attention_type
+
+
+def test_dropout_only_in_training():
+    model = small_model("joint_space_time", attn_drop_rate=0.5, drop_rate=0.5, drop_path_rate=0.5)
+    video = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(video), model(video))
+        model.train()
+        assert not torch.allclose(model(video), model(video))
+
+
+def test_bad_input_shapes_raise_clear_errors():
+    model = small_model("divided_space_time")
+    with pytest.raises(ValueError, match="multiple of the patch size 8"):
+        model(torch.randn(1, 3, 4, 30, 32))
+    with pytest.raises(ValueError, match=r"permute\(0, 2, 1, 3, 4\)"):
+        model(torch.randn(1, 4, 3, 32, 32))
+    with pytest.raises(ValueError, match="video batch"):
+        model(torch.randn(3, 4, 32, 32))
+
+
+def test_forward_features_and_head():
+    model = small_model("sparse_local_global")
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        feats = model.forward_features(video)
+        assert feats.shape == (2, 1 + 4 * 16, 32)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, 32)
+        assert torch.equal(model.forward_head(feats), model(video))
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_bf16_autocast_on_cpu(attention_type):
+    model = small_model(attention_type)
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        ref = model(video)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(video)
+            with record_attention(model) as rec:
+                model(video)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    assert len(rec) > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_cuda_fused_recorded_and_autocast(attention_type):
+    model = small_model(attention_type).cuda()
+    video = torch.randn(2, 3, 4, 32, 32, device="cuda")
+    with torch.no_grad():
+        ref = model(video)
+        with record_attention(model):
+            rec = model(video)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(video)
+    assert torch.allclose(ref, rec, atol=1e-4)
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
