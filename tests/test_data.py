@@ -1,0 +1,149 @@
+"""Datasets: SynthMotion's guarantees, the folder and CSV layouts, and skipping unreadable clips."""
+
+import numpy as np
+import pytest
+import torch
+
+from timesformer.data import (
+    APPEARANCE_CLASSES,
+    TEMPORAL_CLASSES,
+    Skipped,
+    SynthMotion,
+    build_datasets,
+    collate,
+    export_synthmotion,
+    motion_order,
+    video_csv,
+    video_folder,
+)
+from timesformer.video import read_clip, transform_frames
+
+
+def test_synthmotion_is_deterministic_by_seed_and_subset():
+    a = SynthMotion("temporal", "train", 8, num_frames=8, size=32, seed=3)
+    b = SynthMotion("temporal", "train", 8, num_frames=8, size=32, seed=3)
+    c = SynthMotion("temporal", "train", 8, num_frames=8, size=32, seed=4)
+    v = SynthMotion("temporal", "val", 8, num_frames=8, size=32, seed=3)
+    for i in range(4):
+        fa, la = a.frames(i)
+        fb, lb = b.frames(i)
+        assert np.array_equal(fa, fb) and la == lb
+        assert not np.array_equal(fa, c.frames(i)[0]) and not np.array_equal(fa, v.frames(i)[0])
+    video, label, index = a[2]
+    assert video.shape == (1, 3, 8, 32, 32) and video.dtype == torch.float32 and index == 2
+    assert torch.equal(video, transform_frames(a.frames(2)[0], 32))  # the same pre-processing as read_clip
+
+
+def test_motion_orders_are_permutations():
+    for T in (4, 7, 8, 16):
+        orders = [motion_order(k, T) for k in range(4)]
+        assert all(sorted(o.tolist()) == list(range(T)) for o in orders)
+        assert len({tuple(o.tolist()) for o in orders}) == 4  # four distinct orders
+        assert orders[1].tolist() == orders[0][::-1].tolist() and orders[3].tolist() == orders[2][::-1].tolist()
+
+
+def test_temporal_classes_share_their_frames():
+    """By construction a frame-order-invariant model is at chance: every class is the same frame multiset."""
+    ds = SynthMotion("temporal", "train", 16, num_frames=8, size=32, seed=0)
+    assert ds.classes == TEMPORAL_CLASSES
+    for i in range(6):
+        clips = [ds.frames(i, label=k)[0] for k in range(4)]
+        key = lambda v: sorted(f.tobytes() for f in v)
+        assert all(key(c) == key(clips[0]) for c in clips[1:])
+        assert all(not np.array_equal(c, clips[0]) for c in clips[1:])  # ... in different orders
+    # and the motion really differs: the object's mean x goes right for "moving right", left for "moving left"
+    f, _ = ds.frames(0, label=0)
+    g, _ = ds.frames(0, label=1)
+    centre_x = lambda v: [np.argwhere(np.abs(fr.astype(int) - np.median(fr, (0, 1))).sum(-1) > 90)[:, 1].mean()
+                          for fr in v]
+    assert np.all(np.diff(centre_x(f)) > 0) and np.all(np.diff(centre_x(g)) < 0)
+
+
+def test_appearance_class_is_visible_in_one_frame():
+    ds = SynthMotion("appearance", "val", 48, num_frames=4, size=32, seed=1)
+    assert ds.classes == APPEARANCE_CLASSES
+    palette = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230], [230, 210, 40]], float)
+    hits = 0
+    for i in range(len(ds)):
+        frames, label = ds.frames(i)
+        frame = frames[np.random.default_rng(i).integers(4)].astype(float)  # any single frame
+        obj = frame[np.abs(frame - np.median(frame, (0, 1))).sum(-1) > 90].mean(0)
+        hits += int(np.argmin(((palette - obj) ** 2).sum(1)) == label)
+    assert hits >= 46
+    labels = [ds.label(i) for i in range(len(ds))]
+    assert set(labels) == {0, 1, 2, 3}
+
+
+def test_export_round_trip_through_the_folder_dataset(tmp_path):
+    root = export_synthmotion(tmp_path / "sm", "temporal", num_train=8, num_val=4, seed=0, num_frames=8, size=32)
+    train = video_folder(root, "train", num_frames=8, sampling_rate=1, size=32)
+    val = video_folder(root, "val", classes=train.classes, num_frames=8, sampling_rate=1, size=32)
+    assert len(train) == 8 and len(val) == 4 and set(train.classes) <= set(TEMPORAL_CLASSES)
+    synth = SynthMotion("temporal", "train", 8, num_frames=8, size=32, seed=0)
+    path, label = train.items[0]
+    idx = int(path.rsplit("/", 1)[1].split(".")[0])
+    video, label2, _ = train[0]
+    assert train.classes[label] == synth.classes[synth.label(idx)] and label2 == label
+    same = (video - synth[idx][0]).abs().mean()  # the mp4 holds the same clip (lossy: the noise is blurred)
+    other = (video - synth[(idx + 1) % 8][0]).abs().mean()
+    assert same < 0.2 and same < other / 2
+    ds_train, ds_val, classes = build_datasets(str(root), num_frames=8, size=32, sampling_rate=1)
+    assert classes == train.classes and len(ds_val) == 4 and ds_train.train and not ds_val.train
+
+
+def test_unreadable_clips_are_skipped_and_counted(tmp_path):
+    root = export_synthmotion(tmp_path / "sm", "appearance", num_train=4, num_val=0, seed=0, num_frames=4, size=32)
+    cls = sorted(p.name for p in (root / "train").iterdir())[0]
+    (root / "train" / cls / "broken.mp4").write_text("not a video")
+    (root / "train" / cls / "notes.txt").write_text("ignored: not a video extension")
+    ds = video_folder(root, "train", num_frames=4, sampling_rate=1, size=32)
+    assert len(ds) == 5
+    items = [ds[i] for i in range(len(ds))]
+    bad = [x for x in items if isinstance(x, Skipped)]
+    assert len(bad) == 1 and "broken.mp4" in bad[0].path and "text file" in bad[0].reason
+    batch = collate(items)
+    assert batch["video"].shape == (4, 1, 3, 4, 32, 32) and len(batch["skipped"]) == 1
+    assert collate([bad[0]])["video"] is None
+
+
+def test_csv_lists(tmp_path):
+    root = export_synthmotion(tmp_path / "sm", "appearance", num_train=12, num_val=3, seed=0, num_frames=4, size=32)
+    clips = sorted((root / "train").glob("*/*.mp4"))
+    (tmp_path / "train.csv").write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in clips))
+    val = sorted((root / "val").glob("*/*.mp4"))
+    rel = [p.relative_to(tmp_path) for p in val]
+    (tmp_path / "val.csv").write_text("".join(f"{p} {p.parent.name}\n" for p in rel))  # space separated
+    train, valds, classes = build_datasets(str(tmp_path / "train.csv"), num_frames=4, size=32, sampling_rate=1)
+    assert classes == sorted({p.parent.name for p in clips}) and len(train) == 12 and len(valds) == 3
+    assert valds.items[0][0] == str(tmp_path / rel[0])
+    assert valds[0][0].shape == (1, 3, 4, 32, 32)
+    (tmp_path / "ints.csv").write_text(f"{clips[0]},2\n{clips[1]},0\n")
+    ints = video_csv(tmp_path / "ints.csv", num_frames=4, size=32)
+    assert ints.classes == ["0", "1", "2"] and [lb for _, lb in ints.items] == [2, 0]
+    (tmp_path / "bad.csv").write_text(f"{clips[0]},purple\n")
+    with pytest.raises(ValueError, match="purple"):
+        video_csv(tmp_path / "bad.csv", classes=classes)
+    # a folder holding train.csv works too
+    t2, _, c2 = build_datasets(str(tmp_path), num_frames=4, size=32, sampling_rate=1)
+    assert c2 == classes and len(t2) == 12
+
+
+def test_build_datasets_errors(tmp_path):
+    train, val, classes = build_datasets("synthmotion-appearance", num_frames=4, size=32, train_clips=10,
+                                         val_clips=5)
+    assert len(train) == 10 and len(val) == 5 and classes == APPEARANCE_CLASSES and val.subset == "val"
+    with pytest.raises(FileNotFoundError):
+        build_datasets(str(tmp_path / "nothing"), num_frames=4, size=32)
+    (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no video files"):
+        build_datasets(str(tmp_path / "empty"), num_frames=4, size=32)
+    with pytest.raises(ValueError, match="temporal"):
+        SynthMotion("colour")
+
+
+def test_folder_clip_matches_read_clip(tmp_path):
+    root = export_synthmotion(tmp_path / "sm", "temporal", num_train=2, num_val=0, seed=5, num_frames=8, size=48)
+    ds = video_folder(root, "train", num_frames=8, sampling_rate=1, size=32, spatial_crops=3)
+    video, _, _ = ds[0]
+    ref, _ = read_clip(ds.items[0][0], num_frames=8, sampling_rate=1, size=32, spatial_crops=3)
+    assert torch.equal(video, ref)
