@@ -180,6 +180,15 @@ def test_every_parameter_gets_a_gradient(attention_type):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for enable in (False, True):
+        model = small_model("axial").set_grad_checkpointing(enable)
+        model(torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(1))).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
 @pytest.mark.parametrize("attention_type", ["divided_space_time", "sparse_local_global", "axial"])
 def test_fresh_extra_steps_are_zero_initialised(attention_type):
     torch.manual_seed(0)

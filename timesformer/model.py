@@ -12,6 +12,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import SCHEMES, Grouping, attend, scheme_groupings
 from .config import TimeSformerConfig
@@ -123,7 +124,13 @@ class TimeSformer(nn.Module):
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(d, cfg.num_classes)
+        self.grad_checkpointing = False
         self.reset_parameters()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> TimeSformer:
+        """Recompute each block in the backward pass instead of keeping its activations (training only)."""
+        self.grad_checkpointing = enable
+        return self
 
     def reset_parameters(self) -> None:
         """The official initialisation (timm ViT), with every extra step's fc zeroed."""
@@ -212,7 +219,10 @@ class TimeSformer(nn.Module):
         x, grid = self.embed(video)
         groupings = self.groupings(grid, x.device)
         for blk in self.blocks:
-            x = blk(x, groupings)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, groupings, use_reentrant=False)
+            else:
+                x = blk(x, groupings)
         num_cls = groupings[0].num_cls
         if num_cls > 1:
             x = torch.cat([x[:, :num_cls].mean(1, keepdim=True), x[:, num_cls:]], dim=1)
