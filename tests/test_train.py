@@ -1,0 +1,210 @@
+"""Training and evaluation at toy size: run folder, resume after SIGKILL, DDP on CPU, NaN stop, --init."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from timesformer import load_model, save_model
+from timesformer import train as T
+from timesformer.data import export_synthmotion
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY = ["--model", "embed_dim=32", "depth=1", "num_heads=2", "--img-size", "32", "--num-frames", "4",
+       "--no-progress", "--threads", "1"]
+
+
+def toy_args(out, *extra, clips=16, epochs=2, batch=4):
+    return ["--data", "synthmotion-temporal", "--train-clips", str(clips), "--val-clips", "8", "--batch-size",
+            str(batch), "--epochs", str(epochs), "--out", str(out), *TOY, *extra]
+
+
+def rows(run: Path, drop=("wall_s", "clips_per_s")) -> list[dict]:
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        out.append({k: v for k, v in row.items() if k not in drop})
+    return out
+
+
+def weights(path) -> dict:
+    return load_model(path).state_dict()
+
+
+def same_weights(a, b, exact=True):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        ok = torch.equal(wa[k], wb[k]) if exact else torch.allclose(wa[k], wb[k], atol=2e-5, rtol=1e-4)
+        assert ok, k
+    return True
+
+
+def test_run_folder(tmp_path):
+    out = tmp_path / "run"
+    res = T.main(toy_args(out, "--ckpt-every", "3"))
+    lines = rows(out, drop=())
+    assert [(r["epoch"], r["step"], r["split"]) for r in lines] == [
+        (0, 4, "train"), (0, 4, "val"), (1, 8, "train"), (1, 8, "val")]
+    for r in lines:
+        assert {"epoch", "step", "split", "loss", "acc1"} <= r.keys() and "acc5" not in r  # 4 classes
+        assert 0 <= r["acc1"] <= 1 and r["loss"] > 0
+    assert lines[0]["clips_per_s"] > 0 and res["val"]["clips"] == 8
+    model = load_model(out / "checkpoint-last")
+    assert model.class_names == ["moving right", "moving left", "right and back", "left and back"]
+    assert model.config.embed_dim == 32 and model.config.num_frames == 4 and model.config.time_embed_std == 1.0
+    assert (out / "checkpoint-last").resolve().name == "ckpt-s00000008-end"
+    assert len(list(out.glob("ckpt-*"))) == 2 and not list(out.glob(".tmp*"))  # --keep 2, no leftovers
+    state = torch.load(out / "checkpoint-last" / "train_state.pt", weights_only=True)
+    assert state["state"]["step"] == 8 and state["state"]["epoch"] == 2
+    cfg = (out / "train_config.yaml").read_text()
+    assert "divided_space_time" in cfg and "adamw" in cfg and "log.txt" in os.listdir(out)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    args = lambda out: toy_args(out, "--ckpt-every", "3", clips=64, epochs=3)  # 48 steps
+    ref = tmp_path / "ref"
+    T.main(args(ref))
+    for attempt in range(3):
+        out = tmp_path / f"killed{attempt}"
+        cmd = [sys.executable, "-m", "timesformer.train", *args(out)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (out / "checkpoint-last").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        last = out / "checkpoint-last"
+        if last.exists() and torch.load(last / "train_state.pt", weights_only=True)["state"]["step"] < 48:
+            break
+    else:
+        pytest.fail("could not kill the run before it finished")
+    assert rows(out) != rows(ref)  # it really was interrupted
+    T.main(args(out) + ["--resume"])
+    assert rows(out) == rows(ref)
+    assert same_weights(out / "checkpoint-last", ref / "checkpoint-last")
+    # --resume on a finished run has nothing left to do and changes nothing
+    T.main(args(out) + ["--resume"])
+    assert rows(out) == rows(ref)
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(tmp_path):
+    T.main(toy_args(tmp_path / "a", "--accum-steps", "2", "--batch-size", "2", "--warmup-steps", "0"))
+    T.main(toy_args(tmp_path / "b", "--batch-size", "4", "--warmup-steps", "0"))
+    assert same_weights(tmp_path / "a" / "checkpoint-last", tmp_path / "b" / "checkpoint-last", exact=False)
+
+
+def test_ddp_two_cpu_processes_match_one_process(tmp_path):
+    """2 processes × batch 4 under torchrun (gloo) = 1 process × batch 8 on the same clips."""
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "timesformer.train", *toy_args(ddp, clips=32, batch=4)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 × cpu" in proc.stderr
+    single = tmp_path / "single"
+    T.main(toy_args(single, clips=32, batch=8))
+    a, b = rows(ddp), rows(single)
+    assert [(r["epoch"], r["step"], r["split"], r["clips"]) for r in a] == [
+        (r["epoch"], r["step"], r["split"], r["clips"]) for r in b]
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4) and ra["acc1"] == rb["acc1"]
+    assert same_weights(ddp / "checkpoint-last", single / "checkpoint-last", exact=False)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "nan"
+    with pytest.raises(T.TrainingDiverged, match="the loss became (nan|inf)") as err:
+        T.main(toy_args(out, "--optimizer", "sgd", "--lr", "1e6", "--ckpt-every", "1", epochs=3))
+    assert "last good checkpoint" in str(err.value)
+    last = out / "checkpoint-last"
+    model = load_model(last)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    step = torch.load(last / "train_state.pt", weights_only=True)["state"]["step"]
+    assert f"at step {step} " in str(err.value)  # the checkpoint is the one just before the bad step
+    # the CLI exits with status 2 and the message
+    proc = subprocess.run([sys.executable, "timesformer/train.py",
+                           *toy_args(tmp_path / "nan2", "--optimizer", "sgd", "--lr", "1e6")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "training stopped: the loss became" in proc.stderr
+
+
+def test_init_from_a_checkpoint_with_other_classes(tmp_path):
+    src = tmp_path / "src"
+    T.main(toy_args(src, epochs=1))
+    root = export_synthmotion(tmp_path / "videos", "appearance", num_train=8, num_val=4, seed=0, num_frames=4,
+                              size=32)
+    out = tmp_path / "ft"
+    T.main(["--data", str(root), "--init", str(src / "checkpoint-last"), "--epochs", "1", "--batch-size", "4",
+            "--sampling-rate", "1", "--out", str(out), "--no-progress", "--threads", "1"])
+    before, after = weights(src / "checkpoint-last"), load_model(out / "checkpoint-last")
+    classes = sorted(p.name for p in (root / "train").iterdir())
+    assert after.class_names == classes and after.head.out_features == len(classes)
+    assert after.config.embed_dim == 32 and after.config.num_frames == 4
+    assert not torch.equal(before["blocks.0.attn.qkv.weight"], after.state_dict()["blocks.0.attn.qkv.weight"])
+
+
+def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, capsys):
+    root = export_synthmotion(tmp_path / "videos", "temporal", num_train=8, num_val=4, seed=0, num_frames=4,
+                              size=32)
+    bad = next((root / "train").iterdir()) / "zz-broken.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    out = tmp_path / "run"
+    T.main(["--data", str(root), "--epochs", "1", "--batch-size", "3", "--sampling-rate", "1", "--out", str(out),
+            *TOY])
+    train_row = rows(out)[0]
+    assert train_row["split"] == "train" and train_row["skipped"] == 1 and train_row["clips"] == 8
+    from timesformer import evaluate as E
+
+    E.main([str(out / "checkpoint-last"), str(root), "--split", "val", "--sampling-rate", "1"])
+    text = capsys.readouterr().out
+    assert "clip accuracy (1 clip, centre crop): top-1" in text and "video accuracy (1 clip × 3 crops)" in text
+    assert "over 4 clips" in text
+    res = E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8)
+    assert res["clip"]["clips"] == 8 and res["video"]["clips"] == 8
+
+
+def test_recipes_and_schedules():
+    args = T.resolve(T.parse_args(["--preset", "base", "--epochs", "15"]))
+    assert (args.optimizer, args.lr, args.weight_decay, args.schedule, args.clip_grad) == (
+        "sgd", 0.005, 1e-4, "steps", None)
+    lr = lambda step: T.lr_at(step, args, total_steps=1500, steps_per_epoch=100)
+    assert lr(0) < lr(50) < lr(74) <= 0.005  # warm-up: 5% of the steps
+    assert lr(1099) == pytest.approx(0.005) and lr(1100) == pytest.approx(0.0005) and lr(1400) == pytest.approx(5e-5)
+    model = T.TimeSformer(T.TimeSformerConfig.tiny(depth=1, embed_dim=32, num_heads=2))
+    opt = T.build_optimizer(args, model)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+    tiny = T.resolve(T.parse_args([]))
+    assert (tiny.optimizer, tiny.lr, tiny.schedule, tiny.clip_grad) == ("adamw", 1e-3, "cosine", 1.0)
+    lr = lambda step: T.lr_at(step, tiny, total_steps=200, steps_per_epoch=20)
+    assert lr(9) == pytest.approx(1e-3) and lr(105) == pytest.approx(5e-4, rel=0.05) and lr(199) < 1e-6
+    assert isinstance(T.build_optimizer(tiny, model), torch.optim.AdamW)
+
+
+def test_yaml_config_and_script_entry(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preset: base\nbatch-size: 3\nattention: axial\n")
+    args = T.parse_args(["--config", str(cfg), "--batch-size", "5"])
+    assert (args.preset, args.batch_size, args.attention) == ("base", 5, "axial")
+    cfg.write_text("batch_sizes: 3\n")
+    with pytest.raises(SystemExit):
+        T.parse_args(["--config", str(cfg)])
+    proc = subprocess.run([sys.executable, "timesformer/train.py", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "--ckpt-every" in proc.stdout
+
+
+def test_checkpoint_from_save_model_can_init(tmp_path):
+    model = T.TimeSformer(T.TimeSformerConfig.tiny(depth=1, embed_dim=32, num_heads=2, img_size=32, num_frames=4,
+                                                   num_classes=4))
+    save_model(model, tmp_path / "m")
+    out = tmp_path / "run"
+    T.main(toy_args(out, "--init", str(tmp_path / "m"), epochs=1))
+    assert load_model(out / "checkpoint-last").class_names[0] == "moving right"
