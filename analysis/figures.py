@@ -6,6 +6,8 @@ return `plotly.graph_objects.Figure`s; they never compute costs themselves.
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -107,14 +109,17 @@ def cost_figure(rows: list[dict], gpu_memory: float, title: str | None = None) -
                     name=f"{name} ({impl})", showlegend=False, line=dict(color=colour, dash=dash),
                     hovertext=hover, hoverinfo="text",
                 ), row=2, col=col)
-        fig.update_xaxes(type="log", title_text=AXES[axis][1].split(" (")[0], row=1, col=col)
-        fig.update_xaxes(type="log", title_text=AXES[axis][1].split(" (")[0], row=2, col=col)
+        ticks = sorted({r[key] for r in rows if r["sweep"] == axis})
+        for r_ in (1, 2):
+            fig.update_xaxes(type="log", tickvals=ticks, title_text=AXES[axis][1].split(" (")[0], row=r_, col=col)
         fig.update_yaxes(type="log", title_text="GFLOPs" if col == 1 else None, row=1, col=col)
-        fig.update_yaxes(type="log", title_text="GiB" if col == 1 else None, row=2, col=col)
-        ymax = max([r.get(f"train_bytes_{i}", 0) / GiB for r in rows for i in IMPLEMENTATIONS] + [gpu_memory / GiB])
-        # shade "does not fit": from the GPU's memory to above the highest point (log axis: a rect in data units)
+        mem = [r[f"train_bytes_{i}"] / GiB for r in rows for i in IMPLEMENTATIONS if f"train_bytes_{i}" in r]
+        lo, hi = math.log10(min(mem + [gpu_memory / GiB]) / 1.5), math.log10(max(mem + [gpu_memory / GiB]) * 1.5)
+        fig.update_yaxes(type="log", range=[lo, hi], title_text="GiB" if col == 1 else None, row=2, col=col)
+        # shade "does not fit", from the GPU's memory to the top of the (fixed) range
         fig.add_shape(type="rect", xref=f"x{len(axes) + col} domain", yref=f"y{len(axes) + col}", x0=0, x1=1,
-                      y0=gpu_memory / GiB, y1=ymax * 2, fillcolor="rgba(239,85,59,0.12)", line_width=0, layer="below")
+                      y0=gpu_memory / GiB, y1=10**hi, fillcolor="rgba(239,85,59,0.12)", line_width=0,
+                      layer="below")
         fig.add_hline(y=gpu_memory / GiB, line=dict(color="rgba(239,85,59,0.8)", width=1), row=2, col=col,
                       annotation_text=f"out of memory above {gpu_memory / GiB:g} GiB", annotation_position="top left")
     styles = "; ".join(f"{d}: {label}" for d, label in IMPLEMENTATIONS.values())
