@@ -540,6 +540,53 @@ def _schemes(text: str) -> tuple[str, ...]:
     return names
 
 
+# fvcore counts of the official model, per view, and the paper's TFLOPs (3 views); docs/complexity.md
+OFFICIAL_GFLOPS = {
+    ("divided_space_time", 8, 224): 196.1, ("joint_space_time", 8, 224): 179.7, ("space_only", 8, 224): 140.7,
+    ("divided_space_time", 8, 448): 851.3, ("joint_space_time", 8, 448): 1262.4,
+    ("divided_space_time", 32, 224): 786.8, ("joint_space_time", 32, 224): 1262.4,
+}
+PAPER_TFLOPS = {"base": 0.59, "hr": 5.11, "large": 7.14}
+
+
+def references(gpu_memory: float = 32 * GiB) -> str:
+    """Markdown tables of docs/complexity.md: FLOPs against the official fvcore counts and the paper,
+    parameters, and training memory in the paper's setting against the three attention implementations."""
+    base = TimeSformerConfig.base
+    out = ["| scheme | frames × crop | this model | official-code count | fvcore (official) | difference |",
+           "|---|---|---|---|---|---|"]
+    for (scheme, T, size), ref in OFFICIAL_GFLOPS.items():
+        cfg = base(attention_type=scheme, num_frames=T, img_size=size)
+        ours, official = estimate(cfg).gflops, estimate(cfg, official=True).gflops
+        out.append(f"| {scheme} | {T}×{size} | {ours:.1f} | {official:.1f} | {ref} | {100 * (ours / ref - 1):+.2f}% |")
+    out += ["", "| preset | frames × crop | GFLOPs per view (this model / official count) "
+            "| × 3 views, TFLOPs | paper |", "|---|---|---|---|---|"]
+    for preset, tflops in PAPER_TFLOPS.items():
+        cfg = getattr(TimeSformerConfig, preset)()
+        ours, official = estimate(cfg).gflops, estimate(cfg, official=True).gflops
+        out.append(f"| {preset} | {cfg.num_frames}×{cfg.img_size} | {ours:.1f} / {official:.1f} | "
+                   f"{3 * ours / 1000:.3f} / {3 * official / 1000:.3f} | {tflops} |")
+    out += ["", "| scheme | params (174 classes) | GFLOPs 8×224 |", "|---|---|---|"]
+    for scheme in ATTENTION_TYPES:
+        e = estimate(base(attention_type=scheme, num_classes=174))
+        out.append(f"| {scheme} | {e.params / 1e6:.1f}M | {e.gflops:.1f} |")
+    gib = gpu_memory / GiB
+    out += ["", f"Training memory, fp32, SGD momentum, 1 clip, GiB (× = does not fit in {gib:g} GiB):", "",
+            "| scheme | frames × crop | tokens | materialised, PyTorch < 1.11 (paper) | materialised, PyTorch ≥ 1.11 "
+            "| fused SDPA | max batch (paper / ≥1.11 / fused) |", "|---|---|---|---|---|---|---|"]
+    points = [(T, 224) for T in (8, 16, 32, 64, 96)] + [(8, s) for s in (336, 448, 560)]
+    for scheme in ("joint_space_time", "divided_space_time", "sparse_local_global", "axial", "space_only"):
+        for T, size in points:
+            cfg = base(attention_type=scheme, num_frames=T, img_size=size)
+            cells, batches = [], []
+            for opts in IMPLEMENTATIONS.values():
+                e = estimate(cfg, optimizer="sgd", **opts)
+                cells.append(f"{e.training_bytes / GiB:.1f}{'' if e.fits(gpu_memory) else ' ×'}")
+                batches.append(str(max_batch_size(cfg, gpu_memory, optimizer="sgd", **opts)))
+            out.append(f"| {scheme} | {T}×{size} | {e.tokens} | {' | '.join(cells)} | {' / '.join(batches)} |")
+    return "\n".join(out)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -550,7 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
         "FLOPs, parameters and training memory of the five TimeSformer attention schemes against frames and "
         "crop size (the paper's Figure 3, for your configuration and GPU). Writes complexity.csv, "
         "complexity.json, complexity.html and complexity.png (when kaleido finds a Chromium)."))
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--out", help="output folder (created); required unless --references")
+    p.add_argument("--references", action="store_true",
+                   help="print the reference tables of docs/complexity.md (FLOPs, parameters, memory) and exit")
     p.add_argument("--schemes", type=_schemes, default=ATTENTION_TYPES, help="comma-separated, or 'all' (default)")
     p.add_argument("--frames", type=_positive_ints, default=(8, 16, 32, 64, 96), help="frame counts (8,16,32,64,96)")
     p.add_argument("--sizes", type=_positive_ints, default=(224, 336, 448, 560), help="crop sizes (224,336,448,560)")
@@ -609,6 +658,11 @@ def write_png(fig, path) -> str | None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.references:
+        print(references(args.gpu_memory * GiB))
+        return 0
+    if not args.out:
+        parser.error("the following arguments are required: --out")
     try:
         base = _check_config(args)
     except ValueError as exc:
@@ -636,11 +690,14 @@ def main(argv=None) -> int:
                 row["measured_gflops"] = None
                 continue
             point = (row["attention_type"], row["num_frames"], row["img_size"])
-            if point not in measured:  # the two sweeps share their base point
+            fresh = point not in measured  # the two sweeps share their base point
+            if fresh:
                 measured[point] = measure(cfg, batch_size=1, dtype=args.dtype)
             m = measured[point]
             row.update(measured_gflops=m.gflops, measured_params=m.params,
                        measured_activation_bytes=m.activation_bytes, measured_seconds=m.seconds)
+            if not fresh:
+                continue
             print(f"measured {row['attention_type']} {row['num_frames']}×{row['img_size']}: {m.gflops:.1f} GFLOPs "
                   f"(estimate {row['gflops']:.1f}), saved activations {m.activation_bytes / GiB:.2f} GiB "
                   f"(estimate {row['activation_bytes_fused'] / GiB:.2f}) in {m.seconds:.0f} s", flush=True)

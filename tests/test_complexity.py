@@ -277,3 +277,16 @@ def test_figures():
     e = cx.estimate(BASE())
     assert len(breakdown_figure(e).data[0].y) == len(e.flops)
     assert len(memory_figure({"a": e, "b": e}, 32 * GiB).data) == 5
+
+
+def test_cli_prints_the_reference_tables(capsys):
+    assert cx.main(["--references"]) == 0
+    text = capsys.readouterr().out
+    assert "| divided_space_time | 8×224 | 195.9 | 196.1 | 196.1 |" in text
+    assert "| joint_space_time | 8×448 | 6273 | 50.3 × |" in text
+
+
+def test_cli_needs_out(capsys):
+    with pytest.raises(SystemExit):
+        cx.main([])
+    assert "--out" in capsys.readouterr().err
