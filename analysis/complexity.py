@@ -172,9 +172,9 @@ def estimate(
     checkpointing: activation checkpointing per block (only block inputs are kept; one block is
         recomputed at a time during backward).
     optimizer: "sgd" (momentum, the official recipe) or "adamw".
-    softmax_saves_input: materialised softmax also keeps its input for backward, as PyTorch did
-        before 1.11 (pytorch/pytorch#64000, fixed by #65242) — the PyTorch the paper ran on. One
-        more L×L tensor per attention step.
+    softmax_saves_input: materialised softmax also keeps its input for backward, as PyTorch did until
+        pytorch/pytorch#65242 (September 2021, issue #64000; 1.9 and earlier for certain) — the PyTorch
+        of the paper (February 2021). One more L×L tensor per attention step.
     autocast_device: whose bf16 autocast policy to model: "cuda" runs softmax in fp32 (then P·V keeps
         a bf16 copy of P too), "cpu" keeps it in bf16. Only matters for bf16 with fused=False.
     official: count the divided space step as the official code runs it, with cls copied into all T
@@ -470,7 +470,7 @@ def measure(
 
 # The three ways of running attention whose training memory the sweep reports (figures.IMPLEMENTATIONS).
 IMPLEMENTATIONS = {
-    "paper": dict(fused=False, softmax_saves_input=True),  # materialised on PyTorch < 1.11, as the paper ran
+    "paper": dict(fused=False, softmax_saves_input=True),  # materialised on PyTorch ≤ 1.9, as the paper ran
     "materialised": dict(fused=False, softmax_saves_input=False),
     "fused": dict(fused=True, softmax_saves_input=False),
 }
@@ -572,8 +572,8 @@ def references(gpu_memory: float = 32 * GiB) -> str:
         out.append(f"| {scheme} | {e.params / 1e6:.1f}M | {e.gflops:.1f} |")
     gib = gpu_memory / GiB
     out += ["", f"Training memory, fp32, SGD momentum, 1 clip, GiB (× = does not fit in {gib:g} GiB):", "",
-            "| scheme | frames × crop | tokens | materialised, PyTorch < 1.11 (paper) | materialised, PyTorch ≥ 1.11 "
-            "| fused SDPA | max batch (paper / ≥1.11 / fused) |", "|---|---|---|---|---|---|---|"]
+            "| scheme | frames × crop | tokens | materialised, PyTorch ≤ 1.9 (paper) | materialised, current PyTorch "
+            "| fused SDPA | max batch (paper / current / fused) |", "|---|---|---|---|---|---|---|"]
     points = [(T, 224) for T in (8, 16, 32, 64, 96)] + [(8, s) for s in (336, 448, 560)]
     for scheme in ("joint_space_time", "divided_space_time", "sparse_local_global", "axial", "space_only"):
         for T, size in points:

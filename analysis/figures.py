@@ -30,8 +30,8 @@ SCHEME_LABELS = {
 }
 # How each attention implementation's training memory is drawn.
 IMPLEMENTATIONS = {
-    "paper": ("solid", "materialised, PyTorch < 1.11 (the paper's setting)"),
-    "materialised": ("dot", "materialised, PyTorch ≥ 1.11"),
+    "paper": ("solid", "materialised, PyTorch ≤ 1.9 (the paper's setting)"),
+    "materialised": ("dot", "materialised, current PyTorch"),
     "fused": ("dash", "fused SDPA (flash / memory-efficient)"),
 }
 AXES = {"frames": ("num_frames", "frames (at {size} px)"), "size": ("img_size", "crop size in px (at {frames} frames)")}
