@@ -33,12 +33,13 @@ import json
 import math
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from timesformer.attention import KEYS, SCHEMES, _Split
+from timesformer.attention import KEYS, SCHEMES
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
 
 GiB = 1024**3
@@ -75,7 +76,7 @@ def step_shapes(attention_type: str, grid: tuple[int, int, int], local_split: in
     # where torch's thread pool does not; a key written with torch-only calls falls back to torch.
     p = np.arange(T * H * W)
     t, h, w = p // (H * W), (p // W) % H, p % W
-    split = _Split(local_split, global_stride)
+    split = types.SimpleNamespace(local_split=local_split, global_stride=global_stride)  # what KEYS reads
     out = []
     for step in SCHEMES[attention_type].steps:
         try:
