@@ -213,9 +213,9 @@ def attend(
         scores = (q @ k.transpose(-2, -1)) * hd**-0.5  # (B·G, heads, L, L)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        probs = scores.softmax(dim=-1)
-        record(probs.view(B, G, num_heads, L, L))
-        out = F.dropout(probs, dropout_p) @ v
+        probs = scores.softmax(dim=-1).view(B, G, num_heads, L, L)
+        record(probs)  # the tensor used below, so that its .grad can be retained
+        out = F.dropout(probs, dropout_p).view(B * G, num_heads, L, L) @ v
     out = out.transpose(1, 2).reshape(B, G * L, D)  # (B, G·L, D), slot order
     patches = out[:, grouping.inverse]  # (B, T·N, D)
     if not grouping.with_cls:
@@ -230,7 +230,7 @@ def attend(
 # Dense maps, patterns and recording
 
 
-def _lift(grouping: Grouping, values: torch.Tensor) -> torch.Tensor:
+def lift(grouping: Grouping, values: torch.Tensor) -> torch.Tensor:
     """Scatter per-group (..., G, L, L) values into a dense (..., M, M) frame-major matrix.
 
     cls query rows are averaged over the groups, as the model averages the cls outputs (for space_only
@@ -258,7 +258,7 @@ def attention_pattern(
     """{step: bool (1+T·N, 1+T·N) mask} of which key (column) each query (row) sees, frame-major."""
     out = {}
     for g in scheme_groupings(attention_type, (T, H_p, W_p), "cpu", local_split, global_stride):
-        out[g.step] = _lift(g, torch.ones(g.index.shape + g.index.shape[1:])) > 0
+        out[g.step] = lift(g, torch.ones(g.index.shape + g.index.shape[1:])) > 0
     return out
 
 
@@ -277,7 +277,7 @@ class AttentionMap:
 
     def dense(self) -> torch.Tensor:
         """(B, heads, 1+T·N, 1+T·N) in frame-major order (0 = cls, 1 + t·N + h·W_p + w)."""
-        return _lift(self.grouping, self.probs.float().transpose(1, 2))  # (B, heads, G, L, L)
+        return lift(self.grouping, self.probs.float().transpose(1, 2))  # (B, heads, G, L, L)
 
     def __repr__(self) -> str:
         return f"AttentionMap(layer={self.layer}, step={self.step!r}, probs={tuple(self.probs.shape)})"
@@ -366,5 +366,5 @@ def full_recording_bytes(attention_type: str, grid: tuple[int, int, int], num_he
 
 __all__ = [
     "SCHEMES", "STEP_NAMES", "Step", "Scheme", "Grouping", "AttentionMap", "AttentionRecorder",
-    "attend", "attention_pattern", "record_attention", "scheme_groupings", "full_recording_bytes",
+    "attend", "attention_pattern", "lift", "record_attention", "scheme_groupings", "full_recording_bytes",
 ]

@@ -1,0 +1,286 @@
+"""Recorded attention as maps, rollout and summary numbers, for every scheme.
+
+All maps come back on the clip's patch grid `(B, T, H_p, W_p)`, the grid the attribution methods also
+reduce to, so any two explanations can be compared cell by cell.
+
+Run as a script for the CLI (`python -m analysis.attention CLIP --out DIR`); see `analysis/cli.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from timesformer.attention import AttentionMap, Grouping, lift, record_attention
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+# --------------------------------------------------------------------------------------------------
+# Queries and heads
+
+
+def query_index(query, grid: tuple[int, int, int]) -> int:
+    """Frame-major token index of `"cls"` (0) or a patch `(t, h, w)`; negative t counts from the end."""
+    if isinstance(query, str):
+        if query != "cls":
+            raise ValueError(f"query must be 'cls' or a patch (t, h, w), got {query!r}")
+        return 0
+    T, H, W = grid
+    try:
+        t, h, w = (int(v) for v in query)
+    except (TypeError, ValueError):
+        raise ValueError(f"query must be 'cls' or a patch (t, h, w), got {query!r}") from None
+    t = t + T if t < 0 else t
+    if not (0 <= t < T and 0 <= h < H and 0 <= w < W):
+        raise ValueError(f"patch {tuple(query)} is outside the {T}×{H}×{W} grid")
+    return 1 + t * H * W + h * W + w
+
+
+def fuse_heads(x: torch.Tensor, head="mean", dim: int = 1) -> torch.Tensor:
+    """Select head `head` (an int) or fuse all heads with "mean", "max" or "min" along `dim`."""
+    if isinstance(head, int):
+        if not -x.shape[dim] <= head < x.shape[dim]:
+            raise ValueError(f"head {head} out of range for {x.shape[dim]} heads")
+        return x.select(dim, head)
+    if head == "mean":
+        return x.mean(dim)
+    if head == "max":
+        return x.amax(dim)
+    if head == "min":
+        return x.amin(dim)
+    raise ValueError(f"head must be an index or one of {HEAD_FUSIONS}, got {head!r}")
+
+
+def attention_row(m: AttentionMap, query="cls") -> torch.Tensor:
+    """(B, heads, 1+T·N): one row of `m.dense()`, computed without building the dense matrix."""
+    g: Grouping = m.grouping
+    T, H, W = g.grid
+    M = 1 + T * H * W
+    q = query_index(query, g.grid)
+    B, G, heads, L, _ = m.probs.shape
+    probs = m.probs.float()
+    slots = g.dense_slots().to(probs.device)  # (G, L) dense index of each slot, -1 = padding
+    row = probs.new_zeros(B, heads, M)
+    if q == 0:
+        if not g.with_cls:  # cls takes no part in this step
+            return row
+        groups, rows, weight = torch.arange(G), torch.zeros(G, dtype=torch.long), 1.0 / G
+    else:
+        slot = int(g.inverse[q - 1])
+        groups, rows, weight = torch.tensor([slot // L]), torch.tensor([slot % L]), 1.0
+    for gi, ri in zip(groups.tolist(), rows.tolist()):
+        keep = slots[gi] >= 0
+        row[:, :, slots[gi][keep]] += weight * probs[:, gi, :, ri, :][:, :, keep]
+    return row
+
+
+def query_map(m: AttentionMap, query="cls", head="mean") -> torch.Tensor:
+    """(B, T, H_p, W_p) attention of `query` over the clip's patches (its attention to cls left out)."""
+    T, H, W = m.grid
+    return fuse_heads(attention_row(m, query), head)[:, 1:].reshape(-1, T, H, W)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rollout
+
+
+def step_matrix(m: AttentionMap, head="mean", weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, M, M) dense matrix of one step with heads fused (fused before lifting: heads× less work).
+
+    `weights` (same shape as m.probs) multiplies the probabilities first, as gradient-weighted rollout
+    does; the result is then clamped at zero.
+    """
+    probs = m.probs.detach().float()
+    if weights is not None:
+        probs = (probs * weights.float()).clamp(min=0)
+    return lift(m.grouping, fuse_heads(probs, head, dim=2))  # (B, G, L, L) → (B, M, M)
+
+
+def _mix(a: torch.Tensor, discard_ratio: float) -> torch.Tensor:
+    """Abnar & Zuidema's residual mixing 0.5·A + 0.5·I with rows renormalised, after optionally
+    discarding the weakest `discard_ratio` of each row's weights (never the cls column)."""
+    if discard_ratio > 0:
+        a = a.clone()
+        flat = a[..., 1:]
+        k = int(flat.shape[-1] * discard_ratio)
+        if k:
+            low = flat.topk(k, dim=-1, largest=False).indices
+            flat.scatter_(-1, low, 0.0)
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    a = 0.5 * a + 0.5 * eye
+    return a / a.sum(-1, keepdim=True)
+
+
+def rollout(maps: Iterable[AttentionMap], head="mean", discard_ratio: float = 0.0, query=None,
+            weights: dict | None = None) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020) through every recorded step, in forward order.
+
+    Each step is lifted to the dense token matrix, mixed with its residual and renormalised; the
+    steps are multiplied in forward order, so a factorised block (time then space, …) contributes the
+    product of its steps. With `query` (e.g. "cls" or (t, h, w)) only that row is computed, as a
+    vector-matrix product per step (O(M²) instead of O(M³)), and the result is (B, T, H_p, W_p) over the
+    patches; without it, the full (B, M, M) rollout matrix. `weights` maps (layer, step) to gradients
+    for gradient-weighted rollout (see `grad_rollout`).
+    """
+    maps = list(maps)
+    if not maps:
+        raise ValueError("rollout needs recorded attention maps: record the model's forward first")
+    layers = [m.layer for m in maps]
+    if len(set(layers)) != max(layers) - min(layers) + 1 or min(layers) != 0:
+        raise ValueError(f"rollout needs every layer from 0 recorded; got layers {sorted(set(layers))}")
+    mats = [_mix(step_matrix(m, head, None if weights is None else weights[(m.layer, m.step)]), discard_ratio)
+            for m in maps]
+    if query is None:
+        out = mats[0]
+        for a in mats[1:]:
+            out = a @ out
+        return out
+    grid = maps[0].grid
+    T, H, W = grid
+    q = query_index(query, grid)
+    v = mats[-1][:, q : q + 1]  # (B, 1, M)
+    for a in reversed(mats[:-1]):
+        v = v @ a
+    return v[:, 0, 1:].reshape(-1, T, H, W)
+
+
+def grad_rollout(model, video: torch.Tensor, target=None, head="mean", discard_ratio: float = 0.0,
+                 query="cls") -> torch.Tensor:
+    """Gradient-weighted rollout: each step's probabilities weighted by the gradient of the target
+    logit with respect to them, clamped at zero, heads fused, then rolled out.
+
+    `target`: class index (int or (B,) tensor); default the predicted class. Returns (B, T, H_p, W_p).
+    """
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad(), record_attention(model, keep_grad=True) as rec:
+        logits = model(video)
+        target = _targets(logits, target)
+        logits.gather(1, target[:, None]).sum().backward()
+    weights = {(m.layer, m.step): m.probs.grad for m in rec}
+    model.zero_grad(set_to_none=True)
+    return rollout(rec, head, discard_ratio, query, weights=weights)
+
+
+def _targets(logits: torch.Tensor, target) -> torch.Tensor:
+    if target is None:
+        return logits.argmax(-1)
+    target = torch.as_tensor(target, device=logits.device).long().reshape(-1)
+    if target.numel() == 1:
+        target = target.expand(logits.shape[0])
+    if ((target < 0) | (target >= logits.shape[1])).any():
+        raise ValueError(f"target class out of range for {logits.shape[1]} classes")
+    return target
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary numbers
+
+
+def _slot_coords(g: Grouping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(G, L) t, h, w of every slot, and a (G, L) mask of patch slots (not cls, not padding)."""
+    T, H, W = g.grid
+    p = g.dense_slots() - 1  # patch index, -1 for cls, -2 for padding
+    patch = p >= 0
+    p = p.clamp(min=0)
+    return p // (H * W), (p // W) % H, p % W, patch
+
+
+def summarize(m: AttentionMap) -> dict:
+    """Numbers to compare across layers, steps and schemes, averaged over patch queries and heads.
+
+    entropy: of each query's attention, in nats; entropy_norm: divided by log(number of keys seen);
+    distance_space: mean attention-weighted distance to the keys, in patches; distance_time: the same
+    in frames; same_frame / other_frames / cls: shares of the attention mass.
+    """
+    g = m.grouping
+    probs = m.probs.detach().float()  # (B, G, heads, L, L)
+    t, h, w, patch = (x.to(probs.device) for x in _slot_coords(g))
+    valid = g.valid.to(probs.device) if g.valid is not None else torch.ones_like(patch)
+    q = patch[None, :, None, :]  # patch query rows (B, G, heads, L)
+    n = q.expand(probs.shape[:-1]).sum().clamp(min=1)
+
+    def mean(x):  # over patch query rows
+        return float((x * q).sum() / n)
+
+    pair = patch[:, :, None] & patch[:, None, :]  # (G, L, L) patch → patch
+    d_space = torch.sqrt((h[:, :, None] - h[:, None, :]) ** 2 + (w[:, :, None] - w[:, None, :]) ** 2.0) * pair
+    d_time = (t[:, :, None] - t[:, None, :]).abs().float() * pair
+    same = (t[:, :, None] == t[:, None, :]) & pair
+    ent = -(probs * probs.clamp(min=1e-12).log()).sum(-1)
+    keys = valid.sum(-1).float().clamp(min=2)  # (G,) keys per group (cls included where it takes part)
+    cls_share = probs[..., 0] if g.with_cls else torch.zeros_like(probs[..., 0])
+    return {
+        "layer": m.layer,
+        "step": m.step,
+        "entropy": mean(ent),
+        "entropy_norm": mean(ent / keys.log()[None, :, None, None]),
+        "distance_space": mean((probs * d_space[None, :, None]).sum(-1)),
+        "distance_time": mean((probs * d_time[None, :, None]).sum(-1)),
+        "same_frame": mean((probs * same[None, :, None]).sum(-1)),
+        "other_frames": mean((probs * (pair & ~same)[None, :, None]).sum(-1)),
+        "cls": mean(cls_share),
+    }
+
+
+def summary_table(maps: Iterable[AttentionMap]) -> list[dict]:
+    """`summarize` for every recorded map, in forward order."""
+    return [summarize(m) for m in maps]
+
+
+# --------------------------------------------------------------------------------------------------
+# Pictures
+
+
+def _colormap(name: str) -> np.ndarray:
+    """(256, 3) uint8 lookup table of a matplotlib colormap."""
+    from matplotlib import colormaps
+
+    return (colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(T, H_p, W_p) → (T, H, W), bilinear."""
+    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def overlay(frames: np.ndarray, maps: torch.Tensor, alpha: float = 0.5, cmap: str = "jet",
+            normalize: str = "clip") -> np.ndarray:
+    """Heatmaps over frames: frames (T, H, W, 3) uint8, maps (T, H_p, W_p) → (T, H, W, 3) uint8.
+
+    normalize="clip" scales by the clip's min and max (frames stay comparable), "frame" per frame.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3), got {frames.shape}")
+    maps = torch.as_tensor(maps).detach().float().cpu()
+    if maps.shape[0] != frames.shape[0]:
+        raise ValueError(f"{maps.shape[0]} maps for {frames.shape[0]} frames")
+    up = upsample(maps, frames.shape[1:3])
+    dims = (1, 2) if normalize == "frame" else (0, 1, 2)
+    lo, hi = up.amin(dim=dims, keepdim=True), up.amax(dim=dims, keepdim=True)
+    up = ((up - lo) / (hi - lo).clamp(min=1e-12)).clamp(0, 1)
+    heat = _colormap(cmap)[(up * 255).round().long().numpy()]
+    return (frames * (1 - alpha) + heat * alpha).round().astype(np.uint8)
+
+
+def grid_image(frames: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
+    """(T, H, W, 3) frames tiled into one (rows·H, columns·W, 3) image."""
+    T, H, W, _ = frames.shape
+    columns = columns or min(T, 8)
+    rows = math.ceil(T / columns)
+    out = np.full((rows * (H + pad) - pad, columns * (W + pad) - pad, 3), 255, np.uint8)
+    for i in range(T):
+        r, c = divmod(i, columns)
+        out[r * (H + pad) : r * (H + pad) + H, c * (W + pad) : c * (W + pad) + W] = frames[i]
+    return out
+
+
+if __name__ == "__main__":
+    from analysis.cli import main
+
+    main()

@@ -1,0 +1,255 @@
+"""Captum attributions for video, reduced to the patch grid, and faithfulness curves.
+
+Every method returns `(B, T, H_p, W_p)` — the grid of the attention maps — so attention, rollout and
+attributions can be compared cell by cell and ranked by the same deletion/insertion test. Before running,
+`cost(...)` says how many clip evaluations a method needs; while running, `progress(done, total)` is
+called after every batch of evaluations (Captum has no callbacks, so the model's forward is wrapped).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from analysis.attention import _targets
+
+METHODS = ("integrated_gradients", "saliency", "occlusion", "ablation_frames", "ablation_tubes",
+           "gradient_x_activation")
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Cost:
+    """Clip evaluations one attribution needs, per clip."""
+
+    method: str
+    forwards: int  # clip forwards (each with a backward for gradient methods)
+    backwards: int
+
+    def seconds(self, forward_s: float, backward_factor: float = 2.0) -> float:
+        """Wall time given the measured time of one clip forward; a backward costs ~2 forwards."""
+        return self.forwards * forward_s + self.backwards * forward_s * backward_factor
+
+    def __str__(self) -> str:
+        return f"{self.method}: {self.forwards} forwards, {self.backwards} backwards per clip"
+
+
+def _grid(model, video) -> tuple[int, int, int]:
+    return model.grid_of(video)
+
+
+def cost(method: str, grid: tuple[int, int, int], n_steps: int = 16, window: tuple[int, int] = (2, 2)) -> Cost:
+    """Evaluations needed by `method` on a clip of patch grid (T, H_p, W_p). `window`: occlusion block
+    as (frames, patches per side)."""
+    T, H, W = grid
+    if method == "integrated_gradients":
+        return Cost(method, n_steps, n_steps)
+    if method in ("saliency", "gradient_x_activation"):
+        return Cost(method, 1, 1)
+    if method == "occlusion":
+        ft, fp = window
+        return Cost(method, 1 + math.ceil(T / ft) * math.ceil(H / fp) * math.ceil(W / fp), 0)
+    if method == "ablation_frames":
+        return Cost(method, 1 + T, 0)
+    if method == "ablation_tubes":
+        return Cost(method, 1 + H * W, 0)
+    raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+class _Counted(torch.nn.Module):
+    """The model's forward, reporting progress in clips evaluated."""
+
+    def __init__(self, model, total: int, progress: Progress | None):
+        super().__init__()
+        self.model, self.total, self.progress, self.done = model, total, progress, 0
+
+    def forward(self, video):
+        out = self.model(video)
+        self.done += video.shape[0]
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total)
+        return out
+
+
+def to_grid(pixels: torch.Tensor, patch: int, reduce: str = "sum") -> torch.Tensor:
+    """(B, C, T, H, W) pixel attributions → (B, T, H_p, W_p): summed over channels and each patch
+    ("sum": signed, "abs": magnitudes)."""
+    if reduce == "abs":
+        pixels = pixels.abs()
+    elif reduce != "sum":
+        raise ValueError(f"reduce must be 'sum' or 'abs', got {reduce!r}")
+    B, C, T, H, W = pixels.shape
+    x = pixels.sum(1).reshape(B, T, H // patch, patch, W // patch, patch)
+    return x.sum((3, 5))
+
+
+def _feature_mask(grid, patch, kind: str, window=(1, 1)) -> torch.Tensor:
+    """(1, 1, T, H, W) integer feature ids: per frame, per tube (h, w over all frames) or per block."""
+    T, H, W = grid
+    t = torch.arange(T)[:, None, None]
+    h = torch.arange(H * patch)[None, :, None] // patch
+    w = torch.arange(W * patch)[None, None, :] // patch
+    if kind == "frames":
+        ids = t.expand(T, H * patch, W * patch)
+    elif kind == "tubes":
+        ids = (h * W + w).expand(T, -1, -1)
+    else:  # space-time blocks of window = (frames, patches)
+        ft, fp = window
+        nh, nw = math.ceil(H / fp), math.ceil(W / fp)
+        ids = ((t // ft) * nh + h // fp) * nw + w // fp
+    return ids[None, None].contiguous()
+
+
+def attribute(model, video: torch.Tensor, method: str, target=None, n_steps: int = 16,
+              internal_batch_size: int = 4, window: tuple[int, int] = (2, 2), layer: int = -1,
+              baseline: float = 0.0, progress: Progress | None = None, reduce: str = "sum") -> torch.Tensor:
+    """(B, T, H_p, W_p) attribution of `method` for `target` (default: the predicted class).
+
+    integrated_gradients (n_steps, internal_batch_size), saliency (gradient magnitude), occlusion over
+    space-time blocks of `window` = (frames, patches), ablation_frames / ablation_tubes (feature
+    ablation of whole frames / of a patch position across all frames), gradient_x_activation on block
+    `layer`'s input tokens (in the last block, only cls of the output reaches the head). The baseline
+    is `baseline` in normalised units (0 = the dataset mean colour).
+    """
+    from captum.attr import FeatureAblation, IntegratedGradients, Occlusion, Saliency
+
+    grid = _grid(model, video)
+    patch = model.config.patch_size
+    c = cost(method, grid, n_steps, window)
+    B = video.shape[0]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        target = _targets(model(video), target)
+    f = _Counted(model, (c.forwards) * B, progress)
+    video = video.detach()
+    try:
+        if method == "integrated_gradients":
+            a = IntegratedGradients(f).attribute(video, baselines=baseline, target=target, n_steps=n_steps,
+                                                 internal_batch_size=internal_batch_size * B)
+        elif method == "saliency":
+            a = Saliency(f).attribute(video.clone().requires_grad_(), target=target, abs=True)
+        elif method == "occlusion":
+            ft, fp = window
+            a = Occlusion(f).attribute(video, sliding_window_shapes=(video.shape[1], ft, fp * patch, fp * patch),
+                                       strides=(video.shape[1], ft, fp * patch, fp * patch), baselines=baseline,
+                                       target=target, perturbations_per_eval=internal_batch_size)
+        elif method in ("ablation_frames", "ablation_tubes"):
+            mask = _feature_mask(grid, patch, method.split("_")[1]).to(video.device)
+            a = FeatureAblation(f).attribute(video, baselines=baseline, target=target,
+                                             feature_mask=mask.expand(B, video.shape[1], -1, -1, -1),
+                                             perturbations_per_eval=internal_batch_size)
+        elif method == "gradient_x_activation":
+            # the block's input tokens (in the last block, only the output's cls reaches the head);
+            # the same product as Captum's LayerGradientXActivation, which cannot hook a block whose
+            # inputs include its token groupings
+            return _gradient_x_activation(f, model.blocks[layer], video, target, grid)
+        else:
+            raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
+    finally:
+        model.train(was_training)
+    return to_grid(a.detach(), patch, reduce)
+
+
+def _gradient_x_activation(f, block, video, target, grid) -> torch.Tensor:
+    saved = {}
+
+    def keep(module, args):
+        x = args[0].detach().requires_grad_()
+        saved["x"] = x
+        return (x, *args[1:])
+
+    handle = block.register_forward_pre_hook(keep)
+    try:
+        with torch.enable_grad():
+            score = f(video).gather(1, target[:, None]).sum()
+            (grad,) = torch.autograd.grad(score, saved["x"])  # no parameter .grad left behind
+    finally:
+        handle.remove()
+    T, H, W = grid
+    per_token = (saved["x"] * grad).sum(-1)  # (B, C + T·N)
+    return per_token[:, -T * H * W :].reshape(-1, T, H, W).detach()
+
+
+# --------------------------------------------------------------------------------------------------
+# Faithfulness: deletion and insertion curves
+
+
+def random_map(grid: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+    """(1, T, H_p, W_p) uniform noise: the ranking every explanation must beat."""
+    return torch.rand((1, *grid), generator=torch.Generator().manual_seed(seed))
+
+
+@dataclass
+class Curves:
+    fractions: np.ndarray  # share of patches removed (deletion) / revealed (insertion)
+    deletion: np.ndarray  # target probability after removing the top fraction
+    insertion: np.ndarray  # target probability with only the top fraction shown
+    auc_deletion: float  # lower is better
+    auc_insertion: float  # higher is better
+
+    def to_dict(self) -> dict:
+        return {"fractions": self.fractions.tolist(), "deletion": self.deletion.tolist(),
+                "insertion": self.insertion.tolist(), "auc_deletion": self.auc_deletion,
+                "auc_insertion": self.auc_insertion}
+
+
+def _auc(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2)
+
+
+@torch.no_grad()
+def deletion_insertion(model, video: torch.Tensor, saliency: torch.Tensor, target=None, steps: int = 16,
+                       baseline: float = 0.0, batch_size: int = 8, progress: Progress | None = None) -> Curves:
+    """Deletion and insertion curves (Petsiuk et al., RISE, 2018) of one clip for a patch-grid map.
+
+    Patches (t, h, w) are ranked by `saliency`; deletion replaces the top k with `baseline` and
+    insertion shows only the top k on a `baseline` clip, for k = 0 … all in `steps` steps; the curves
+    are the softmax probability of `target` (default: the predicted class).
+    """
+    if video.shape[0] != 1:
+        raise ValueError("deletion_insertion takes one clip (batch of 1)")
+    T, H, W = grid = _grid(model, video)
+    saliency = torch.as_tensor(saliency).reshape(-1, *grid)[0].to(video.device)
+    P = model.config.patch_size
+    model.eval()
+    target = int(_targets(model(video), target)[0])
+    n = T * H * W
+    order = torch.argsort(saliency.flatten().float(), descending=True, stable=True)
+    counts = np.unique(np.linspace(0, n, steps + 1).round().astype(int))
+    masks = []
+    for k in counts:
+        keep = torch.zeros(n, dtype=torch.bool, device=video.device)
+        keep[order[:k]] = True  # the top-k patches
+        masks.append(keep.reshape(T, H, W))
+    masks = torch.stack(masks)  # (K, T, H, W)
+    pix = masks.repeat_interleave(P, 2).repeat_interleave(P, 3)[:, None]  # (K, 1, T, H·P, W·P)
+    base = torch.full_like(video, baseline)
+    probs = {"deletion": [], "insertion": []}
+    total, done = 2 * len(counts), 0
+    for kind in probs:
+        for i in range(0, len(counts), batch_size):
+            m = pix[i : i + batch_size]
+            clip = torch.where(m, base, video) if kind == "deletion" else torch.where(m, video, base)
+            probs[kind].append(model(clip).softmax(-1)[:, target].float().cpu())
+            done += m.shape[0]
+            if progress is not None:
+                progress(done, total)
+    fractions = counts / n
+    dele, ins = (torch.cat(probs[k]).numpy() for k in ("deletion", "insertion"))
+    return Curves(fractions, dele, ins, _auc(dele, fractions), _auc(ins, fractions))
+
+
+def timed_forward(model, video: torch.Tensor, repeats: int = 2) -> float:
+    """Seconds for one clip forward (the unit of `Cost.seconds`)."""
+    with torch.no_grad():
+        model(video[:1])
+        t = time.perf_counter()
+        for _ in range(repeats):
+            model(video[:1])
+    return (time.perf_counter() - t) / repeats

@@ -1,0 +1,268 @@
+import numpy as np
+import pytest
+import torch
+
+from analysis.attention import (
+    attention_row,
+    fuse_heads,
+    grad_rollout,
+    grid_image,
+    overlay,
+    query_index,
+    query_map,
+    rollout,
+    summarize,
+)
+from analysis.attribution import METHODS, attribute, cost, deletion_insertion, random_map, to_grid
+from analysis.patterns import (
+    blocks_to_full_clip,
+    pattern_codes,
+    pattern_figure,
+    receptive_field,
+    save_pattern,
+    steps_seeing,
+)
+from tests.test_model import small_model
+from timesformer import ATTENTION_TYPES, attention_pattern, record_attention
+
+GRID = (4, 4, 4)
+
+
+def recorded(attention_type, batch=2, seed=0):
+    model = small_model(attention_type, seed=seed)
+    video = torch.randn(batch, 3, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad(), record_attention(model) as rec:
+        model(video)
+    return model, video, rec
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_rows_and_query_maps_match_dense(attention_type):
+    _, _, rec = recorded(attention_type)
+    for m in rec:
+        dense = m.dense()
+        for query in ("cls", (0, 0, 0), (3, 2, 1), (-1, 3, 3)):
+            q = query_index(query, m.grid)
+            assert torch.allclose(attention_row(m, query), dense[:, :, q], atol=1e-6)
+        qmap = query_map(m, (1, 2, 3), head="max")
+        assert qmap.shape == (2, *GRID)
+        assert torch.allclose(qmap.flatten(1), dense[:, :, query_index((1, 2, 3), GRID), 1:].amax(1))
+
+
+def test_query_and_head_validation():
+    with pytest.raises(ValueError, match="outside"):
+        query_index((4, 0, 0), GRID)
+    with pytest.raises(ValueError, match="'cls' or a patch"):
+        query_index("token", GRID)
+    with pytest.raises(ValueError, match="head"):
+        fuse_heads(torch.ones(1, 4, 3), head="median")
+    with pytest.raises(ValueError, match="out of range"):
+        fuse_heads(torch.ones(1, 4, 3), head=4)
+
+
+def _lift_divided_by_hand(space, time, T, N):
+    """The TimeSformer authors' recipe for divided attention, written with loops: heads averaged,
+    per-frame spatial matrices (cls copies averaged), per-position temporal matrices."""
+    M = 1 + T * N
+    s, tm = space.mean(2), time.mean(2)  # (B, T, 1+N, 1+N), (B, N, T, T)
+    B = s.shape[0]
+    S = torch.zeros(B, M, M)
+    Tm = torch.zeros(B, M, M)
+    for t in range(T):
+        tok = [0] + [1 + t * N + n for n in range(N)]
+        for i, a in enumerate(tok):
+            for j, b in enumerate(tok):
+                S[:, a, b] += s[:, t, i, j] / (T if a == 0 else 1)
+    for n in range(N):
+        tok = [1 + t * N + n for t in range(T)]
+        for i, a in enumerate(tok):
+            for j, b in enumerate(tok):
+                Tm[:, a, b] = tm[:, n, i, j]
+
+    def mix(x):
+        x = 0.5 * x + 0.5 * torch.eye(M)
+        return x / x.sum(-1, keepdim=True)
+
+    return mix(S) @ mix(Tm)  # time first, then space
+
+
+def test_divided_rollout_matches_the_authors_recipe():
+    _, _, rec = recorded("divided_space_time")
+    T, H, W = GRID
+    expected = torch.eye(1 + T * H * W).expand(2, -1, -1)
+    for layer in range(2):
+        block = _lift_divided_by_hand(rec.get(layer, "space").probs, rec.get(layer, "time").probs, T, H * W)
+        expected = block @ expected
+    assert torch.allclose(rollout(rec), expected, atol=1e-5)
+    assert torch.allclose(rollout(rec, query="cls"), expected[:, 0, 1:].reshape(2, *GRID), atol=1e-5)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_rollout_rows_and_matrix_agree_and_stay_stochastic(attention_type):
+    _, _, rec = recorded(attention_type)
+    full = rollout(rec, discard_ratio=0.3)
+    assert torch.allclose(full.sum(-1), torch.ones(()), atol=1e-5)
+    assert (full >= 0).all()
+    for query in ("cls", (2, 1, 3)):
+        q = query_index(query, GRID)
+        assert torch.allclose(rollout(rec, query=query, discard_ratio=0.3), full[:, q, 1:].reshape(2, *GRID),
+                              atol=1e-6)
+    with pytest.raises(ValueError, match="every layer"):
+        rollout([m for m in rec if m.layer == 1])
+
+
+def test_grad_rollout_follows_the_target():
+    model, video, _ = recorded("joint_space_time")
+    a = grad_rollout(model, video, target=0)
+    b = grad_rollout(model, video, target=1)
+    assert a.shape == (2, *GRID) and (a >= 0).all()
+    assert not torch.allclose(a, b)
+    assert all(p.grad is None for p in model.parameters())  # leaves the model clean
+
+
+def test_summary_numbers_on_known_patterns():
+    _, _, rec = recorded("axial")
+    time, width = summarize(rec.get(0, "time")), summarize(rec.get(0, "width"))
+    assert time["same_frame"] < 0.5 and time["distance_space"] == 0 and time["cls"] == 0
+    assert width["distance_time"] == 0 and width["other_frames"] == 0
+    assert width["same_frame"] + width["cls"] == pytest.approx(1, abs=1e-5)
+    assert 0 < width["entropy_norm"] <= 1
+    # a uniform attention has the maximal entropy
+    m = rec.get(0, "time")
+    m.probs = torch.full_like(m.probs, 1 / m.probs.shape[-1])
+    s = summarize(m)
+    assert s["entropy"] == pytest.approx(np.log(4), abs=1e-5) and s["entropy_norm"] == pytest.approx(1, abs=1e-5)
+    assert s["distance_time"] == pytest.approx((0 + 1 + 2 + 3 + 1 + 0 + 1 + 2 + 2 + 1 + 0 + 1 + 3 + 2 + 1 + 0) / 16)
+
+
+def test_overlay_and_grid_images():
+    frames = np.zeros((4, 64, 48, 3), np.uint8)
+    maps = torch.zeros(4, 8, 6)
+    maps[2, 4, 3] = 1.0
+    out = overlay(frames, maps, alpha=1.0)
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    hot = out[2, 35:37, 27:29].astype(int)  # the centre of the hot cell
+    assert (hot[..., 0] > hot[..., 2]).all()  # the maximum is red in "jet", cold cells blue
+    assert out[0, 0, 0, 2] > out[0, 0, 0, 0]
+    assert grid_image(out, columns=2).shape == (2 * 64 + 2, 2 * 48 + 2, 3)
+    with pytest.raises(ValueError, match="maps for"):
+        overlay(frames, maps[:3])
+
+
+# ------------------------------------------------------------------------------------------------
+# Patterns
+
+
+def test_pattern_codes_come_from_the_model_masks():
+    grid = (8, 14, 14)
+    for attention_type in ATTENTION_TYPES:
+        codes, steps = pattern_codes(attention_type, grid, (3, 5, 5))
+        masks = attention_pattern(attention_type, *grid)
+        assert steps == list(masks)
+        q = query_index((3, 5, 5), grid)
+        union = torch.stack([m[q, 1:] for m in masks.values()]).any(0).reshape(grid).numpy()
+        assert ((codes != 0) == union).all()  # every key seen by some step, and only those
+        assert codes[3, 5, 5] == -1
+    codes, steps = pattern_codes("divided_space_time", grid, (3, 5, 5))
+    assert (codes[:, 5, 5][np.arange(8) != 3] == 1).all()  # time: same position in the other frames
+    assert (codes[3] != 0).all() and (codes[0] == 0).sum() == 14 * 14 - 1
+    seeing = steps_seeing("sparse_local_global", grid, (2, 2, 2))
+    assert seeing[0, 0, 0] == ["local", "global"] and seeing[1, 0, 0] == ["local"]
+
+
+def test_receptive_fields():
+    grid = (8, 14, 14)
+    assert blocks_to_full_clip("divided_space_time", grid, (3, 5, 5)) == 1  # T+S: the full clip in one block
+    assert blocks_to_full_clip("sparse_local_global", grid, (3, 5, 5)) == 1  # L+G: in its two steps
+    assert blocks_to_full_clip("joint_space_time", grid) == 1
+    assert blocks_to_full_clip("space_only", grid) is None  # never leaves its frame
+    only_frame = receptive_field("space_only", grid, (3, 5, 5), blocks=4)
+    assert only_frame[3].all() and only_frame.sum() == 14 * 14
+    # axial after the time step alone would be a tube; a whole block reaches the full clip
+    assert receptive_field("axial", grid, (3, 5, 5)).all()
+
+
+def test_pattern_figure_and_export(tmp_path):
+    fig = pattern_figure("axial", (4, 6, 6), (1, 2, 3))
+    assert [t.name for t in fig.data[1:]] == ["query", "time", "width", "height"]
+    rf = pattern_figure("divided_space_time", (4, 6, 6), (1, 2, 3), blocks=1)
+    assert "reached after 1 block" in rf.layout.title.text
+    from PIL import Image
+
+    png = save_pattern(tmp_path / "p.png", "sparse_local_global", (4, 6, 6), (1, 2, 3))
+    assert Image.open(png).size[0] > 4 * 6 * 14
+    svg = save_pattern(tmp_path / "p.svg", "sparse_local_global", (4, 6, 6), (1, 2, 3)).read_text()
+    assert svg.count("<rect") == 4 * 36 and "#1f4fd8" in svg
+    with pytest.raises(ValueError, match="png or .svg"):
+        save_pattern(tmp_path / "p.jpg", "axial", (4, 6, 6))
+
+
+# ------------------------------------------------------------------------------------------------
+# Attribution
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_attributions_reach_the_grid_with_progress(method):
+    model = small_model("divided_space_time")
+    video = torch.randn(1, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    calls = []
+    a = attribute(model, video, method, n_steps=8, window=(2, 2), progress=lambda d, t: calls.append((d, t)))
+    assert a.shape == (1, *GRID) and torch.isfinite(a).all() and a.abs().sum() > 0
+    expected = cost(method, GRID, n_steps=8, window=(2, 2))
+    assert calls[-1] == (expected.forwards, expected.forwards)
+
+
+def test_attributions_find_the_only_informative_patch():
+    """A model that reads one patch only: every method must put its mass there."""
+    model = small_model("space_only")
+    with torch.no_grad():
+        model.patch_embed.proj.weight.zero_()
+        model.patch_embed.proj.bias.zero_()
+    target_frame, target = 2, (2, 1, 3)
+
+    class OnePatch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+            self.config, self.blocks = model.config, model.blocks
+            self.grid_of = model.grid_of
+
+        def forward(self, video):
+            t, h, w = target
+            patch = video[:, :, t, h * 8 : (h + 1) * 8, w * 8 : (w + 1) * 8]
+            s = patch.mean((1, 2, 3))
+            return torch.stack([s, -s], 1) + 0 * model(video)[:, :2]
+
+    m = OnePatch()
+    video = torch.randn(1, 3, 4, 32, 32, generator=torch.Generator().manual_seed(1)) + 1
+    for method in ("integrated_gradients", "saliency", "occlusion", "ablation_tubes", "ablation_frames"):
+        a = attribute(m, video, method, target=0, n_steps=8, window=(1, 1), reduce="abs")[0]
+        if method == "ablation_frames":
+            assert a.sum((1, 2)).argmax() == target_frame
+        elif method == "ablation_tubes":
+            assert a[0].flatten().argmax() == 1 * 4 + 3
+        else:
+            assert a.flatten().argmax() == query_index(target, GRID) - 1, method
+
+
+def test_to_grid_and_cost():
+    x = torch.zeros(1, 3, 2, 16, 16)
+    x[0, :, 1, 8:, :8] = -1
+    assert to_grid(x, 8)[0, 1, 1, 0] == -3 * 64 and to_grid(x, 8, "abs")[0, 1, 1, 0] == 3 * 64
+    assert cost("occlusion", (8, 14, 14), window=(2, 2)).forwards == 1 + 4 * 7 * 7
+    assert cost("integrated_gradients", (8, 14, 14), n_steps=50).seconds(2.0) == pytest.approx(50 * 2 + 50 * 4)
+    with pytest.raises(ValueError, match="unknown attribution"):
+        cost("lime", GRID)
+
+
+def test_deletion_insertion_curves():
+    model = small_model("joint_space_time")
+    video = torch.randn(1, 3, 4, 32, 32)
+    curves = deletion_insertion(model, video, random_map(GRID), steps=8)
+    assert curves.fractions[0] == 0 and curves.fractions[-1] == 1 and len(curves.deletion) == 9
+    # both ends are the same two clips: the original and the all-baseline one
+    assert curves.deletion[0] == pytest.approx(curves.insertion[-1], abs=1e-5)
+    assert curves.deletion[-1] == pytest.approx(curves.insertion[0], abs=1e-5)
+    assert 0 <= curves.auc_deletion <= 1 and 0 <= curves.auc_insertion <= 1
+    with pytest.raises(ValueError, match="one clip"):
+        deletion_insertion(model, video.repeat(2, 1, 1, 1, 1), random_map(GRID))
