@@ -274,11 +274,14 @@ def estimate(
         add("weight_copies", (depth * n_linear_weights + conv_head) * lo)
 
     if checkpointing:
-        # torch.utils.checkpoint per block keeps each block's input; during backward one block's
-        # activations are rebuilt, so they come back as workspace.
-        per_block = sum(v for k, v in a.items() if k not in ("index", "embed", "final", "weight_copies", "drop_path"))
-        per_block //= depth
-        kept = {k: v for k, v in a.items() if k in ("index", "embed", "final", "weight_copies")}
+        # torch.utils.checkpoint per block (TimeSformer.set_grad_checkpointing) keeps each block's input
+        # and nothing from inside the blocks (not even the indices or autocast weight copies); during
+        # backward one block's activations are rebuilt, so they come back as workspace.
+        outside = ("embed", "final")
+        per_block = sum(v for k, v in a.items() if k not in outside) // depth
+        kept = {k: v for k, v in a.items() if k in outside}
+        if lo != f32:  # the patch-embedding and head weight copies are outside the blocks
+            kept["weight_copies"] = (D * config.in_chans * config.patch_size**2 + D * config.num_classes) * lo
         kept["block_inputs"] = depth * B * S * D * f32
         a, recompute = kept, per_block
     else:
@@ -392,6 +395,7 @@ def measure(
     fused: bool = True,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    checkpointing: bool = False,
 ) -> Measurement:
     """Run the real model and count FLOPs, parameters and the bytes saved for backward.
 
@@ -412,6 +416,8 @@ def measure(
     start = time.perf_counter()
     torch.manual_seed(seed)
     model = TimeSformer(config).to(device)
+    if checkpointing:
+        model.set_grad_checkpointing(True)
     T, H, W = config.num_frames, config.img_size, config.img_size
     video = torch.randn(batch_size, config.in_chans, T, H, W, device=device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"

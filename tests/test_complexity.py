@@ -117,6 +117,15 @@ def test_estimate_matches_measure_bf16(attention_type, fused):
     assert e.activation_bytes < cx.estimate(cfg, batch_size=2, fused=fused).activation_bytes
 
 
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_estimate_matches_measure_with_checkpointing(attention_type):
+    cfg = small(attention_type, depth=3, drop_path_rate=0.1)
+    for dtype in ("fp32", "bf16"):
+        e = cx.estimate(cfg, batch_size=2, dtype=dtype, checkpointing=True, autocast_device="cpu")
+        m = cx.measure(cfg, batch_size=2, dtype=dtype, checkpointing=True)
+        assert e.activation_bytes == pytest.approx(m.activation_bytes, rel=0.10)
+
+
 def test_measure_counts_fused_and_materialised_attention_alike():
     cfg = small("joint_space_time")
     fused, mat = cx.measure(cfg, fused=True), cx.measure(cfg, fused=False)
