@@ -89,64 +89,90 @@ def query_map(m: AttentionMap, query="cls", head="mean") -> torch.Tensor:
 # Rollout
 
 
-def step_matrix(m: AttentionMap, head="mean", weights: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, M, M) dense matrix of one step with heads fused (fused before lifting: heads× less work).
+def fused_probs(m: AttentionMap, head="mean", weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, G, L, L) probabilities of one step with heads fused, in its group layout.
 
     `weights` (same shape as m.probs) multiplies the probabilities first, as gradient-weighted rollout
-    does; the result is then clamped at zero.
+    does; the product is then clamped at zero.
     """
     probs = m.probs.detach().float()
     if weights is not None:
         probs = (probs * weights.float()).clamp(min=0)
-    return lift(m.grouping, fuse_heads(probs, head, dim=2))  # (B, G, L, L) → (B, M, M)
+    return fuse_heads(probs, head, dim=2)
 
 
-def _mix(a: torch.Tensor, discard_ratio: float) -> torch.Tensor:
-    """Abnar & Zuidema's residual mixing 0.5·A + 0.5·I with rows renormalised, after optionally
-    discarding the weakest `discard_ratio` of each row's weights (never the cls column)."""
-    if discard_ratio > 0:
-        a = a.clone()
-        flat = a[..., 1:]
-        k = int(flat.shape[-1] * discard_ratio)
-        if k:
-            low = flat.topk(k, dim=-1, largest=False).indices
-            flat.scatter_(-1, low, 0.0)
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    a = 0.5 * a + 0.5 * eye
-    return a / a.sum(-1, keepdim=True)
+def step_matrix(m: AttentionMap, head="mean", weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, M, M) dense matrix of one step with heads fused (fused before lifting: heads× less work)."""
+    return lift(m.grouping, fused_probs(m, head, weights))
+
+
+def _discard(p: torch.Tensor, g: Grouping, ratio: float) -> torch.Tensor:
+    """Zero the weakest `ratio` share of the keys each query sees (never cls), before renormalising."""
+    if ratio <= 0:
+        return p
+    valid = g.valid if g.valid is not None else torch.ones(g.index.shape, dtype=torch.bool)
+    keys = valid.clone().to(p.device)
+    if g.with_cls:
+        keys[:, 0] = False
+    k = int(keys.sum(1).min()) if keys.any() else 0
+    k = int(k * ratio)
+    if k == 0:
+        return p
+    scored = p.masked_fill(~keys[None, :, None, :], float("inf"))  # only real, non-cls keys can go
+    low = scored.topk(k, dim=-1, largest=False).indices
+    return p.scatter(-1, low, 0.0)
+
+
+def _apply(v: torch.Tensor, p: torch.Tensor, g: Grouping) -> torch.Tensor:
+    """v @ A' for rows v (B, R, M), where A' = rows-renormalised 0.5·A + 0.5·I (Abnar & Zuidema's
+    residual mixing) and A is the step's dense matrix — computed group by group, never densely:
+    v @ A' = 0.5·(u @ A) + 0.5·u with u = v / rowsum(0.5·A + 0.5·I)."""
+    M = v.shape[-1]
+    slots = g.dense_slots().to(v.device)  # (G, L), -1 = padding
+    valid = slots >= 0
+    G = slots.shape[0]
+    weight = valid.float()
+    if g.with_cls:
+        weight[:, 0] = 1.0 / G  # cls' dense row is the mean of its G group rows
+    flat = slots[valid]
+    rowsum = v.new_zeros(v.shape[0], M).index_add_(1, flat, (p.sum(-1) * weight)[:, valid])  # (B, M)
+    u = v / (0.5 * rowsum[:, None] + 0.5)
+    us = u[:, :, slots.clamp(min=0)] * weight  # (B, R, G, L)
+    y = torch.einsum("brgi,bgij->brgj", us, p)  # (B, R, G, L)
+    ua = v.new_zeros(v.shape).index_add_(2, flat, y[:, :, valid])
+    return 0.5 * ua + 0.5 * u
 
 
 def rollout(maps: Iterable[AttentionMap], head="mean", discard_ratio: float = 0.0, query=None,
             weights: dict | None = None) -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema, 2020) through every recorded step, in forward order.
 
-    Each step is lifted to the dense token matrix, mixed with its residual and renormalised; the
-    steps are multiplied in forward order, so a factorised block (time then space, …) contributes the
-    product of its steps. With `query` (e.g. "cls" or (t, h, w)) only that row is computed, as a
-    vector-matrix product per step (O(M²) instead of O(M³)), and the result is (B, T, H_p, W_p) over the
-    patches; without it, the full (B, M, M) rollout matrix. `weights` maps (layer, step) to gradients
-    for gradient-weighted rollout (see `grad_rollout`).
+    Each step's matrix (heads fused) is mixed with its residual, 0.5·A + 0.5·I, rows renormalised, and
+    the steps are multiplied in forward order, so a factorised block (time then space, …) contributes
+    the product of its steps. `discard_ratio` zeroes the weakest share of each query's keys first.
+    With `query` (e.g. "cls" or (t, h, w)) only that row is rolled out and the result is
+    (B, T, H_p, W_p) over the patches; without it, the full (B, M, M) matrix. Steps are applied group
+    by group, never as dense matrices. `weights` maps (layer, step) to gradients for
+    gradient-weighted rollout (see `grad_rollout`).
     """
     maps = list(maps)
     if not maps:
         raise ValueError("rollout needs recorded attention maps: record the model's forward first")
-    layers = [m.layer for m in maps]
-    if len(set(layers)) != max(layers) - min(layers) + 1 or min(layers) != 0:
-        raise ValueError(f"rollout needs every layer from 0 recorded; got layers {sorted(set(layers))}")
-    mats = [_mix(step_matrix(m, head, None if weights is None else weights[(m.layer, m.step)]), discard_ratio)
-            for m in maps]
+    layers = sorted({m.layer for m in maps})
+    if layers != list(range(len(layers))):
+        raise ValueError(f"rollout needs every layer from 0 recorded; got layers {layers}")
+    T, H, W = grid = maps[0].grid
+    M = 1 + T * H * W
+    B = maps[0].probs.shape[0]
     if query is None:
-        out = mats[0]
-        for a in mats[1:]:
-            out = a @ out
-        return out
-    grid = maps[0].grid
-    T, H, W = grid
-    q = query_index(query, grid)
-    v = mats[-1][:, q : q + 1]  # (B, 1, M)
-    for a in reversed(mats[:-1]):
-        v = v @ a
-    return v[:, 0, 1:].reshape(-1, T, H, W)
+        v = torch.eye(M).expand(B, M, M).clone()
+    else:
+        v = torch.zeros(B, 1, M)
+        v[:, 0, query_index(query, grid)] = 1
+    for m in reversed(maps):  # row-vector products from the last step back to the first
+        p = fused_probs(m, head, None if weights is None else weights[(m.layer, m.step)])
+        v = _apply(v.to(p.device), _discard(p, m.grouping, discard_ratio), m.grouping)
+    return v if query is None else v[:, 0, 1:].reshape(B, T, H, W)
 
 
 def grad_rollout(model, video: torch.Tensor, target=None, head="mean", discard_ratio: float = 0.0,
@@ -280,7 +306,22 @@ def grid_image(frames: np.ndarray, columns: int | None = None, pad: int = 2) -> 
     return out
 
 
+@torch.no_grad()
+def predict(model, views: torch.Tensor, k: int = 5) -> dict:
+    """Top-k (class name, probability) of the centre view ("clip") and of the softmax averaged over all
+    spatial views ("video": the paper's 3-crop protocol). views: (V, 3, T, H, W) of one clip."""
+    probs = model(views).softmax(-1).float()  # (V, classes)
+    names = model.class_names
+    k = min(k, probs.shape[-1])
+
+    def top(p):
+        values, idx = p.topk(k)
+        return [(names[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
+
+    return {"clip": top(probs[len(probs) // 2]), "video": top(probs.mean(0))}
+
+
 if __name__ == "__main__":
     from analysis.cli import main
 
-    main()
+    raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""`python -m analysis.attention CLIP --out DIR`: attention pictures and numbers for one clip.
+
+Writes into DIR
+- `predictions.json`: top-5 (clip and 3-crop video level), the grid, and the summary numbers of every
+  layer and step (entropy, attention distance in space and time, same-frame / other-frame / cls shares);
+- `frames.png` (the sampled, cropped frames), `attention_<step>.png` (the query's attention in the chosen
+  layer, per step) and `rollout.png`, each a grid of frames with the map overlaid;
+- `attention_<step>.<gif|mp4>` and `rollout.<gif|mp4>`: the same as overlay videos;
+- `pattern_<scheme>.png` and `.svg`: the paper's patch diagram for the clip's grid and the query.
+Without `--checkpoint` it uses the shipped default model (`assets/default_model`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = ROOT / "assets" / "default_model"
+SPAN_CLIP = 10**9  # a sampling rate longer than any video: the frames are spread evenly over the clip
+
+
+def parse_query(text: str):
+    """'cls' or 't,h,w'."""
+    if text == "cls":
+        return "cls"
+    try:
+        t, h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"query must be 'cls' or t,h,w (e.g. 3,4,4), got {text!r}") from None
+    return (t, h, w)
+
+
+def parse_head(text: str):
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from timesformer import ATTENTION_TYPES
+
+    ap = argparse.ArgumentParser(prog="python -m analysis.attention", description=__doc__.split("\n\n")[0])
+    ap.add_argument("clip", help="a video file (mp4, webm, avi, mov, mkv, gif)")
+    ap.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    ap.add_argument("--checkpoint", default=None, help="any checkpoint load_model opens (default: shipped model)")
+    ap.add_argument("--scheme", nargs="+", choices=ATTENTION_TYPES, default=None,
+                    help="schemes to draw patch diagrams for (default: the model's)")
+    ap.add_argument("--query", type=parse_query, default="cls", help="'cls' or a patch t,h,w (default cls)")
+    ap.add_argument("--layer", type=int, default=-1, help="layer whose attention is drawn (default last)")
+    ap.add_argument("--head", type=parse_head, default="mean", help="head index or mean/max/min (default mean)")
+    ap.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop the weakest share of weights")
+    ap.add_argument("--sampling-rate", type=int, default=None, help="frames between samples (default: span the clip)")
+    ap.add_argument("--crops", type=int, choices=(1, 3), default=3, help="spatial crops for the video-level score")
+    ap.add_argument("--format", choices=("gif", "mp4"), default="gif", help="overlay video format")
+    ap.add_argument("--scale", type=int, default=0, help="upscale frames to at least this many pixels (default 256)")
+    return ap
+
+
+def _upscale(frames: np.ndarray, at_least: int) -> np.ndarray:
+    k = max(1, -(-at_least // frames.shape[1]))
+    return frames.repeat(k, 1).repeat(k, 2) if k > 1 else frames
+
+
+def write_animation(path: Path, frames: np.ndarray, fps: float = 4.0) -> Path:
+    """(T, H, W, 3) uint8 → .gif (PIL) or .mp4 (PyAV), by suffix."""
+    if path.suffix == ".mp4":
+        from timesformer.video import write_video
+
+        h, w = frames.shape[1:3]
+        return write_video(path, frames[:, : h - h % 2, : w - w % 2], fps=fps)
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return path
+
+
+def run(args) -> dict:
+    from PIL import Image
+
+    from analysis.attention import grid_image, overlay, predict, query_map, rollout, summary_table
+    from analysis.patterns import save_pattern
+    from timesformer import load_model, record_attention
+    from timesformer.video import denormalize, read_clip
+
+    t0 = time.perf_counter()
+    source = args.checkpoint or DEFAULT_CHECKPOINT
+    model = load_model(source)
+    cfg = model.config
+    T, H, W = cfg.grid
+    views, info = read_clip(args.clip, num_frames=cfg.num_frames, size=cfg.img_size,
+                            sampling_rate=args.sampling_rate or SPAN_CLIP, spatial_crops=args.crops)
+    centre = views[len(views) // 2 : len(views) // 2 + 1]
+    layer = args.layer % cfg.depth
+    with torch.no_grad(), record_attention(model) as rec:
+        logits = model(centre)
+    preds = predict(model, views, k=5)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    frames = _upscale(denormalize(centre[0]), args.scale or 256)
+    Image.fromarray(grid_image(frames)).save(out / "frames.png")
+    maps = {f"attention_{m.step}": query_map(m, args.query, args.head)[0] for m in rec if m.layer == layer}
+    maps["rollout"] = rollout(rec, discard_ratio=args.discard_ratio, query=args.query)[0]
+    written = ["frames.png"]
+    for name, grid_map in maps.items():
+        over = overlay(frames, grid_map)
+        Image.fromarray(grid_image(over)).save(out / f"{name}.png")
+        write_animation(out / f"{name}.{args.format}", over)
+        written += [f"{name}.png", f"{name}.{args.format}"]
+    for scheme in args.scheme or [cfg.attention_type]:
+        query = args.query if args.query != "cls" else (T // 2, H // 2, W // 2)
+        for suffix in (".png", ".svg"):
+            save_pattern(out / f"pattern_{scheme}{suffix}", scheme, (T, H, W), query,
+                         local_split=cfg.local_split, global_stride=cfg.global_stride)
+            written.append(f"pattern_{scheme}{suffix}")
+    report = {
+        "clip": str(args.clip),
+        "checkpoint": str(source),
+        "attention_type": cfg.attention_type,
+        "grid": [T, H, W],
+        "clip_info": {"fps": info.fps, "num_frames": info.num_frames, "indices": info.indices,
+                      "width": info.width, "height": info.height},
+        "query": args.query,
+        "layer": layer,
+        "head": args.head,
+        "top5_clip": [{"class": c, "prob": p} for c, p in preds["clip"]],
+        "top5_video": [{"class": c, "prob": p} for c, p in preds["video"]],
+        "logits": logits[0].tolist(),
+        "summary": summary_table(rec),
+        "files": written + ["predictions.json"],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    (out / "predictions.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from timesformer import CheckpointError
+    from timesformer.video import VideoError
+
+    try:
+        report = run(args)
+    except (VideoError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    top = report["top5_video"][0]
+    print(f"{args.clip}: {top['class']} ({top['prob']:.1%}, {len(report['top5_video'])} classes shown); "
+          f"wrote {len(report['files'])} files to {args.out} in {report['seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
