@@ -266,3 +266,50 @@ def test_deletion_insertion_curves():
     assert 0 <= curves.auc_deletion <= 1 and 0 <= curves.auc_insertion <= 1
     with pytest.raises(ValueError, match="one clip"):
         deletion_insertion(model, video.repeat(2, 1, 1, 1, 1), random_map(GRID))
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_writes_pictures_and_numbers(tmp_path):
+    import json
+
+    from analysis.cli import main
+    from timesformer import save_model
+    from timesformer.video import write_video
+
+    model = small_model("sparse_local_global", num_classes=3, class_names=["up", "down", "still"])
+    save_model(model, tmp_path / "model")
+    rng = np.random.default_rng(0)
+    write_video(tmp_path / "clip.mp4", rng.integers(0, 255, (12, 40, 48, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    rc = main([str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(out),
+               "--query", "1,2,3", "--scheme", "axial", "sparse_local_global", "--format", "mp4"])
+    assert rc == 0
+    report = json.loads((out / "predictions.json").read_text())
+    assert [p["class"] for p in report["top5_video"]] and report["grid"] == [4, 4, 4]
+    assert {p["class"] for p in report["top5_clip"]} == {"up", "down", "still"}
+    assert [(s["layer"], s["step"]) for s in report["summary"]] == [(0, "local"), (0, "global"), (1, "local"),
+                                                                   (1, "global")]
+    for name in ("frames.png", "attention_local.png", "attention_global.mp4", "rollout.png", "rollout.mp4",
+                 "pattern_axial.svg", "pattern_sparse_local_global.png"):
+        assert (out / name).stat().st_size > 0, name
+    from timesformer.video import read_clip
+
+    clip, info = read_clip(out / "rollout.mp4", num_frames=4, size=32)
+    assert info.num_frames == 4  # one overlay frame per model frame
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    from analysis.cli import main
+
+    (tmp_path / "text.mp4").write_text("not a video")
+    rc = main([str(tmp_path / "text.mp4"), "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path)])
+    assert rc == 2 and "no such checkpoint" in capsys.readouterr().err
+    from timesformer import save_model
+
+    save_model(small_model("axial"), tmp_path / "model")
+    rc = main([str(tmp_path / "text.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
