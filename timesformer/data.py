@@ -216,7 +216,7 @@ class SynthMotion(ClipDataset):
         label = self.label(index) if label is None else label
         rng = np.random.default_rng([self.seed, _SUBSETS[self.subset], index, 2])
         # every nuisance parameter is drawn independently of the label
-        radius = rng.uniform(0.11, 0.16) * S
+        radius = rng.uniform(0.18, 0.24) * S
         shape = _SHAPES[rng.integers(len(_SHAPES))]
         x0, x1 = rng.uniform(0.12, 0.25) * S, rng.uniform(0.75, 0.88) * S  # the path spans the frame
         y = rng.uniform(0.25, 0.75) * S
