@@ -1,0 +1,112 @@
+"""Cost: FLOPs and training memory of the five schemes against frames and crop size (the paper's
+Figure 3 for your model and GPU), with the out-of-memory line, and "will my run fit" for a batch size."""
+
+import json
+
+import streamlit as st
+
+from analysis.complexity import IMPLEMENTATIONS, estimate, max_batch_size, sweep
+from analysis.figures import SCHEME_LABELS, breakdown_figure, cost_figure, memory_figure
+from app import state
+from timesformer import ATTENTION_TYPES, TimeSformerConfig
+
+GiB = 1024**3
+st.title("Cost")
+ctx = state.current()
+PRESETS = {"ViT-B/16 (TimeSformer)": TimeSformerConfig.base, "TimeSformer-HR": TimeSformerConfig.hr,
+           "TimeSformer-L": TimeSformerConfig.large}
+options = (["the current model"] if ctx.model is not None else []) + list(PRESETS)
+state.sanitize("k_cost_base", options)
+for key, value in (("k_cost_base", "ViT-B/16 (TimeSformer)"), ("k_cost_schemes", list(ATTENTION_TYPES)),
+                   ("k_cost_frames", "8, 16, 32, 64, 96"), ("k_cost_sizes", "224, 336, 448, 560"),
+                   ("k_cost_batch", 1), ("k_cost_dtype", "fp32"), ("k_cost_optimizer", "sgd"),
+                   ("k_cost_ckpt", False), ("k_cost_gpu", 32.0)):
+    st.session_state.setdefault(key, value)
+
+c = st.columns([2, 3, 2, 2])
+base_name = c[0].selectbox("Model", options, key="k_cost_base")
+schemes = c[1].multiselect("Schemes", ATTENTION_TYPES, format_func=SCHEME_LABELS.get, key="k_cost_schemes")
+frames_text = c[2].text_input("Frames", key="k_cost_frames")
+sizes_text = c[3].text_input("Crop sizes (px)", key="k_cost_sizes")
+c = st.columns(5)
+batch = c[0].number_input("Batch size (clips per GPU)", 1, 4096, key="k_cost_batch")
+dtype = c[1].selectbox("Precision", ["fp32", "bf16"], key="k_cost_dtype")
+optimizer = c[2].selectbox("Optimizer", ["sgd", "adamw"], key="k_cost_optimizer")
+gpu = c[3].number_input("GPU memory (GiB)", 1.0, 1024.0, step=8.0, key="k_cost_gpu")
+ckpt = c[4].checkbox("Activation checkpointing", key="k_cost_ckpt")
+
+base = ctx.model.config if base_name == "the current model" else PRESETS[base_name]()
+
+
+def ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.replace(",", " ").split()}))
+    except ValueError:
+        values = ()
+    if not values or min(values) <= 0:
+        st.error(f"{what}: type positive whole numbers separated by commas, e.g. 8, 16, 32.")
+        st.stop()
+    return values
+
+
+frames, sizes = ints(frames_text, "Frames"), ints(sizes_text, "Crop sizes")
+bad = [s for s in sizes + (base.img_size,) if s % base.patch_size]
+if bad:
+    st.error(f"Crop sizes must be multiples of the patch size {base.patch_size}: {', '.join(map(str, bad))}.")
+    st.stop()
+if not schemes:
+    st.info("Pick at least one scheme.")
+    st.stop()
+opts = dict(batch_size=int(batch), dtype=dtype, optimizer=optimizer, checkpointing=bool(ckpt))
+
+
+@st.cache_data(max_entries=32, show_spinner="Estimating…")
+def curves(config_json: str, schemes: tuple, frames: tuple, sizes: tuple, gpu: float, opts: tuple) -> list[dict]:
+    cfg = TimeSformerConfig.from_dict(json.loads(config_json))
+    return sweep(cfg, schemes, frames, sizes, cfg.num_frames, cfg.img_size, gpu, **dict(opts))
+
+
+rows = curves(base.to_json(), tuple(schemes), frames, sizes, gpu * GiB, tuple(opts.items()))
+fig = cost_figure(rows, gpu * GiB, title=f"{base_name}: {base.num_frames} frames of {base.img_size}² at the base point")
+st.plotly_chart(fig, key="cost_curves", width="stretch")
+state.download_figure(fig, "cost_curves", "cost_dl_curves")
+st.caption("GFLOPs follow fvcore's convention (one multiply-add = one FLOP), per view. Memory is one training step "
+           "(weights, gradients, optimizer state, activations, workspace) for the batch; the shaded band is over "
+           "the GPU's memory. See docs/complexity.md for the formulas and their checks.")
+
+# ---- will my run fit
+st.subheader("Will my run fit?")
+c = st.columns(3)
+if st.session_state.get("_fit_for") != base_name:  # a new base model: start from its configuration
+    st.session_state.update(_fit_for=base_name, k_fit_scheme=base.attention_type, k_fit_frames=base.num_frames,
+                            k_fit_size=base.img_size)
+scheme = c[0].selectbox("Scheme", ATTENTION_TYPES, format_func=SCHEME_LABELS.get, key="k_fit_scheme")
+fit_frames = c[1].number_input("Frames", 1, 1024, key="k_fit_frames")
+fit_size = c[2].number_input("Crop size", base.patch_size, 4096, step=base.patch_size, key="k_fit_size")
+if fit_size % base.patch_size:
+    st.error(f"The crop size must be a multiple of the patch size {base.patch_size}.")
+    st.stop()
+cfg = base.replace(attention_type=scheme, num_frames=int(fit_frames), img_size=int(fit_size))
+estimates = {impl: estimate(cfg, **opts, **kw) for impl, kw in IMPLEMENTATIONS.items()}
+fused = estimates["fused"]
+best = max_batch_size(cfg, gpu * GiB, **opts, **IMPLEMENTATIONS["fused"])
+paper_best = max_batch_size(cfg, gpu * GiB, **opts, **IMPLEMENTATIONS["paper"])
+msg = (f"{SCHEME_LABELS[scheme]}, {fit_frames} × {fit_size}², batch {batch}, {dtype}, {optimizer}"
+       f"{', checkpointing' if ckpt else ''}: **{fused.training_bytes / GiB:.2f} GiB** per training step with fused "
+       f"attention (this repo's default), {estimates['paper'].training_bytes / GiB:.2f} GiB materialised as in the "
+       f"paper; {fused.gflops:.1f} GFLOPs per view, {fused.params / 1e6:.1f}M parameters.")
+if fused.fits(gpu * GiB):
+    st.success(f"Fits in {gpu:g} GiB. " + msg + f" Largest batch that fits: {best} (fused), {paper_best} (paper).")
+else:
+    st.error(f"Does not fit in {gpu:g} GiB. " + msg + (f" A batch of {best} fits." if best else
+                                                        " Not even one clip fits: try bf16, checkpointing or "
+                                                        "fewer frames."))
+c = st.columns(2)
+with c[0]:
+    mem = memory_figure(estimates, gpu * GiB)
+    st.plotly_chart(mem, key="cost_memory", width="stretch")
+    state.download_figure(mem, "memory", "cost_dl_memory")
+with c[1]:
+    br = breakdown_figure(fused)
+    st.plotly_chart(br, key="cost_breakdown", width="stretch")
+    state.download_figure(br, "flops_breakdown", "cost_dl_breakdown")

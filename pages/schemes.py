@@ -1,0 +1,98 @@
+"""Schemes: the paper's patch diagrams (Figure 1) drawn from the model's real masks for the clip's grid,
+the same clip run through a model of each of the five schemes, and their summary numbers per layer."""
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from analysis.attention import grid_image, overlay
+from analysis.figures import SCHEME_COLOURS, SCHEME_LABELS
+from analysis.patterns import blocks_to_full_clip, pattern_figure
+from app import state
+from timesformer import ATTENTION_TYPES
+
+st.title("Schemes")
+ctx = state.current()
+model = ctx.need_model()
+ctx.need_clip()
+cfg = model.config
+T, Hp, Wp = grid = ctx.grid
+
+# ---- Figure 1 for this clip's grid
+st.subheader(f"Which patches a query sees — the {T}×{Hp}×{Wp} grid of this clip")
+for key, value in (("k_schemes_t", T // 2), ("k_schemes_h", Hp // 2), ("k_schemes_w", Wp // 2),
+                   ("k_schemes_view", "one block's steps"), ("k_schemes_blocks", 1)):
+    st.session_state.setdefault(key, value)
+for key, hi in (("k_schemes_t", T), ("k_schemes_h", Hp), ("k_schemes_w", Wp)):
+    if st.session_state[key] >= hi:
+        st.session_state[key] = hi - 1
+c = st.columns([1, 1, 1, 2, 2])
+t = c[0].number_input("query frame t", 0, T - 1, key="k_schemes_t")
+h = c[1].number_input("row h", 0, Hp - 1, key="k_schemes_h")
+w = c[2].number_input("column w", 0, Wp - 1, key="k_schemes_w")
+view = c[3].radio("Show", ["one block's steps", "receptive field"], key="k_schemes_view", horizontal=True)
+blocks = None
+if view == "receptive field":
+    blocks = c[4].slider("after blocks", 1, max(cfg.depth, 2), key="k_schemes_blocks")
+query = (int(t), int(h), int(w))
+frames = list(range(T)) if T <= 8 else sorted({0, query[0] - 1, query[0], query[0] + 1, T - 1} & set(range(T)))
+tabs = st.tabs([SCHEME_LABELS[s] for s in ATTENTION_TYPES])
+for tab, scheme in zip(tabs, ATTENTION_TYPES):
+    with tab:
+        fig = pattern_figure(scheme, grid, query, blocks=blocks, local_split=cfg.local_split,
+                             global_stride=cfg.global_stride, frames=frames)
+        st.plotly_chart(fig, key=f"schemes_pattern_{scheme}", width="stretch")
+        full = blocks_to_full_clip(scheme, grid, query, max_blocks=cfg.depth)
+        st.caption(f"Every patch of the clip can reach this query after {full} block(s)." if full else
+                   f"Within {cfg.depth} blocks this query never sees the whole clip.")
+        state.download_figure(fig, f"pattern_{scheme}", f"schemes_dl_pattern_{scheme}")
+
+# ---- the clip through a model of each scheme
+st.subheader("The same clip through a model of each scheme")
+st.caption(f"Only the current model ({cfg.attention_type}) is trained. The others are **built from its weights**: "
+           "every tensor whose name and shape match is copied, and a scheme's extra attention steps start with "
+           "their output linear at zero (the identity), as when the paper initialises from an image ViT. They "
+           "show how the scheme regroups attention on these weights, not how a trained model of it behaves.")
+heavy = sum(p.numel() for p in model.parameters()) > 20e6
+run_all = True
+if heavy:
+    run_all = st.button("Run the clip through all five schemes", key="schemes_run") or \
+        st.session_state.get("_schemes_ran") == ctx.ckey
+    if not run_all:
+        st.info("This model is large: running five schemes takes a while on a CPU. Press the button to start.")
+if run_all:
+    st.session_state["_schemes_ran"] = ctx.ckey
+    results = {}
+    bar = st.progress(0.0, text="running the schemes…")
+    for i, scheme in enumerate(ATTENTION_TYPES):
+        results[scheme] = state.scheme_run(ctx.mkey, ctx.ckey, scheme)
+        bar.progress((i + 1) / len(ATTENTION_TYPES), text=f"{SCHEME_LABELS[scheme]} done")
+    bar.empty()
+    shown = state.upscale(ctx.frames, 64)
+    for scheme, r in results.items():
+        left, right = st.columns([1, 3])
+        left.markdown(f"**{SCHEME_LABELS[scheme]}**")
+        left.caption(r["label"])
+        left.markdown("\n".join(f"- {name}: {p:.3f}" for name, p in r["top"][:3]))
+        right.image(grid_image(overlay(shown, r["rollout"])), caption="cls attention rollout", width="stretch")
+
+    st.subheader("Summary numbers per layer")
+    metrics = {"entropy_norm": "entropy / log(keys)", "distance_space": "attention distance in space (patches)",
+               "distance_time": "attention distance in time (frames)", "same_frame": "share on the same frame",
+               "other_frames": "share on other frames", "cls": "share on cls"}
+    st.session_state.setdefault("k_schemes_metric", "entropy_norm")
+    metric = st.selectbox("Number", list(metrics), format_func=metrics.get, key="k_schemes_metric")
+    fig = go.Figure()
+    dashes = ["solid", "dash", "dot"]
+    for scheme, r in results.items():
+        steps = list(dict.fromkeys(row["step"] for row in r["summary"]))
+        for j, step in enumerate(steps):
+            rows = [row for row in r["summary"] if row["step"] == step]
+            fig.add_trace(go.Scatter(x=[row["layer"] for row in rows], y=[row[metric] for row in rows],
+                                     mode="lines+markers", name=f"{SCHEME_LABELS[scheme]}: {step}",
+                                     line=dict(color=SCHEME_COLOURS[scheme], dash=dashes[j % 3])))
+    fig.update_layout(xaxis_title="layer", yaxis_title=metrics[metric], template="plotly_white", height=420,
+                      title=f"{metrics[metric]}, averaged over patch queries and heads")
+    st.plotly_chart(fig, key="schemes_summary", width="stretch")
+    state.download_figure(fig, f"summary_{metric}", "schemes_dl_summary")
+    table = [{"scheme": s, **row} for s, r in results.items() for row in r["summary"]]
+    st.dataframe(table, hide_index=True, key="schemes_table")

@@ -1,0 +1,116 @@
+"""Training runs: point at a run folder written by `python -m timesformer.train`; see its loss and accuracy
+curves from metrics.jsonl, its resolved config, and open one of its checkpoints in Explore."""
+
+import json
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+import yaml
+from plotly.subplots import make_subplots
+
+from app import state
+
+st.title("Training runs")
+
+
+def find_runs(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    return sorted(str(p.parent.relative_to(state.ROOT) if p.is_relative_to(state.ROOT) else p.parent)
+                  for p in root.rglob("metrics.jsonl") if ".tmp" not in str(p))
+
+
+runs = find_runs(state.RUNS)
+st.session_state.setdefault("k_runs_path", runs[0] if runs else "")
+c = st.columns([3, 2])
+typed = c[0].text_input("Run folder", key="k_runs_path",
+                        help="a folder written by `python -m timesformer.train --out DIR`")
+if runs:
+    c[1].selectbox("…or one of the runs under runs/", [""] + runs, key="runs_pick",
+                   on_change=lambda: st.session_state.update(k_runs_path=st.session_state["runs_pick"] or
+                                                             st.session_state["k_runs_path"]))
+if not typed.strip():
+    st.info("Type the path of a training run folder (it holds metrics.jsonl).")
+    st.stop()
+run = Path(typed.strip()).expanduser()
+run = run if run.is_absolute() else state.ROOT / run
+if not run.is_dir():
+    st.error(f"No such folder: {typed.strip()}")
+    st.stop()
+metrics_path = run / "metrics.jsonl"
+if not metrics_path.is_file():
+    st.error(f"{typed.strip()} is not a training run: it has no metrics.jsonl.")
+    st.stop()
+
+rows, bad = [], 0
+for line in metrics_path.read_text(errors="replace").splitlines():
+    if not line.strip():
+        continue
+    try:
+        row = json.loads(line)
+        if isinstance(row, dict) and {"step", "split"} <= set(row):
+            rows.append(row)
+            continue
+    except json.JSONDecodeError:
+        pass
+    bad += 1
+if bad:
+    st.warning(f"{bad} line(s) of metrics.jsonl are not metrics and were skipped.")
+
+if rows:
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    colours = {"train": "#636EFA", "val": "#EF553B"}
+    for split in dict.fromkeys(r["split"] for r in rows):
+        pts = sorted((r for r in rows if r["split"] == split), key=lambda r: r["step"])
+        colour = colours.get(split)
+        fig.add_trace(go.Scatter(x=[r["step"] for r in pts], y=[r.get("loss") for r in pts], mode="lines+markers",
+                                 name=f"{split} loss", line=dict(color=colour)), row=1, col=1)
+        for metric, dash in (("acc1", None), ("acc5", "dot")):
+            if any(metric in r for r in pts):
+                fig.add_trace(go.Scatter(x=[r["step"] for r in pts], y=[r.get(metric) for r in pts],
+                                         mode="lines+markers", name=f"{split} {metric}",
+                                         line=dict(color=colour, dash=dash)), row=1, col=2)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    fig.update_layout(template="plotly_white", height=400, title=f"{run.name}: {len(rows)} evaluations")
+    st.plotly_chart(fig, key="runs_curves", width="stretch")
+    state.download_figure(fig, f"{run.name}_curves", "runs_dl_curves")
+    last = {r["split"]: r for r in rows}
+    st.dataframe(list(last.values()), hide_index=True, key="runs_last")
+else:
+    st.info("No evaluations logged yet (metrics.jsonl is empty): the run has not finished an epoch.")
+
+# ---- config
+config_path = run / "train_config.yaml"
+with st.expander("Resolved config (train_config.yaml)", expanded=False):
+    if config_path.is_file():
+        try:
+            st.json(yaml.safe_load(config_path.read_text()), expanded=1)
+        except yaml.YAMLError as e:
+            st.error(f"train_config.yaml is not valid YAML: {e}")
+    else:
+        st.caption("no train_config.yaml in this folder")
+if (run / "log.txt").is_file():
+    with st.expander("log.txt (last 40 lines)"):
+        st.code("\n".join((run / "log.txt").read_text(errors="replace").splitlines()[-40:]), language=None)
+
+# ---- checkpoints
+ckpts = sorted((p for p in run.iterdir() if p.is_dir() and (p / "config.json").is_file()
+                and not p.name.startswith(".")), key=lambda p: (p.name != "checkpoint-last", p.name), )
+st.subheader("Checkpoints")
+if not ckpts:
+    st.info("No checkpoints in this run folder yet.")
+    st.stop()
+names = [p.name + (f" → {p.resolve().name}" if p.is_symlink() else "") for p in ckpts]
+pick = st.selectbox("Checkpoint", range(len(ckpts)), format_func=names.__getitem__, key="runs_ckpt")
+
+
+def _open(path: str) -> None:
+    st.session_state.update(model_kind="Local path", model_path=path)
+
+
+st.button("Open this checkpoint in Explore", key="runs_open", type="primary", on_click=_open,
+          args=(str(ckpts[pick].resolve()),))
+if st.session_state.get("runs_open"):
+    st.switch_page(st.session_state["_pages"]["explore"])

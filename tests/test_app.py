@@ -1,0 +1,342 @@
+"""The Streamlit app through Streamlit's AppTest: every page, uploads, bad input, page switches.
+
+The app runs on the shipped default model and sample clips (assets/) when they exist, else on a tiny
+model and a SynthMotion clip built here. Caches are shared between AppTest instances in one process,
+so the model loads once for the whole file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from app import state
+from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig, save_model
+from timesformer.data import SynthMotion
+from timesformer.video import write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = "../app/main.py"  # AppTest resolves it against this file
+SHIPPED_MODEL = ROOT / "assets" / "default_model"
+SHIPPED_SAMPLES = ROOT / "assets" / "samples"
+TIMEOUT = 120
+
+
+def _shipped() -> bool:
+    return (SHIPPED_MODEL / "config.json").is_file() and any(SHIPPED_SAMPLES.glob("*.mp4"))
+
+
+def build_assets(root: Path) -> tuple[Path, Path]:
+    """A tiny model (8 frames of 32², 4 named classes) and a 16-frame SynthMotion clip, as the shipped ones."""
+    torch.manual_seed(0)
+    cfg = TimeSformerConfig.tiny(img_size=32, num_classes=4, class_names=["left", "right", "there", "back"])
+    model_dir = save_model(TimeSformer(cfg), root / "default_model")
+    samples = root / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    frames, _ = SynthMotion("temporal", num_frames=16, size=48).frames(0)
+    write_video(samples / "motion.mp4", frames)
+    return model_dir, samples
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    if _shipped() and not os.environ.get("TSLAB_TEST_FIXTURE_ASSETS"):
+        return SHIPPED_MODEL, SHIPPED_SAMPLES
+    return build_assets(tmp_path_factory.mktemp("assets"))
+
+
+@pytest.fixture
+def app(assets, monkeypatch, tmp_path):
+    """A fresh AppTest on the assets, with runs/ pointed at an empty folder."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setattr(state, "DEFAULT_MODEL", assets[0])
+    monkeypatch.setattr(state, "SAMPLES", assets[1])
+    monkeypatch.setattr(state, "RUNS", tmp_path / "runs")
+    return AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def clip_bytes(assets) -> bytes:
+    return sorted(assets[1].glob("*.mp4"))[0].read_bytes()
+
+
+def ok(at):
+    """No traceback, no error box."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def charts(at) -> dict:
+    return {c.key: c for c in at.get("plotly_chart")}
+
+
+def page(at, name: str):
+    return at.switch_page(f"../pages/{name}.py").run()
+
+
+# --------------------------------------------------------------------------------------------------
+# Explore
+
+
+def test_explore_default_model_and_sample(app):
+    at = ok(app.run())
+    assert at.title[0].value == "Explore"
+    tops = at.dataframe
+    assert len(tops) == 2  # clip and 3-crop video top-5
+    assert "explore_pick" in charts(at)  # the heatmap over the frames
+    assert len(at.get("image")) == 2  # animation and sampled frames
+    cfg = state.load_model(state.DEFAULT_MODEL).config
+    assert at.selectbox(key="k_explore_layer").value == cfg.depth - 1
+    assert at.selectbox(key="k_explore_head").value == "mean"
+
+
+def test_explore_controls(app):
+    at = ok(app.run())
+    steps = at.selectbox(key="k_explore_step").options
+    at.selectbox(key="k_explore_layer").select(0)
+    at.selectbox(key="k_explore_head").select(1)
+    at = ok(at.run())
+    for step in steps:
+        at = ok(at.selectbox(key="k_explore_step").select(step).run())
+    at = ok(at.radio(key="k_explore_query").set_value("patch").run())
+    at.number_input(key="k_explore_t").set_value(0)
+    at.number_input(key="k_explore_h").set_value(1)
+    at = ok(at.number_input(key="k_explore_w").set_value(1).run())
+    title = charts(at)["explore_pick"].proto.spec
+    assert "patch (0, 1, 1)" in title
+    # a patch query marks the patch: a third trace on the picker figure
+    assert json.loads(title)["data"][2]["marker"]["symbol"] == "square-open"
+
+
+def test_explore_picks_query_from_a_click(app):
+    """A click on the heatmap arrives as the chart's selection; the page turns it into the query."""
+    at = ok(app.run())
+    at.session_state["explore_pick"] = {"selection": {"points": [{"customdata": [1, 0, 1]}]}}
+    at = ok(at.run())
+    assert at.radio(key="k_explore_query").value == "patch"
+    assert (at.number_input(key="k_explore_t").value, at.number_input(key="k_explore_h").value,
+            at.number_input(key="k_explore_w").value) == (1, 0, 1)
+
+
+def test_upload_clip(app, clip_bytes):
+    at = ok(app.run())
+    at = ok(at.radio(key="clip_kind").set_value("Upload").run())
+    assert any("Upload a video" in i.value for i in at.sidebar.info)
+    at.get("file_uploader")  # the uploader is there
+    upload = next(u for u in at.get("file_uploader") if u.key == "clip_upload")
+    upload.upload("my clip.mp4", clip_bytes, "video/mp4")
+    at = ok(at.run())
+    assert any("my clip.mp4" in c.value for c in at.sidebar.caption)
+    assert "explore_pick" in charts(at)
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("broken.mp4", b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000), "Could not read broken.mp4"),
+    ("notes.mov", b"just some text, not a video at all\n" * 10, "Could not read notes.mov"),
+])
+def test_bad_upload_shows_an_error(app, name, data, message):
+    at = app.run()
+    at = at.radio(key="clip_kind").set_value("Upload").run()
+    next(u for u in at.get("file_uploader") if u.key == "clip_upload").upload(name, data, "video/mp4")
+    at = at.run()
+    assert not at.exception
+    assert any(message in e.value for e in at.sidebar.error)
+    assert any(message in e.value for e in at.main.error)  # the page says it too, and stops
+
+
+def test_oversized_upload(app, clip_bytes, monkeypatch):
+    monkeypatch.setattr(state, "max_upload_bytes", lambda: 1000)
+    at = app.run()
+    at = at.radio(key="clip_kind").set_value("Upload").run()
+    next(u for u in at.get("file_uploader") if u.key == "clip_upload").upload("big.mp4", clip_bytes, "video/mp4")
+    at = at.run()
+    assert not at.exception
+    assert any("over the upload limit" in e.value for e in at.sidebar.error)
+
+
+def test_too_many_frames(app, monkeypatch):
+    monkeypatch.setattr(state, "MAX_VIDEO_FRAMES", 4)
+    at = app.run()
+    assert not at.exception
+    assert any("over the app's limit" in e.value for e in at.sidebar.error)
+
+
+def test_resample_when_sampling_differs_from_the_model(app):
+    at = ok(app.run())
+    cfg = state.load_model(state.DEFAULT_MODEL).config
+    at.number_input(key="clip_size").set_value(cfg.img_size + cfg.patch_size // 2)
+    at = at.run()
+    assert not at.exception
+    assert any("not a multiple" in e.value for e in at.sidebar.error)
+    at = ok(at.button(key="resample").click().run())
+    assert at.number_input(key="clip_size").value == cfg.img_size
+    # more frames than the model's: works (time embedding interpolated), with a warning and the button
+    at = at.number_input(key="clip_frames").set_value(cfg.num_frames * 2).run()
+    assert not at.exception and not at.error
+    assert any("embeddings interpolated" in w.value for w in at.sidebar.warning)
+    assert "explore_pick" in charts(at)
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+def test_missing_default_model(app, monkeypatch, tmp_path):
+    monkeypatch.setattr(state, "DEFAULT_MODEL", tmp_path / "nowhere")
+    at = app.run()
+    assert not at.exception
+    assert any("is not there yet" in e.value for e in at.sidebar.error)
+    assert at.main.error  # the page stops with the reason
+
+
+def test_local_path_errors(app, tmp_path):
+    at = app.run()
+    at = at.radio(key="model_kind").set_value("Local path").run()
+    at = at.text_input(key="model_path").input(str(tmp_path / "missing")).run()
+    assert not at.exception
+    assert any("No such file" in e.value for e in at.sidebar.error)
+    (tmp_path / "empty").mkdir()
+    at = at.text_input(key="model_path").input(str(tmp_path / "empty")).run()
+    assert not at.exception
+    assert any("Could not load the model" in e.value and "config.json" in e.value for e in at.sidebar.error)
+
+
+def test_local_path_checkpoint(app, assets):
+    at = app.run()
+    at = at.radio(key="model_kind").set_value("Local path").run()
+    at = ok(at.text_input(key="model_path").input(str(assets[0])).run())
+    assert "explore_pick" in charts(at)
+
+
+def test_upload_checkpoint(app, assets):
+    at = app.run()
+    at = at.radio(key="model_kind").set_value("Upload").run()
+    up = next(u for u in at.get("file_uploader") if u.key == "model_upload")
+    up.upload("garbage.pyth", b"PK\x03\x04 not a checkpoint" * 20, "application/octet-stream")
+    at = at.run()
+    assert not at.exception
+    assert any("Could not load the model from garbage.pyth" in e.value for e in at.sidebar.error)
+    # our folder, zipped
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in Path(assets[0]).iterdir():
+            z.write(f, f"default_model/{f.name}")
+    up = next(u for u in at.get("file_uploader") if u.key == "model_upload")
+    up.upload("model.zip", buf.getvalue(), "application/zip")
+    at = ok(at.run())
+    assert any("model.zip" in c.value for c in at.sidebar.caption)
+    assert "explore_pick" in charts(at)
+
+
+# --------------------------------------------------------------------------------------------------
+# The other pages
+
+
+def test_schemes(app):
+    at = ok(page(app.run(), "schemes"))
+    assert at.title[0].value == "Schemes"
+    ch = charts(at)
+    assert {f"schemes_pattern_{s}" for s in ATTENTION_TYPES} <= set(ch)
+    assert "schemes_summary" in ch
+    # the current model's scheme is labelled as such, the others as derived
+    captions = " ".join(c.value for c in at.main.caption)
+    assert "the current model" in captions and "derived from the current weights" in captions
+    at.number_input(key="k_schemes_t").set_value(0)
+    at.radio(key="k_schemes_view").set_value("receptive field")
+    at = ok(at.run())
+    at = ok(at.selectbox(key="k_schemes_metric").select("distance_time").run())
+
+
+def test_attribution(app):
+    at = ok(page(app.run(), "attribution"))
+    assert at.dataframe  # the cost estimate before running
+    methods = ["rollout", "grad_rollout", "saliency", "integrated_gradients", "occlusion", "ablation_frames",
+               "ablation_tubes", "gradient_x_activation"]
+    at.multiselect(key="k_attr_methods").set_value(methods)
+    at.number_input(key="k_attr_steps").set_value(2)
+    at.number_input(key="k_attr_curve_steps").set_value(4)
+    at = ok(at.run())
+    assert len(at.dataframe[0].value) == len(methods)
+    at = ok(at.button(key="attr_run").click().run())
+    assert len(at.get("image")) == len(methods)
+    assert {"attr_deletion", "attr_insertion"} <= set(charts(at))
+    # results are kept: a rerun shows them without pressing Run
+    at = ok(at.run())
+    assert len(at.get("image")) == len(methods)
+
+
+def test_cost(app):
+    at = ok(page(app.run(), "cost"))
+    assert {"cost_curves", "cost_memory", "cost_breakdown"} <= set(charts(at))
+    assert at.success  # ViT-B/16 with batch 1 fits in 32 GiB
+    at.text_input(key="k_cost_frames").input("eight")
+    at = at.run()
+    assert not at.exception
+    assert any("positive whole numbers" in e.value for e in at.error)
+    at = ok(at.text_input(key="k_cost_frames").input("8, 16").run())
+    at = ok(at.selectbox(key="k_cost_base").select("the current model").run())
+
+
+def test_cost_will_not_fit(app):
+    at = ok(page(app.run(), "cost"))
+    at = at.number_input(key="k_cost_batch").set_value(512).run()
+    assert not at.exception
+    assert any("Does not fit" in e.value for e in at.error)
+
+
+def _fake_run(root: Path, assets) -> Path:
+    """A run folder in the layout timesformer/train.py writes."""
+    run = root / "runs" / "demo"
+    run.mkdir(parents=True)
+    rows = [{"epoch": e, "step": 10 * (e + 1), "split": s, "loss": 1.0 / (e + 1), "acc1": 0.3 + 0.1 * e}
+            for e in range(3) for s in ("train", "val")]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    (run / "train_config.yaml").write_text("args:\n  lr: 0.001\nmodel:\n  depth: 4\n")
+    (run / "log.txt").write_text("epoch 0\n")
+    model = state.load_model(assets[0])
+    save_model(model, run / "ckpt-s00000030-end")
+    os.symlink("ckpt-s00000030-end", run / "checkpoint-last")
+    return run
+
+
+def test_training_runs_and_open_in_explore(app, assets, tmp_path):
+    run = _fake_run(tmp_path, assets)
+    at = ok(page(app.run(), "training"))
+    assert at.text_input(key="k_runs_path").value.endswith("demo")  # found under runs/
+    assert "runs_curves" in charts(at)
+    assert any("not metrics" in w.value for w in at.warning)  # the bad line is skipped, said so
+    at = ok(at.button(key="runs_open").click().run())
+    assert at.title[0].value == "Explore"
+    assert at.radio(key="model_kind").value == "Local path"
+    assert at.text_input(key="model_path").value == str((run / "checkpoint-last").resolve())
+    assert "explore_pick" in charts(at)
+
+
+def test_training_bad_folder(app, tmp_path):
+    at = page(app.run(), "training")
+    at = at.text_input(key="k_runs_path").input(str(tmp_path / "nope")).run()
+    assert not at.exception and any("No such folder" in e.value for e in at.error)
+    at = at.text_input(key="k_runs_path").input(str(tmp_path)).run()
+    assert not at.exception and any("no metrics.jsonl" in e.value for e in at.error)
+
+
+def test_switching_pages_keeps_state(app, clip_bytes):
+    at = ok(app.run())
+    at = ok(at.radio(key="clip_kind").set_value("Upload").run())
+    next(u for u in at.get("file_uploader") if u.key == "clip_upload").upload("kept.mp4", clip_bytes, "video/mp4")
+    at = ok(at.run())
+    at.selectbox(key="k_explore_layer").select(0)
+    at = ok(at.radio(key="k_explore_query").set_value("patch").run())
+    for name in ("schemes", "cost", "training", "explore"):
+        at = ok(page(at, name))
+    assert any("kept.mp4" in c.value for c in at.sidebar.caption)
+    assert at.selectbox(key="k_explore_layer").value == 0
+    assert at.radio(key="k_explore_query").value == "patch"
