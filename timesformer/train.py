@@ -440,10 +440,10 @@ def train_one_epoch(model, ddp_model, loader, optimizer, scaler, args, state, di
 
 
 def checkpoint(run, model, optimizer, scaler, state, args, dist_, name):
+    for p in model.parameters():  # every rank checks (DDP keeps them equal), so every rank stops together
+        if not torch.isfinite(p).all():
+            raise TrainingDiverged(f"the weights became non-finite at step {state['step']}")
     if dist_.main:
-        for p in model.parameters():
-            if not torch.isfinite(p).all():
-                raise TrainingDiverged(f"the weights became non-finite at step {state['step']}")
         train_state = {
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
             "state": {k: v for k, v in state.items() if isinstance(v, (int, float))},
@@ -579,7 +579,8 @@ def _train(args, dist_: Dist, run: Path, log) -> dict:
             t_epoch = time.time()
             sampler.set_epoch(epoch)
             train_ds.set_epoch(epoch)
-            indices = list(sampler)[: per_epoch_micro * args.batch_size]
+            # whole optimizer steps only: leftover micro-batches would leak gradients into the next epoch
+            indices = list(sampler)[: steps_per_epoch * args.accum_steps * args.batch_size]
             batches = [indices[i:i + args.batch_size] for i in range(0, len(indices), args.batch_size)]
             skip = state["micro"]
             # a private generator: creating a loader must not draw from the global RNG (resume = same stream)
