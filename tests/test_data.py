@@ -147,3 +147,13 @@ def test_folder_clip_matches_read_clip(tmp_path):
     video, _, _ = ds[0]
     ref, _ = read_clip(ds.items[0][0], num_frames=8, sampling_rate=1, size=32, spatial_crops=3)
     assert torch.equal(video, ref)
+
+
+def test_export_cli(tmp_path, capsys):
+    from timesformer.data import main
+
+    main([str(tmp_path / "out"), "--split", "appearance", "--train", "2", "--val", "1", "--size", "16",
+          "--num-frames", "4"])
+    assert len(list((tmp_path / "out").glob("*/*/*.mp4"))) == 3
+    video, info = read_clip(next((tmp_path / "out" / "val").glob("*/*.mp4")), num_frames=4, size=16)
+    assert info.num_frames == 4 and (info.width, info.height) == (16, 16)
