@@ -362,7 +362,7 @@ def download_figure(fig, name: str, key: str) -> None:
                        mime="text/html", key=f"{key}_html", on_click="ignore")
     if have_browser():
         c2.download_button("PNG", icon=":material/download:",
-                       data=lambda: fig.to_image(format="png", scale=2), file_name=f"{name}.png",
+                           data=lambda: fig.to_image(format="png", scale=2), file_name=f"{name}.png",
                            mime="image/png", key=f"{key}_png", on_click="ignore")
 
 

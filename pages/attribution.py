@@ -114,11 +114,9 @@ st.caption("Each map is scaled over the whole clip; red = most important for the
 for m, r in done.items():
     over = overlay(frames, torch.from_numpy(r["map"]))
     image = grid_image(over)
-    left, right = st.columns([1, 4])
-    left.markdown(f"**{LABELS[m]}**")
-    right.image(image, width="stretch")
-    with left:
-        state.download_frames(over, image, f"{m}", f"attr_dl_{m}")
+    st.markdown(f"**{LABELS[m]}**")
+    st.image(image, width="stretch")
+    state.download_frames(over, image, f"{m}", f"attr_dl_{m}")
 
 with_curves = {m: r["curves"] for m, r in done.items() if r["curves"] is not None}
 rand = store.get((ctx.mkey, ctx.ckey, "random", params, int(curve_steps)))
