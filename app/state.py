@@ -74,7 +74,7 @@ def _file_digest(path: str, mtime_ns: int, size: int) -> str:
 def store_upload(name: str, data: bytes) -> Path:
     """Write an uploaded file to UPLOADS/<sha>.<suffix> (once) and return the path."""
     UPLOADS.mkdir(parents=True, exist_ok=True)
-    suffix = Path(name).suffix.lower()[:10]
+    suffix = Path(name).suffix.lower()[:16]
     path = UPLOADS / f"{digest(data)[:24]}{suffix}"
     if not path.exists():
         tmp = path.with_name(path.name + ".part")
@@ -251,14 +251,14 @@ def clip_id(ctx: Context) -> tuple:
 # Derived results: small cached functions, keyed by (model, clip, parameters)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_data(max_entries=64, show_spinner="Classifying the 3 crops…")
 def predictions(mkey, ckey: ClipKey) -> dict:
     from analysis.attention import predict
 
     return predict(get_model(mkey), decode(ckey)[0], k=5)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_data(max_entries=64, show_spinner="Recording the attention of this layer…")
 def layer_maps(mkey, ckey: ClipKey, layer: int, query, head) -> dict[str, np.ndarray]:
     """{step: (T, H_p, W_p)} attention of `query` in `layer`, one forward recording that layer only."""
     from analysis.attention import query_map

@@ -73,7 +73,11 @@ if run_all:
         left.markdown(f"**{SCHEME_LABELS[scheme]}**")
         left.caption(r["label"])
         left.markdown("\n".join(f"- {name}: {p:.3f}" for name, p in r["top"][:3]))
-        right.image(grid_image(overlay(shown, r["rollout"])), caption="cls attention rollout", width="stretch")
+        over = overlay(shown, r["rollout"])
+        image = grid_image(over)
+        with right:
+            st.image(image, caption="cls attention rollout", width="stretch")
+            state.download_frames(over, image, f"rollout_{scheme}", f"schemes_dl_rollout_{scheme}")
 
     st.subheader("Summary numbers per layer")
     metrics = {"entropy_norm": "entropy / log(keys)", "distance_space": "attention distance in space (patches)",
