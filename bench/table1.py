@@ -73,13 +73,30 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_run(results: list[dict]) -> str:
+    lines = ["| split | scheme | seed | val acc (%) | val loss | steps | wall (s) | train clips/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (r["split"], ATTENTION_TYPES.index(r["scheme"]), r["seed"])):
+        if "val_acc1" not in r:
+            lines.append(f"| {r['split']} | `{r['scheme']}` | {r['seed']} | failed | | | {r['wall_s']:.0f} | |")
+            continue
+        lines.append(f"| {r['split']} | `{r['scheme']}` | {r['seed']} | {r['val_acc1'] * 100:.1f} | "
+                     f"{r['val_loss']:.3f} | {r['steps']} | {r['wall_s']:.0f} | {r['train_clips_per_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--schemes", nargs="*", default=list(ATTENTION_TYPES))
     p.add_argument("--splits", nargs="*", default=["temporal", "appearance"])
     p.add_argument("--runs", default=str(ROOT / "runs" / "table1"))
+    p.add_argument("--report", action="store_true", help="print the tables from table1.jsonl and exit")
     a = p.parse_args(argv)
+    if a.report:
+        done = [json.loads(x) for x in (RESULTS / "table1.jsonl").read_text().splitlines()]
+        print(table(done) + "\n" + per_run(done))
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "table1.jsonl"
     done = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
@@ -94,7 +111,7 @@ def main(argv=None):
                 with open(path, "a") as f:
                     f.write(json.dumps(r) + "\n")
                 done.append(r)
-                (RESULTS / "table1.md").write_text(table(done))
+                (RESULTS / "table1.md").write_text(table(done) + "\n" + per_run(done))
     print(table(done))
 
 
