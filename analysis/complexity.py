@@ -429,7 +429,9 @@ def measure(
 
     model.eval()
     counter = FlopCounterMode(display=False, custom_mapping=_flop_rules())
-    with torch.no_grad(), autocast, materialise(), counter:
+    # grad enabled: under no_grad the model folds each extra step's proj and fc into one linear, an
+    # inference shortcut; the architecture's FLOPs (what fvcore and the paper count) keep them apart
+    with torch.enable_grad(), autocast, materialise(), counter:
         model(video)
     by_op = {str(op): n / 2 / batch_size / 1e9 for op, n in counter.get_flop_counts()["Global"].items()}
 

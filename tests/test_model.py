@@ -270,3 +270,24 @@ def test_cuda_fused_recorded_and_autocast(attention_type):
             out = model(video)
     assert torch.allclose(ref, rec, atol=1e-4)
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_inference_folds_proj_and_fc_and_notices_new_weights():
+    model = small_model("axial")
+    video = torch.randn(1, 3, 4, 32, 32)
+
+    def both():
+        with torch.no_grad():
+            folded = model(video)
+        unfolded = model(video).detach()  # grad enabled: proj then fc, as in training
+        return folded, unfolded
+
+    folded, unfolded = both()
+    assert torch.allclose(folded, unfolded, atol=1e-5)
+    with torch.no_grad():
+        model.blocks[0].width_fc.weight.mul_(3)  # in place: bumps the version counter
+    folded2, unfolded2 = both()
+    assert torch.allclose(folded2, unfolded2, atol=1e-5) and not torch.allclose(folded, folded2, atol=1e-3)
+    model.blocks[1].temporal_attn.proj.weight = torch.nn.Parameter(torch.randn(32, 32))  # a new tensor
+    folded3, unfolded3 = both()
+    assert torch.allclose(folded3, unfolded3, atol=1e-4) and not torch.allclose(folded2, folded3, atol=1e-3)

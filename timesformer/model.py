@@ -45,11 +45,28 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.recorder = None  # callable(grouping, probs) while recording, else None
+        self._fused = None  # (key, weight, bias) of proj followed by a step's fc, for inference
 
-    def forward(self, x: torch.Tensor, grouping: Grouping) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grouping: Grouping, then: nn.Linear | None = None) -> torch.Tensor:
+        """Attention output projected by `proj`, or by `then ∘ proj` folded into one linear."""
         record = None if self.recorder is None else functools.partial(self.recorder, grouping)
         p = self.attn_drop if self.training else 0.0
-        return self.proj(attend(self.qkv(x), grouping, self.num_heads, p, record))
+        out = attend(self.qkv(x), grouping, self.num_heads, p, record)
+        if then is None:
+            return self.proj(out)
+        return F.linear(out, *self._folded(then))
+
+    def _folded(self, fc: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        """fc(proj(y)) = (W_fc·W_proj) y + (W_fc·b_proj + b_fc): one D×D product instead of two per token.
+
+        Cached until a weight changes (in-place updates bump `_version`; new tensors change the pointer).
+        """
+        params = (self.proj.weight, self.proj.bias, fc.weight, fc.bias)
+        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in params)
+        if self._fused is None or self._fused[0] != key:
+            with torch.no_grad():
+                self._fused = (key, fc.weight @ self.proj.weight, torch.addmv(fc.bias, fc.weight, self.proj.bias))
+        return self._fused[1], self._fused[2]
 
 
 class Mlp(nn.Module):
@@ -96,9 +113,12 @@ class Block(nn.Module):
         for step, grouping in zip(self.steps, groupings):
             norm, attn, fc = self._parts(step)
             tokens = x if step.with_cls else x[:, C:]
-            y = self.drop_path(attn(norm(tokens), grouping))
-            if fc is not None:  # official order: drop_path, then temporal_fc
-                y = fc(y)
+            if fc is not None and not self.training and not torch.is_grad_enabled():
+                y = attn(norm(tokens), grouping, then=fc)  # inference: proj and fc folded into one linear
+            else:
+                y = self.drop_path(attn(norm(tokens), grouping))
+                if fc is not None:  # official order: drop_path, then temporal_fc
+                    y = fc(y)
             x = x + y if step.with_cls else torch.cat([x[:, :C], tokens + y], dim=1)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
