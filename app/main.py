@@ -36,6 +36,28 @@ MODEL_KINDS = ["Shipped default", "Local path", "Upload", "HuggingFace hub id"]
 CLIP_KINDS = ["Sample clip", "Upload"]
 
 
+def _forget(slot: str) -> None:
+    """The user changed or removed an upload: forget the file kept for it."""
+    st.session_state.pop(slot, None)
+
+
+def _uploaded(sb, label: str, types: list[str], key: str, **kwargs) -> tuple[Path | None, str, str | None]:
+    """(stored path, file name, error) of an upload. The last file is kept in session state, because
+    `st.switch_page` (Training runs → Explore) starts a run without the uploader's value."""
+    slot = f"_{key}_file"
+    up = sb.file_uploader(label, type=types, key=key, on_change=_forget, args=(slot,), **kwargs)
+    if up is not None:
+        data = up.getvalue()
+        if len(data) > state.max_upload_bytes():
+            return None, up.name, (f"{up.name} is {len(data) / 2**20:.1f} MB, over the upload limit of "
+                                   f"{state.max_upload_bytes() >> 20} MB: trim or compress it.")
+        st.session_state[slot] = (str(state.store_upload(up.name, data)), up.name)
+    kept = st.session_state.get(slot)
+    if kept and Path(kept[0]).exists():
+        return Path(kept[0]), kept[1], None
+    return None, "", None
+
+
 def _model_source(sb) -> tuple[str | None, str, str | None]:
     """(source for load_model, label, error) from the sidebar's model widgets."""
     kind = sb.radio("Model", MODEL_KINDS, key="model_kind", horizontal=False)
@@ -57,20 +79,16 @@ def _model_source(sb) -> tuple[str | None, str, str | None]:
             return None, "", f"No such file or folder: {path.strip()}"
         return str(p), p.name, None
     if kind == "Upload":
-        up = sb.file_uploader("Checkpoint file", type=state.CHECKPOINT_TYPES, key="model_upload",
-                              help="official .pyth, our model.safetensors, or a checkpoint folder as .zip")
-        if up is None:
-            return None, "", state.Prompt("Upload a checkpoint in the sidebar (.pyth, .safetensors or a zipped "
-                                          "folder).")
-        data = up.getvalue()
-        if len(data) > state.max_upload_bytes():
-            return None, "", f"{up.name} is larger than the upload limit ({state.max_upload_bytes() >> 20} MB)."
-        path = state.store_upload(up.name, data)
+        path, name, error = _uploaded(sb, "Checkpoint file", state.CHECKPOINT_TYPES, "model_upload",
+                                      help="official .pyth, our model.safetensors, or a checkpoint folder as .zip")
+        if path is None:
+            return None, "", error or state.Prompt("Upload a checkpoint in the sidebar (.pyth, .safetensors or a "
+                                                   "zipped folder).")
         try:
             source = state.unpack_zip(path) if path.suffix == ".zip" else path
         except state.ERRORS as e:
-            return None, "", f"Could not open {up.name}: {e}"
-        return str(source), up.name, None
+            return None, "", f"Could not open {name}: {e}"
+        return str(source), name, None
     repo = sb.text_input("Hub id", key="model_hub", placeholder="facebook/timesformer-base-finetuned-k400",
                          help="downloaded when the network allows, else taken from the HuggingFace cache")
     if not repo.strip():
@@ -88,14 +106,10 @@ def _clip_source(sb) -> tuple[Path | None, str, str | None]:
         state.sanitize("clip_sample", names)
         name = sb.selectbox("Sample", names, key="clip_sample")
         return state.SAMPLES / name, name, None
-    up = sb.file_uploader("Video file", type=state.VIDEO_TYPES, key="clip_upload")
-    if up is None:
-        return None, "", state.Prompt("Upload a video in the sidebar (mp4, webm, avi, mov, mkv or gif).")
-    data = up.getvalue()
-    if len(data) > state.max_upload_bytes():
-        return None, "", (f"{up.name} is {len(data) / 2**20:.1f} MB, over the upload limit of "
-                          f"{state.max_upload_bytes() >> 20} MB: trim or compress it.")
-    return state.store_upload(up.name, data), up.name, None
+    path, name, error = _uploaded(sb, "Video file", state.VIDEO_TYPES, "clip_upload")
+    if path is None:
+        return None, "", error or state.Prompt("Upload a video in the sidebar (mp4, webm, avi, mov, mkv or gif).")
+    return path, name, None
 
 
 def _resample(frames: int, size: int) -> None:
@@ -135,8 +149,8 @@ def build_context() -> state.Context:
         with sb.expander("Sampling", expanded=False):
             frames = st.number_input("Frames", 1, 64, key="clip_frames")
             size = st.number_input("Crop size (px)", 8, 1024, step=cfg.patch_size, key="clip_size")
-            rate = st.number_input("Sampling rate (0 = spread over the whole video)", 0, 256, value=0,
-                                   key="clip_rate")
+            st.session_state.setdefault("clip_rate", 0)
+            rate = st.number_input("Sampling rate (0 = spread over the whole video)", 0, 256, key="clip_rate")
         if (frames, size) != (cfg.num_frames, cfg.img_size):
             if size % cfg.patch_size:
                 cerror = cerror or (f"A {size}px crop is not a multiple of the model's {cfg.patch_size}px patches.")

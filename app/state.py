@@ -380,11 +380,17 @@ def download_frames(frames: np.ndarray, grid: np.ndarray, name: str, key: str) -
                        key=f"{key}_mp4", on_click="ignore")
 
 
-def keep_widget_state(prefix: str = "k_") -> None:
-    """Widgets of a page that is not shown lose their state at the end of the run; re-assigning keeps
-    them (Streamlit's documented work-around), so a page shows the same choices when you come back."""
+KEPT = ("k_", "model_kind", "model_path", "model_hub", "clip_kind", "clip_sample", "clip_frames", "clip_size",
+        "clip_rate")
+
+
+def keep_widget_state(kept=KEPT) -> None:
+    """Widgets of a page that is not shown lose their state at the end of the run, and `st.switch_page`
+    starts a run without the browser's widget values; re-assigning each value through session state keeps
+    it (Streamlit's documented work-around), so the sidebar and every page show the same choices when you
+    come back. File uploaders cannot be assigned: the sidebar keeps their last file itself."""
     for key in list(st.session_state):
-        if isinstance(key, str) and key.startswith(prefix):
+        if isinstance(key, str) and key.startswith(kept):
             st.session_state[key] = st.session_state[key]
 
 

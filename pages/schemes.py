@@ -35,8 +35,9 @@ if view == "receptive field":
     blocks = c[4].slider("after blocks", 1, max(cfg.depth, 2), key="k_schemes_blocks")
 query = (int(t), int(h), int(w))
 frames = list(range(T)) if T <= 8 else sorted({0, query[0] - 1, query[0], query[0] + 1, T - 1} & set(range(T)))
-tabs = st.tabs([SCHEME_LABELS[s] for s in ATTENTION_TYPES])
-for tab, scheme in zip(tabs, ATTENTION_TYPES):
+order = [cfg.attention_type] + [s for s in ATTENTION_TYPES if s != cfg.attention_type]  # the model's first
+tabs = st.tabs([SCHEME_LABELS[s] + (" — this model" if s == cfg.attention_type else "") for s in order])
+for tab, scheme in zip(tabs, order):
     with tab:
         fig = pattern_figure(scheme, grid, query, blocks=blocks, local_split=cfg.local_split,
                              global_stride=cfg.global_stride, frames=frames)

@@ -320,24 +320,26 @@ def test_cost_will_not_fit(app):
     assert any("Does not fit" in e.value for e in at.error)
 
 
-def _fake_run(root: Path, assets) -> Path:
-    """A run folder in the layout timesformer/train.py writes."""
+def fake_run(root: Path, model_dir: Path, bad_line: bool = True) -> Path:
+    """A run folder in the layout timesformer/train.py writes (metrics.jsonl, train_config.yaml, log.txt,
+    ckpt-*/ written by save_model, checkpoint-last)."""
     run = root / "runs" / "demo"
     run.mkdir(parents=True)
-    rows = [{"epoch": e, "step": 10 * (e + 1), "split": s, "loss": 1.0 / (e + 1), "acc1": 0.3 + 0.1 * e}
-            for e in range(3) for s in ("train", "val")]
-    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    rows = [{"epoch": e, "step": 64 * (e + 1), "split": s, "loss": 1.4 / (e + 1) + 0.05 * (s == "val"),
+             "acc1": min(1.0, 0.25 + 0.09 * e - 0.02 * (s == "val"))} for e in range(8) for s in ("train", "val")]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + ("\nnot json\n" if bad_line else "\n"))
     (run / "train_config.yaml").write_text("args:\n  lr: 0.001\nmodel:\n  depth: 4\n")
     (run / "log.txt").write_text("epoch 0\n")
-    model = state.load_model(assets[0])
-    save_model(model, run / "ckpt-s00000030-end")
-    os.symlink("ckpt-s00000030-end", run / "checkpoint-last")
+    save_model(state.load_model(model_dir), run / "ckpt-s00000512-end")
+    os.symlink("ckpt-s00000512-end", run / "checkpoint-last")
     return run
 
 
-def test_training_runs_and_open_in_explore(app, assets, tmp_path):
-    run = _fake_run(tmp_path, assets)
-    at = ok(page(app.run(), "training"))
+def test_training_runs_and_open_in_explore(app, assets, tmp_path, clip_bytes):
+    run = fake_run(tmp_path, assets[0])
+    at = ok(app.run().radio(key="clip_kind").set_value("Upload").run())
+    next(u for u in at.get("file_uploader") if u.key == "clip_upload").upload("mine.mp4", clip_bytes, "video/mp4")
+    at = ok(page(at.run(), "training"))
     assert at.text_input(key="k_runs_path").value.endswith("demo")  # found under runs/
     assert "runs_curves" in charts(at)
     assert any("not metrics" in w.value for w in at.warning)  # the bad line is skipped, said so
@@ -346,6 +348,7 @@ def test_training_runs_and_open_in_explore(app, assets, tmp_path):
     assert at.radio(key="model_kind").value == "Local path"
     assert at.text_input(key="model_path").value == str((run / "checkpoint-last").resolve())
     assert "explore_pick" in charts(at)
+    assert any("mine.mp4" in c.value for c in at.sidebar.caption)  # st.switch_page kept the uploaded clip
 
 
 def test_training_bad_folder(app, tmp_path):

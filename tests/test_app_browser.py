@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app import _shipped, build_assets
+from tests.test_app import SHIPPED_MODEL, _shipped, build_assets, fake_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("TSLAB_CHROMIUM", "/usr/bin/chromium")
@@ -42,10 +42,13 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     """`streamlit run app/main.py` on a free port, on the shipped assets (or a tiny model and clip)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    model = SHIPPED_MODEL
     if not _shipped() or os.environ.get("TSLAB_TEST_FIXTURE_ASSETS"):
         model, samples = build_assets(tmp_path_factory.mktemp("assets"))
         env.update(TSLAB_DEFAULT_MODEL=str(model), TSLAB_SAMPLES=str(samples))
-    env["TSLAB_RUNS"] = str(tmp_path_factory.mktemp("runs"))
+    runs = tmp_path_factory.mktemp("runs")
+    fake_run(runs, model, bad_line=False)
+    env["TSLAB_RUNS"] = str(runs / "runs")
     port = _free_port()
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
     proc = subprocess.Popen(
@@ -175,9 +178,12 @@ def test_upload_heatmap_click_and_switch_pages(server, browser):
             page.get_by_text("Deletion and insertion").wait_for(timeout=120_000)
             settle(page)
         shoot(page, name)
-    page.locator('[data-testid="stSidebarNav"]').get_by_text("Explore", exact=True).click()
-    heatmap(page).wait_for(timeout=30_000)
+    # the training page found the run under runs/ and opens its checkpoint in Explore
+    page.get_by_role("button", name="Open this checkpoint in Explore").click()
+    page.get_by_role("heading", name="Explore").wait_for(timeout=60_000)
+    heatmap(page).wait_for(timeout=60_000)
     settle(page)
+    assert page.get_by_text("ckpt-s00000512-end:", exact=False).count()  # the sidebar's model caption
     assert page.get_by_text(f"{clip.name}:", exact=False).count()
     assert page.get_by_text("query patch (", exact=False).count()  # the picked query survived the round trip
     assert not errors, errors
