@@ -89,7 +89,8 @@ def browser():
     profile = tempfile.mkdtemp(prefix="tslab-chromium-")
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
-                                                       viewport={"width": 1400, "height": 1000})
+                                                       viewport={"width": 1400, "height": 1000},
+                                                       accept_downloads=True)
         try:
             yield context
         finally:
@@ -158,6 +159,10 @@ def test_upload_heatmap_click_and_switch_pages(server, browser):
     page.locator('[data-testid="stImage"] img').first.wait_for(timeout=30_000)  # the animation
     assert not page.locator('[data-testid="stException"]').count()
 
+    with page.expect_download(timeout=60_000) as dl:  # the overlay as an animation
+        page.get_by_role("button", name="GIF").first.click()
+    assert Path(dl.value.path()).read_bytes()[:6] in (b"GIF89a", b"GIF87a")
+
     # click a patch of the heatmap: it becomes the query
     box = heatmap(page).locator(".nsewdrag").first.bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.5)
@@ -173,6 +178,11 @@ def test_upload_heatmap_click_and_switch_pages(server, browser):
         settle(page)
         assert not page.locator('[data-testid="stException"]').count(), name
         assert page.get_by_text(f"{clip.name}:", exact=False).count(), name
+        if name == "cost":  # a figure's PNG: made by kaleido in Chromium only when clicked
+            with page.expect_download(timeout=120_000) as dl:
+                page.get_by_role("button", name="PNG").first.click()
+            png = Path(dl.value.path()).read_bytes()
+            assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
         if name == "attribution":
             page.get_by_role("button", name="Run").click()
             page.get_by_text("Deletion and insertion").wait_for(timeout=120_000)
