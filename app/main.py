@@ -147,7 +147,7 @@ def build_context() -> state.Context:
             _resample(cfg.num_frames, cfg.img_size)
             st.session_state["_sampling_for"] = ctx.mkey
         with sb.expander("Sampling", expanded=False):
-            frames = st.number_input("Frames", 1, 64, key="clip_frames")
+            frames = st.number_input("Frames", 1, 512, key="clip_frames")
             size = st.number_input("Crop size (px)", 8, 1024, step=cfg.patch_size, key="clip_size")
             st.session_state.setdefault("clip_rate", 0)
             rate = st.number_input("Sampling rate (0 = spread over the whole video)", 0, 256, key="clip_rate")

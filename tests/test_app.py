@@ -141,6 +141,27 @@ def test_explore_picks_query_from_a_click(app):
             at.number_input(key="k_explore_w").value) == (1, 0, 1)
 
 
+@pytest.mark.parametrize("scheme", ATTENTION_TYPES)
+def test_explore_every_scheme_step_and_query(app, scheme, tmp_path):
+    """A model of each scheme: every step of a block, with cls and with a patch query."""
+    torch.manual_seed(0)
+    model_dir = save_model(TimeSformer(TimeSformerConfig.tiny(img_size=32, depth=2, embed_dim=32, num_classes=3,
+                                                              attention_type=scheme)), tmp_path / scheme)
+    at = app.run().radio(key="model_kind").set_value("Local path").run()
+    at = ok(at.text_input(key="model_path").input(str(model_dir)).run())
+    steps = at.selectbox(key="k_explore_step").options
+    assert len(steps) == {"space_only": 1, "joint_space_time": 1, "axial": 3}.get(scheme, 2)
+    for query in ("cls", "patch"):
+        at = ok(at.radio(key="k_explore_query").set_value(query).run())
+        for step in steps:
+            at = ok(at.selectbox(key="k_explore_step").select(step).run())
+            assert "explore_pick" in charts(at)
+    at = ok(page(at, "schemes"))  # its own scheme first, the other four derived from it
+    assert "schemes_summary" in charts(at)
+    at = ok(page(at, "attribution").button(key="attr_run").click().run())
+    assert {"attr_deletion", "attr_insertion"} <= set(charts(at))
+
+
 def test_upload_clip(app, clip_bytes):
     at = ok(app.run())
     at = ok(at.radio(key="clip_kind").set_value("Upload").run())
