@@ -174,6 +174,21 @@ def test_upload_clip(app, clip_bytes):
     assert "explore_pick" in charts(at)
 
 
+def test_upload_gif(app):
+    """GIF goes through PyAV (decord cannot read it)."""
+    from PIL import Image
+
+    frames, _ = SynthMotion("temporal", num_frames=8, size=40).frames(1)
+    buf = io.BytesIO()
+    Image.fromarray(frames[0]).save(buf, format="GIF", save_all=True,
+                                    append_images=[Image.fromarray(f) for f in frames[1:]], duration=125, loop=0)
+    at = ok(app.run().radio(key="clip_kind").set_value("Upload").run())
+    next(u for u in at.get("file_uploader") if u.key == "clip_upload").upload("moving.gif", buf.getvalue(), "image/gif")
+    at = ok(at.run())
+    assert any("moving.gif: 8 frames" in c.value for c in at.sidebar.caption)
+    assert "explore_pick" in charts(at)
+
+
 @pytest.mark.parametrize("name, data, message", [
     ("broken.mp4", b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000), "Could not read broken.mp4"),
     ("notes.mov", b"just some text, not a video at all\n" * 10, "Could not read notes.mov"),
