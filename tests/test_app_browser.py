@@ -110,9 +110,13 @@ def heatmap(page):
     return page.locator(".js-plotly-plot", has_text="layer")
 
 
-def shoot(page, name: str) -> None:
+def shoot(page, name: str, anchor: str | None = None) -> None:
+    """With TSLAB_SCREENSHOTS=DIR, a small PNG of the viewport (scrolled to `anchor`'s text)."""
     out = os.environ.get("TSLAB_SCREENSHOTS")
     if out:
+        if anchor:
+            page.get_by_text(anchor, exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+            page.wait_for_timeout(500)
         Path(out).mkdir(parents=True, exist_ok=True)
         from PIL import Image
 
@@ -187,7 +191,7 @@ def test_upload_heatmap_click_and_switch_pages(server, browser):
             page.get_by_role("button", name="Run").click()
             page.get_by_text("Deletion and insertion").wait_for(timeout=120_000)
             settle(page)
-        shoot(page, name)
+        shoot(page, name, anchor="Maps on the patch grid" if name == "attribution" else None)
     # the training page found the run under runs/ and opens its checkpoint in Explore
     page.get_by_role("button", name="Open this checkpoint in Explore").click()
     page.get_by_role("heading", name="Explore").wait_for(timeout=60_000)
