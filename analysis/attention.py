@@ -233,11 +233,24 @@ def summarize(m: AttentionMap) -> dict:
     def mean(x):  # over patch query rows
         return float((x * q).sum() / n)
 
-    pair = patch[:, :, None] & patch[:, None, :]  # (G, L, L) patch → patch
-    d_space = torch.sqrt((h[:, :, None] - h[:, None, :]) ** 2 + (w[:, :, None] - w[:, None, :]) ** 2.0) * pair
-    d_time = (t[:, :, None] - t[:, None, :]).abs().float() * pair
-    same = (t[:, :, None] == t[:, None, :]) & pair
-    ent = -(probs * probs.clamp(min=1e-12).log()).sum(-1)
+    T, H, W = g.grid
+    B, G, nh, L, _ = probs.shape
+    # aggregate each query's attention by key frame and by key position in one batched matmul,
+    # then weigh the small (T + H·W)-wide result by distances: one pass over the probabilities
+    key_t = F.one_hot(t, T).float() * patch[..., None]  # (G, L, T), cls and padding rows zero
+    key_pos = F.one_hot(h * W + w, H * W).float() * patch[..., None]  # (G, L, H·W)
+    agg = probs.reshape(B, G, nh * L, L) @ torch.cat([key_t, key_pos], -1)[None]
+    agg = agg.reshape(B, G, nh, L, T + H * W)
+    per_t, per_pos = agg[..., :T], agg[..., T:]
+    frames = torch.arange(T, device=probs.device)
+    d_time = (t[..., None] - frames).abs().float()  # (G, L, T) from each query slot
+    ph, pw = torch.arange(H * W, device=probs.device) // W, torch.arange(H * W, device=probs.device) % W
+    d_space = torch.sqrt((h[..., None] - ph) ** 2.0 + (w[..., None] - pw) ** 2.0)  # (G, L, H·W)
+    same_t = F.one_hot(t, T).float()  # the query's own frame
+    same = (per_t * same_t[None, :, None]).sum(-1)
+    sums = torch.stack([(per_pos * d_space[None, :, None]).sum(-1), (per_t * d_time[None, :, None]).sum(-1),
+                        same, per_t.sum(-1) - same], -1)  # (B, G, heads, L, 4)
+    ent = -torch.special.xlogy(probs, probs).sum(-1)
     keys = valid.sum(-1).float().clamp(min=2)  # (G,) keys per group (cls included where it takes part)
     cls_share = probs[..., 0] if g.with_cls else torch.zeros_like(probs[..., 0])
     return {
@@ -245,10 +258,10 @@ def summarize(m: AttentionMap) -> dict:
         "step": m.step,
         "entropy": mean(ent),
         "entropy_norm": mean(ent / keys.log()[None, :, None, None]),
-        "distance_space": mean((probs * d_space[None, :, None]).sum(-1)),
-        "distance_time": mean((probs * d_time[None, :, None]).sum(-1)),
-        "same_frame": mean((probs * same[None, :, None]).sum(-1)),
-        "other_frames": mean((probs * (pair & ~same)[None, :, None]).sum(-1)),
+        "distance_space": mean(sums[..., 0]),
+        "distance_time": mean(sums[..., 1]),
+        "same_frame": mean(sums[..., 2]),
+        "other_frames": mean(sums[..., 3]),
         "cls": mean(cls_share),
     }
 
