@@ -313,3 +313,16 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     rc = main([str(tmp_path / "text.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_defaults_to_the_shipped_model(tmp_path):
+    import json
+
+    from analysis.cli import DEFAULT_CHECKPOINT, ROOT, main
+
+    clip = ROOT / "assets" / "samples" / "moving_left.mp4"
+    assert main([str(clip), "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "predictions.json").read_text())
+    assert report["checkpoint"] == str(DEFAULT_CHECKPOINT)
+    assert report["top5_video"][0]["class"] == "moving left" and report["top5_video"][0]["prob"] > 0.9
+    assert report["seconds"] < 30
