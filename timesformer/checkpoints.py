@@ -144,11 +144,11 @@ def _build(config: TimeSformerConfig, state: dict, source) -> TimeSformer:
     return model.eval()
 
 
-def _apply_overrides(config: TimeSformerConfig, overrides: dict) -> TimeSformerConfig:
+def _make_config(fields: dict, overrides: dict, what: str) -> TimeSformerConfig:
     try:
-        return config.replace(**overrides)
-    except TypeError as e:
-        raise CheckpointError(f"bad override: {e}") from None
+        return TimeSformerConfig.from_dict({**fields, **overrides})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot build a config for {what}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,11 +193,7 @@ def infer_official_config(state: dict, **overrides) -> TimeSformerConfig:
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         attention_type=attention,
     )
-    fields.update(overrides)
-    try:
-        return TimeSformerConfig(**fields)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"cannot build a config for this checkpoint: {e}") from None
+    return _make_config(fields, overrides, "this checkpoint")
 
 
 def _load_official(path: Path, overrides: dict) -> TimeSformer:
@@ -275,11 +271,7 @@ def hf_config(hf: dict, **overrides) -> TimeSformerConfig:
         norm_eps=hf.get("layer_norm_eps", 1e-6),
         class_names=names,
     )
-    fields.update(overrides)
-    try:
-        return TimeSformerConfig(**fields)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"cannot build a config from this HuggingFace config: {e}") from None
+    return _make_config(fields, overrides, "this HuggingFace config")
 
 
 def _load_hf_folder(folder: Path, overrides: dict) -> TimeSformer:
@@ -330,11 +322,9 @@ def _load_ours(weights: Path, config_json: dict | None, overrides: dict) -> Time
         if "config" not in meta:
             raise CheckpointError(f"{weights} carries no config; keep the config.json written beside it")
         config_json = json.loads(meta["config"])
-    try:
-        config = TimeSformerConfig.from_dict({**config_json["config"], **overrides})
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"bad config for {weights}: {e}") from None
-    return _build(config, state, weights)
+    if not isinstance(config_json.get("config"), dict):
+        raise CheckpointError(f"the config of {weights} has no 'config' object")
+    return _build(_make_config(config_json["config"], overrides, str(weights)), state, weights)
 
 
 # --------------------------------------------------------------------------------------------------
