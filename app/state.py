@@ -42,6 +42,7 @@ UPLOADS = Path(tempfile.gettempdir()) / "timesformer-lab-uploads"
 MAX_STORED_UPLOADS = 32  # uploaded files kept on disk (the oldest go first)
 SPAN_CLIP = 0  # sampling rate 0 in the sidebar: spread the frames evenly over the whole video
 DISPLAY_PX = 128  # frames are upscaled (nearest) to at least this side for display
+HEAVY_PARAMS = 20e6  # above this many parameters, five-scheme runs wait for a button (ViT-B: 86M-157M)
 
 
 def max_upload_bytes() -> int:

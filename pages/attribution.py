@@ -1,13 +1,13 @@
 """Rollout & attribution: attention rollout and Captum attributions side by side on the same patch grid,
 with a cost estimate before running, progress while running, and deletion/insertion curves after."""
 
-import plotly.graph_objects as go
 import streamlit as st
 import torch
 
 from analysis.attention import grad_rollout, grid_image, overlay, rollout
 from analysis.attribution import METHODS, attribute, cost, deletion_insertion, random_map, timed_forward
 from app import state
+from app.figures import curves_figure
 from timesformer import record_attention
 
 st.title("Rollout & attribution")
@@ -124,18 +124,9 @@ if with_curves:
     st.subheader("Deletion and insertion")
     st.caption("Deletion removes the most important patches first (lower area is better); insertion reveals "
                "them first on a blank clip (higher is better). The random ranking is the bar to beat.")
-    figs = {}
-    for kind in ("deletion", "insertion"):
-        fig = go.Figure()
-        for m, cv in {**with_curves, **({"random": rand} if rand is not None else {})}.items():
-            fig.add_trace(go.Scatter(x=cv.fractions, y=getattr(cv, kind), mode="lines+markers",
-                                     name=f"{LABELS.get(m, 'random ranking')} "
-                                          f"(AUC {getattr(cv, 'auc_' + kind):.3f})",
-                                     line=dict(dash="dot") if m == "random" else None))
-        fig.update_layout(title=kind, xaxis_title=f"share of patches {'removed' if kind == 'deletion' else 'shown'}",
-                          yaxis_title="target probability", template="plotly_white", height=380,
-                          legend=dict(orientation="h", y=-0.25))
-        figs[kind] = fig
+    shown = {**with_curves, **({"random": rand} if rand is not None else {})}
+    figs = {kind: curves_figure(shown, kind, {**LABELS, "random": "random ranking"})
+            for kind in ("deletion", "insertion")}
     cols = st.columns(2)
     for col, (kind, fig) in zip(cols, figs.items()):
         with col:

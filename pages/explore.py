@@ -1,13 +1,11 @@
 """Explore: the clip's frames, the top-5 predictions and the attention of one layer, step, head and query
 overlaid on the frames (click a patch to make it the query)."""
 
-import base64
-
-import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.attention import HEAD_FUSIONS, grid_image, overlay
 from app import state
+from app.figures import picker_figure
 
 st.title("Explore")
 ctx = state.current()
@@ -78,32 +76,12 @@ if query == "cls" and step == "time":
     st.info("cls takes no part in the time step (it is skipped there, as in the official code): pick a patch query.")
 
 # ---- the overlay, clickable: one marker per patch
-k = frames.shape[1] // views.shape[-1] * cfg.patch_size  # display pixels per patch
 pad, columns = 2, min(T, 8)
 image = grid_image(over, columns=columns, pad=pad)
-xs, ys, data = [], [], []
-for ti in range(T):
-    r, cidx = divmod(ti, columns)
-    for hi in range(Hp):
-        for wi in range(Wp):
-            xs.append(cidx * (frames.shape[2] + pad) + (wi + 0.5) * k)
-            ys.append(r * (frames.shape[1] + pad) + (hi + 0.5) * k)
-            data.append((ti, hi, wi))
-src = "data:image/png;base64," + base64.b64encode(state.png_bytes(image)).decode()
-fig = go.Figure(go.Image(source=src, hoverinfo="skip"))
-fig.add_trace(go.Scatter(x=xs, y=ys, customdata=data, mode="markers", showlegend=False,
-                         marker=dict(size=max(6, k * 0.6), color="rgba(255,255,255,0.01)", symbol="square"),
-                         hovertemplate="frame %{customdata[0]}, row %{customdata[1]}, "
-                                       "col %{customdata[2]}<extra></extra>"))
-if query != "cls":
-    qi = query[0] * Hp * Wp + query[1] * Wp + query[2]
-    fig.add_trace(go.Scatter(x=[xs[qi]], y=[ys[qi]], mode="markers", showlegend=False, hoverinfo="skip",
-                             marker=dict(size=max(8, k * 0.8), symbol="square-open", color="white",
-                                         line=dict(width=3, color="white"))))
-fig.update_layout(margin=dict(l=0, r=0, t=30, b=0), height=int(image.shape[0] * 1.1) + 40,
-                  title=f"layer {layer}, {step} step, {head if isinstance(head, str) else f'head {head}'}, "
-                        f"query {query if query == 'cls' else 'patch ' + str(query)}",
-                  xaxis=dict(visible=False), yaxis=dict(visible=False), clickmode="event+select", dragmode=False)
+head_label = head if isinstance(head, str) else f"head {head}"
+fig = picker_figure(image, (T, Hp, Wp), frames.shape[1], frames.shape[1] / views.shape[-1] * cfg.patch_size,
+                    columns, pad, query, title=f"layer {layer}, {step} step, {head_label}, query "
+                                              f"{query if query == 'cls' else 'patch ' + str(query)}")
 st.plotly_chart(fig, key="explore_pick", on_select="rerun", selection_mode="points", width="stretch",
                 config={"displayModeBar": True})
 st.caption("Click a patch to make it the query. Colours are scaled over the whole clip (red = most attention).")

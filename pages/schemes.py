@@ -1,13 +1,13 @@
 """Schemes: the paper's patch diagrams (Figure 1) drawn from the model's real masks for the clip's grid,
 the same clip run through a model of each of the five schemes, and their summary numbers per layer."""
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.attention import grid_image, overlay
-from analysis.figures import SCHEME_COLOURS, SCHEME_LABELS
+from analysis.figures import SCHEME_LABELS
 from analysis.patterns import blocks_to_full_clip, pattern_figure
 from app import state
+from app.figures import SUMMARY_METRICS, summary_figure
 from timesformer import ATTENTION_TYPES
 
 st.title("Schemes")
@@ -53,15 +53,15 @@ st.caption(f"Only the current model ({cfg.attention_type}) is trained. The other
            "every tensor whose name and shape match is copied, and a scheme's extra attention steps start with "
            "their output linear at zero (the identity), as when the paper initialises from an image ViT. They "
            "show how the scheme regroups attention on these weights, not how a trained model of it behaves.")
-heavy = sum(p.numel() for p in model.parameters()) > 20e6
+heavy = sum(p.numel() for p in model.parameters()) > state.HEAVY_PARAMS
 run_all = True
 if heavy:
     run_all = st.button("Run the clip through all five schemes", key="schemes_run") or \
-        st.session_state.get("_schemes_ran") == ctx.ckey
+        st.session_state.get("_schemes_ran") == (ctx.mkey, ctx.ckey)
     if not run_all:
         st.info("This model is large: running five schemes takes a while on a CPU. Press the button to start.")
 if run_all:
-    st.session_state["_schemes_ran"] = ctx.ckey
+    st.session_state["_schemes_ran"] = (ctx.mkey, ctx.ckey)
     results = {}
     bar = st.progress(0.0, text="running the schemes…")
     for i, scheme in enumerate(ATTENTION_TYPES):
@@ -81,22 +81,9 @@ if run_all:
             state.download_frames(over, image, f"rollout_{scheme}", f"schemes_dl_rollout_{scheme}")
 
     st.subheader("Summary numbers per layer")
-    metrics = {"entropy_norm": "entropy / log(keys)", "distance_space": "attention distance in space (patches)",
-               "distance_time": "attention distance in time (frames)", "same_frame": "share on the same frame",
-               "other_frames": "share on other frames", "cls": "share on cls"}
     st.session_state.setdefault("k_schemes_metric", "entropy_norm")
-    metric = st.selectbox("Number", list(metrics), format_func=metrics.get, key="k_schemes_metric")
-    fig = go.Figure()
-    dashes = ["solid", "dash", "dot"]
-    for scheme, r in results.items():
-        steps = list(dict.fromkeys(row["step"] for row in r["summary"]))
-        for j, step in enumerate(steps):
-            rows = [row for row in r["summary"] if row["step"] == step]
-            fig.add_trace(go.Scatter(x=[row["layer"] for row in rows], y=[row[metric] for row in rows],
-                                     mode="lines+markers", name=f"{SCHEME_LABELS[scheme]}: {step}",
-                                     line=dict(color=SCHEME_COLOURS[scheme], dash=dashes[j % 3])))
-    fig.update_layout(xaxis_title="layer", yaxis_title=metrics[metric], template="plotly_white", height=420,
-                      title=f"{metrics[metric]}, averaged over patch queries and heads")
+    metric = st.selectbox("Number", list(SUMMARY_METRICS), format_func=SUMMARY_METRICS.get, key="k_schemes_metric")
+    fig = summary_figure({s: r["summary"] for s, r in results.items()}, metric)
     st.plotly_chart(fig, key="schemes_summary", width="stretch")
     state.download_figure(fig, f"summary_{metric}", "schemes_dl_summary")
     table = [{"scheme": s, **row} for s, r in results.items() for row in r["summary"]]

@@ -4,12 +4,11 @@ curves from metrics.jsonl, its resolved config, and open one of its checkpoints 
 import json
 from pathlib import Path
 
-import plotly.graph_objects as go
 import streamlit as st
 import yaml
-from plotly.subplots import make_subplots
 
 from app import state
+from app.figures import training_figure
 
 st.title("Training runs")
 
@@ -59,21 +58,7 @@ if bad:
     st.warning(f"{bad} line(s) of metrics.jsonl are not metrics and were skipped.")
 
 if rows:
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
-    colours = {"train": "#636EFA", "val": "#EF553B"}
-    for split in dict.fromkeys(r["split"] for r in rows):
-        pts = sorted((r for r in rows if r["split"] == split), key=lambda r: r["step"])
-        colour = colours.get(split)
-        fig.add_trace(go.Scatter(x=[r["step"] for r in pts], y=[r.get("loss") for r in pts], mode="lines+markers",
-                                 name=f"{split} loss", line=dict(color=colour)), row=1, col=1)
-        for metric, dash in (("acc1", None), ("acc5", "dot")):
-            if any(metric in r for r in pts):
-                fig.add_trace(go.Scatter(x=[r["step"] for r in pts], y=[r.get(metric) for r in pts],
-                                         mode="lines+markers", name=f"{split} {metric}",
-                                         line=dict(color=colour, dash=dash)), row=1, col=2)
-    fig.update_xaxes(title_text="step")
-    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
-    fig.update_layout(template="plotly_white", height=400, title=f"{run.name}: {len(rows)} evaluations")
+    fig = training_figure(rows, f"{run.name}: {len(rows)} evaluations")
     st.plotly_chart(fig, key="runs_curves", width="stretch")
     state.download_figure(fig, f"{run.name}_curves", "runs_dl_curves")
     last = {r["split"]: r for r in rows}

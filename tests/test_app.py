@@ -319,6 +319,17 @@ def test_schemes(app):
     at = ok(at.selectbox(key="k_schemes_metric").select("distance_time").run())
 
 
+def test_schemes_waits_for_a_button_on_large_models(app, monkeypatch):
+    monkeypatch.setattr(state, "HEAVY_PARAMS", 0)
+    at = ok(page(app.run(), "schemes"))
+    assert "schemes_summary" not in charts(at)
+    assert any("Press the button" in i.value for i in at.info)
+    at = ok(at.button(key="schemes_run").click().run())
+    assert "schemes_summary" in charts(at)
+    at = ok(at.selectbox(key="k_schemes_metric").select("cls").run())  # still shown after the click
+    assert "schemes_summary" in charts(at)
+
+
 def test_attribution(app):
     at = ok(page(app.run(), "attribution"))
     assert at.dataframe  # the cost estimate before running
