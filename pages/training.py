@@ -34,6 +34,8 @@ if not typed.strip():
     st.stop()
 run = Path(typed.strip()).expanduser()
 run = run if run.is_absolute() else state.ROOT / run
+if run.is_file() and run.name == "metrics.jsonl":  # the metrics file itself: its folder is the run
+    run = run.parent
 if not run.is_dir():
     st.error(f"No such folder: {typed.strip()}")
     st.stop()
