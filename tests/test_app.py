@@ -260,6 +260,29 @@ def test_local_path_errors(app, tmp_path):
     assert any("Could not load the model" in e.value and "config.json" in e.value for e in at.sidebar.error)
 
 
+def test_huggingface_folder_and_official_upload(app, tmp_path):
+    """A HuggingFace Timesformer folder by path, and an official .pyth (weights under model_state) uploaded."""
+    pytest.importorskip("transformers")
+    from tests.test_checkpoints import hf_model
+
+    hf_model("divided_space_time").save_pretrained(tmp_path / "hf")
+    at = app.run().radio(key="model_kind").set_value("Local path").run()
+    at = ok(at.text_input(key="model_path").input(str(tmp_path / "hf")).run())
+    assert any("divided_space_time, 4×32²" in c.value for c in at.sidebar.caption)  # 4 frames, as its config
+    assert at.dataframe[0].value["class"][0] in ("archery", "bowling", "cooking", "dancing", "eating")
+
+    torch.manual_seed(0)
+    ours = TimeSformer(TimeSformerConfig.tiny(img_size=32, embed_dim=128, num_heads=2, depth=2, num_classes=3))
+    buf = io.BytesIO()
+    torch.save({"model_state": {"model." + k: v for k, v in ours.state_dict().items()}}, buf)
+    at = ok(at.radio(key="model_kind").set_value("Upload").run())
+    next(u for u in at.get("file_uploader") if u.key == "model_upload").upload(
+        "official.pyth", buf.getvalue(), "application/octet-stream")
+    at = ok(at.run())
+    assert any(c.value.startswith("official.pyth: divided_space_time") for c in at.sidebar.caption)
+    assert "explore_pick" in charts(at)
+
+
 def test_hub_id_that_cannot_be_loaded(app):
     at = app.run()
     at = at.radio(key="model_kind").set_value("HuggingFace hub id").run()
