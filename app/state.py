@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
-from timesformer import CheckpointError, TimeSformer, load_model  # noqa: E402
+from timesformer import CheckpointError, TimeSformer, load_model, transfer  # noqa: E402
 from timesformer.video import VideoError, denormalize, read_clip  # noqa: E402
 
 # The shipped assets; TSLAB_DEFAULT_MODEL / TSLAB_SAMPLES point the app elsewhere (the tests do).
@@ -137,16 +137,9 @@ def get_model(mkey: tuple[str, float]) -> TimeSformer:
 
 @st.cache_resource(max_entries=8, show_spinner="Building the model of that scheme…")
 def _scheme_model(mkey: tuple[str, float], scheme: str) -> tuple[TimeSformer, int, int]:
-    """The current model rebuilt with another attention scheme: every weight whose name and shape match
-    is copied; the new scheme's extra steps keep their initialisation, with their output linear at zero,
-    so they start as the identity (as when the paper initialises from an image ViT). Not trained."""
-    base = get_model(mkey)
+    """The current model rebuilt with another attention scheme (`timesformer.transfer`). Not trained."""
     torch.manual_seed(0)
-    model = TimeSformer(base.config.replace(attention_type=scheme)).eval()
-    own = model.state_dict()
-    state = {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(state, strict=False)
-    return model, len(state), len(own)
+    return transfer(get_model(mkey), attention_type=scheme)
 
 
 def scheme_model(mkey, scheme: str) -> tuple[TimeSformer, str]:

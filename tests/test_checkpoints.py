@@ -196,3 +196,22 @@ def test_bad_sources(tmp_path):
         load_model(tmp_path / "empty.pyth", heads=3)
     assert issubclass(CheckpointError, ValueError)
     assert TimeSformerConfig  # the config type is what load_model returns inside the model
+
+
+def test_transfer_to_another_scheme_starts_from_the_same_function():
+    from timesformer import transfer
+
+    model = small_model("space_only")
+    video = torch.randn(1, 3, 4, 32, 32)
+    for scheme in ("divided_space_time", "axial", "sparse_local_global"):
+        new, copied, total = transfer(model, attention_type=scheme)
+        assert new.config.attention_type == scheme and 0 < copied < total
+        assert torch.equal(new.blocks[1].attn.qkv.weight, model.blocks[1].attn.qkv.weight)
+    # divided → joint keeps the shared weights; the temporal ones are dropped
+    divided = small_model("divided_space_time")
+    joint, copied, total = transfer(divided, attention_type="joint_space_time")
+    assert copied == total and torch.equal(joint.head.weight, divided.head.weight)
+    same, copied, total = transfer(divided)  # no change: the same function
+    assert copied == total
+    with torch.no_grad():
+        assert torch.equal(same(video), divided(video))

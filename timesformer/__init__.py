@@ -1,11 +1,11 @@
 """TimeSformer Lab: the TimeSformer model with all five attention schemes of Bertasius et al. (2021)."""
 
 from .attention import AttentionMap, attention_pattern, record_attention
-from .checkpoints import CheckpointError, load_model, save_model
+from .checkpoints import CheckpointError, load_model, save_model, transfer
 from .config import ATTENTION_TYPES, TimeSformerConfig
 from .model import TimeSformer
 
 __all__ = [
     "ATTENTION_TYPES", "AttentionMap", "CheckpointError", "TimeSformer", "TimeSformerConfig",
-    "attention_pattern", "load_model", "record_attention", "save_model",
+    "attention_pattern", "load_model", "record_attention", "save_model", "transfer",
 ]

@@ -365,3 +365,18 @@ def load_model(source, device=None, **overrides) -> TimeSformer:
     else:
         raise CheckpointError(f"no such checkpoint: {source}")
     return model.to(device) if device is not None else model
+
+
+def transfer(model: TimeSformer, **changes) -> tuple[TimeSformer, int, int]:
+    """A new model with `changes` to the config (e.g. another `attention_type`), initialised from
+    `model`: every weight whose name and shape match is copied; the rest keep their fresh
+    initialisation — a new scheme's extra steps start with their output linear at zero, so they add
+    nothing until trained (the paper's way of starting from an image ViT).
+
+    Returns (new model in eval mode, tensors copied, tensors in the new model).
+    """
+    new = TimeSformer(model.config.replace(**changes)).to(next(model.parameters()).device).eval()
+    own = new.state_dict()
+    state = {k: v for k, v in model.state_dict().items() if k in own and own[k].shape == v.shape}
+    new.load_state_dict(state, strict=False)
+    return new, len(state), len(own)
