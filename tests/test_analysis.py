@@ -326,3 +326,30 @@ def test_cli_defaults_to_the_shipped_model(tmp_path):
     assert report["checkpoint"] == str(DEFAULT_CHECKPOINT)
     assert report["top5_video"][0]["class"] == "moving left" and report["top5_video"][0]["prob"] > 0.9
     assert report["seconds"] < 30
+
+
+def test_rollout_and_integrated_gradients_beat_random_on_the_shipped_model():
+    """docs/analysis.md's claim, on the shipped default model and its four sample clips (mean AUCs)."""
+    from analysis.cli import DEFAULT_CHECKPOINT, ROOT, SPAN_CLIP
+    from timesformer import load_model
+    from timesformer.video import read_clip
+
+    model = load_model(DEFAULT_CHECKPOINT)
+    cfg = model.config
+    scores = {"rollout": [], "integrated_gradients": [], "random": []}
+    for clip in sorted((ROOT / "assets" / "samples").glob("*.mp4")):
+        video = read_clip(clip, num_frames=cfg.num_frames, size=cfg.img_size, sampling_rate=SPAN_CLIP)[0]
+        with torch.no_grad(), record_attention(model) as rec:
+            model(video)
+        maps = {"rollout": rollout(rec, query="cls"),
+                "integrated_gradients": attribute(model, video, "integrated_gradients", n_steps=32)}
+        for name, m in maps.items():
+            c = deletion_insertion(model, video, m, steps=16)
+            scores[name].append((c.auc_deletion, c.auc_insertion))
+        for seed in range(5):
+            c = deletion_insertion(model, video, random_map(cfg.grid, seed), steps=16)
+            scores["random"].append((c.auc_deletion, c.auc_insertion))
+    mean = {k: np.mean(v, axis=0) for k, v in scores.items()}
+    for name in ("rollout", "integrated_gradients"):
+        assert mean[name][0] < mean["random"][0], (name, mean)  # deletion: lower is better
+        assert mean[name][1] > mean["random"][1], (name, mean)  # insertion: higher is better
