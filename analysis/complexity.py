@@ -424,6 +424,9 @@ def measure(
                 else contextlib.nullcontext())
     materialise = (lambda: contextlib.nullcontext()) if fused else (lambda: record_attention(model))
 
+    def full(v):  # every token through every block: model(v) runs the last block for cls alone
+        return model.forward_head(model.forward_features(v))
+
     # FLOPs of one forward
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -432,7 +435,7 @@ def measure(
     # grad enabled: under no_grad the model folds each extra step's proj and fc into one linear, an
     # inference shortcut; the architecture's FLOPs (what fvcore and the paper count) keep them apart
     with torch.enable_grad(), autocast, materialise(), counter:
-        model(video)
+        full(video)
     by_op = {str(op): n / 2 / batch_size / 1e9 for op, n in counter.get_flop_counts()["Global"].items()}
 
     # Bytes saved for backward by one training forward
@@ -448,7 +451,7 @@ def measure(
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast, materialise():
-        out = model(video)
+        out = full(video)
     activation_bytes = sum(s.nbytes() for s in saved.values())
     saved.clear()
     del out
@@ -461,7 +464,7 @@ def measure(
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             with autocast, materialise():
-                loss = model(video).float().logsumexp(-1).mean()
+                loss = full(video).float().logsumexp(-1).mean()
             loss.backward()
             opt.step()
             torch.cuda.synchronize(device)

@@ -239,7 +239,7 @@ def test_forward_features_and_head():
         feats = model.forward_features(video)
         assert feats.shape == (2, 1 + 4 * 16, 32)
         assert model.forward_head(feats, pre_logits=True).shape == (2, 32)
-        assert torch.equal(model.forward_head(feats), model(video))
+        assert torch.allclose(model.forward_head(feats), model(video), atol=1e-5)  # forward: last block cls-only
 
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
@@ -291,3 +291,17 @@ def test_inference_folds_proj_and_fc_and_notices_new_weights():
     model.blocks[1].temporal_attn.proj.weight = torch.nn.Parameter(torch.randn(32, 32))  # a new tensor
     folded3, unfolded3 = both()
     assert torch.allclose(folded3, unfolded3, atol=1e-4) and not torch.allclose(folded2, folded3, atol=1e-3)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_cls_only_last_block_gives_the_same_logits_and_gradients(attention_type):
+    model = small_model(attention_type)
+    video = torch.randn(2, 3, 3, 40, 24)
+    grads = []
+    for run in (lambda v: model(v), lambda v: model.forward_head(model.forward_features(v))):
+        model.zero_grad()
+        out = run(video)
+        out.pow(2).sum().backward()
+        grads.append((out.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-4)

@@ -189,6 +189,7 @@ def attend(
     num_heads: int,
     dropout_p: float = 0.0,
     record: Callable[[torch.Tensor], None] | None = None,
+    cls_only: bool = False,
 ) -> torch.Tensor:
     """Multi-head attention within the groups of one step.
 
@@ -196,7 +197,8 @@ def attend(
     Returns the attention output (B, S, D) in the same order, before the output projection; with
     C = 1 the cls outputs of all groups are averaged. With `record`, the probabilities are
     materialised, passed to `record` as (B, G, heads, L, L) and used; otherwise the fused
-    `scaled_dot_product_attention` runs.
+    `scaled_dot_product_attention` runs. With `cls_only` (a step with cls, not recorded) only the cls
+    queries are computed and (B, C, D) is returned: all the classifier needs from a model's last step.
     """
     B, S, three_d = qkv.shape
     D = three_d // 3
@@ -207,6 +209,12 @@ def attend(
     mask = None
     if grouping.valid is not None:  # (B·G, 1, 1, L): padding is never a key
         mask = grouping.valid[:, None, None, :].repeat(B, 1, 1, 1)
+    if cls_only:
+        if record is not None or not grouping.with_cls:
+            raise ValueError("cls_only needs a step with cls and no recording")
+        out = F.scaled_dot_product_attention(q[:, :, :1], k, v, attn_mask=mask, dropout_p=dropout_p)
+        cls = out.reshape(B, G, D)  # (B·G, heads, 1, hd) → (B, G, D)
+        return cls.mean(1, keepdim=True) if grouping.num_cls == 1 else cls
     if record is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     else:

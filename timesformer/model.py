@@ -47,11 +47,13 @@ class Attention(nn.Module):
         self.recorder = None  # callable(grouping, probs) while recording, else None
         self._fused = None  # (key, weight, bias) of proj followed by a step's fc, for inference
 
-    def forward(self, x: torch.Tensor, grouping: Grouping, then: nn.Linear | None = None) -> torch.Tensor:
-        """Attention output projected by `proj`, or by `then ∘ proj` folded into one linear."""
+    def forward(self, x: torch.Tensor, grouping: Grouping, then: nn.Linear | None = None,
+                cls_only: bool = False) -> torch.Tensor:
+        """Attention output projected by `proj`, or by `then ∘ proj` folded into one linear; with
+        `cls_only`, for the cls queries alone (see `attend`)."""
         record = None if self.recorder is None else functools.partial(self.recorder, grouping)
         p = self.attn_drop if self.training else 0.0
-        out = attend(self.qkv(x), grouping, self.num_heads, p, record)
+        out = attend(self.qkv(x), grouping, self.num_heads, p, record, cls_only)
         if then is None:
             return self.proj(out)
         return F.linear(out, *self._folded(then))
@@ -107,19 +109,25 @@ class Block(nn.Module):
     def step_attentions(self) -> list[Attention]:
         return [self._parts(step)[1] for step in self.steps]
 
-    def forward(self, x: torch.Tensor, groupings: tuple[Grouping, ...]) -> torch.Tensor:
-        # x: (B, C + T·N, D); the first C tokens are cls
+    def forward(self, x: torch.Tensor, groupings: tuple[Grouping, ...], cls_only: bool = False) -> torch.Tensor:
+        """x: (B, C + T·N, D), the first C tokens cls. With `cls_only` the last step and the MLP run for
+        the cls tokens alone and (B, C, D) is returned (the last block of a classifier needs no more)."""
         C = groupings[0].num_cls
-        for step, grouping in zip(self.steps, groupings):
+        last = len(self.steps) - 1
+        for i, (step, grouping) in enumerate(zip(self.steps, groupings)):
             norm, attn, fc = self._parts(step)
+            only = cls_only and i == last and step.with_cls and attn.recorder is None
             tokens = x if step.with_cls else x[:, C:]
             if fc is not None and not self.training and not torch.is_grad_enabled():
-                y = attn(norm(tokens), grouping, then=fc)  # inference: proj and fc folded into one linear
+                y = attn(norm(tokens), grouping, then=fc, cls_only=only)  # inference: proj and fc folded
             else:
-                y = self.drop_path(attn(norm(tokens), grouping))
+                y = self.drop_path(attn(norm(tokens), grouping, cls_only=only))
                 if fc is not None:  # official order: drop_path, then temporal_fc
                     y = fc(y)
-            x = x + y if step.with_cls else torch.cat([x[:, :C], tokens + y], dim=1)
+            if only:
+                x = x[:, :C] + y
+            else:
+                x = x + y if step.with_cls else torch.cat([x[:, :C], tokens + y], dim=1)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -236,13 +244,18 @@ class TimeSformer(nn.Module):
         space_only's per-frame cls tokens are averaged into one before the final norm, as the official
         code averages its per-frame outputs.
         """
+        return self._features(video)
+
+    def _features(self, video: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         x, grid = self.embed(video)
         groupings = self.groupings(grid, x.device)
-        for blk in self.blocks:
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            only = cls_only and i == last
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, groupings, use_reentrant=False)
+                x = checkpoint(blk, x, groupings, only, use_reentrant=False)
             else:
-                x = blk(x, groupings)
+                x = blk(x, groupings, only)
         num_cls = groupings[0].num_cls
         if num_cls > 1:
             x = torch.cat([x[:, :num_cls].mean(1, keepdim=True), x[:, num_cls:]], dim=1)
@@ -254,7 +267,9 @@ class TimeSformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(video))
+        # the head reads cls alone, so the last block's final step and MLP run for cls only (the
+        # patches' keys and values still come from every token); forward_features gives all tokens
+        return self.forward_head(self._features(video, cls_only=True))
 
     @property
     def class_names(self) -> list[str]:
