@@ -3,7 +3,7 @@
     .venv/bin/python bench/throughput.py --threads 2 --img-size 64 32
 
 Synthetic input (random clips: the data pipeline is not timed). Prints a markdown table and writes
-bench/results/throughput.json.
+bench/results/throughput-<N>threads.json.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main(argv=None):
             rows.append({"scheme": scheme, "img_size": size, "threads": a.threads, "batch": a.batch_size,
                          "clips_per_s": round(rate, 1)})
             print(json.dumps(rows[-1]), flush=True)
-    out = ROOT / "bench" / "results" / "throughput.json"
+    out = ROOT / "bench" / "results" / f"throughput-{a.threads}threads.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))
     print("| scheme | " + " | ".join(f"{s}² clips/s" for s in a.img_size) + " |")
