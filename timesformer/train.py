@@ -368,10 +368,14 @@ def find_resume(args) -> Path | None:
 class Logger:
     def __init__(self, run: Path, main: bool):
         self.main, self.file = main, (open(run / "log.txt", "a") if main else None)
+        self.progress = None  # a tqdm bar: messages go above it instead of through it
 
     def __call__(self, msg: str) -> None:
         if self.main:
-            print(msg, file=sys.stderr, flush=True)
+            if self.progress is not None:
+                self.progress.write(msg, file=sys.stderr)
+            else:
+                print(msg, file=sys.stderr, flush=True)
             self.file.write(msg + "\n")
             self.file.flush()
 
@@ -560,6 +564,7 @@ def _train(args, dist_: Dist, run: Path, log) -> dict:
         from tqdm import tqdm
 
         progress = tqdm(total=total_steps, initial=state["step"], unit="step", dynamic_ncols=True)
+        log.progress = progress
 
     def log_metrics(row: dict):
         if not dist_.main:
@@ -618,6 +623,7 @@ def _train(args, dist_: Dist, run: Path, log) -> dict:
     finally:
         if progress is not None:
             progress.close()
+            log.progress = None
         if tb is not None:
             tb.close()
     result["checkpoint"] = str(run / LAST)
