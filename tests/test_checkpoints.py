@@ -215,3 +215,9 @@ def test_transfer_to_another_scheme_starts_from_the_same_function():
     assert copied == total
     with torch.no_grad():
         assert torch.equal(same(video), divided(video))
+
+
+def test_saved_checkpoints_are_readable_by_others(tmp_path):
+    path = save_model(small_model("axial"), tmp_path / "shared")
+    assert path.stat().st_mode & 0o777 == 0o755
+    assert all(f.stat().st_mode & 0o777 == 0o644 for f in path.iterdir())

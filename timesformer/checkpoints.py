@@ -58,6 +58,9 @@ def save_model(model: TimeSformer, path) -> Path:
     try:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "config": json.dumps(config)})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared checkpoint from other users
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
