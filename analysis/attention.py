@@ -307,6 +307,20 @@ def overlay(frames: np.ndarray, maps: torch.Tensor, alpha: float = 0.5, cmap: st
     return (frames * (1 - alpha) + heat * alpha).round().astype(np.uint8)
 
 
+def upscale(frames: np.ndarray, at_least: int = 256) -> np.ndarray:
+    """Nearest-neighbour upscale of (T, H, W, 3) frames to at least `at_least` rows, so small clips show."""
+    k = max(1, -(-at_least // frames.shape[1]))
+    return frames.repeat(k, 1).repeat(k, 2) if k > 1 else frames
+
+
+def save_gif(target, frames: np.ndarray, fps: float = 4.0) -> None:
+    """(T, H, W, 3) uint8 → an animated GIF at `target` (a path or a binary file object), looping."""
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(target, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
 def grid_image(frames: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
     """(T, H, W, 3) frames tiled into one (rows·H, columns·W, 3) image."""
     T, H, W, _ = frames.shape

@@ -61,11 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _upscale(frames: np.ndarray, at_least: int) -> np.ndarray:
-    k = max(1, -(-at_least // frames.shape[1]))
-    return frames.repeat(k, 1).repeat(k, 2) if k > 1 else frames
-
-
 def write_animation(path: Path, frames: np.ndarray, fps: float = 4.0) -> Path:
     """(T, H, W, 3) uint8 → .gif (PIL) or .mp4 (PyAV), by suffix."""
     if path.suffix == ".mp4":
@@ -73,17 +68,16 @@ def write_animation(path: Path, frames: np.ndarray, fps: float = 4.0) -> Path:
 
         h, w = frames.shape[1:3]
         return write_video(path, frames[:, : h - h % 2, : w - w % 2], fps=fps)
-    from PIL import Image
+    from analysis.attention import save_gif
 
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    save_gif(path, frames, fps)
     return path
 
 
 def run(args) -> dict:
     from PIL import Image
 
-    from analysis.attention import grid_image, overlay, predict, query_map, rollout, summary_table
+    from analysis.attention import grid_image, overlay, predict, query_map, rollout, summary_table, upscale
     from analysis.patterns import save_pattern
     from timesformer import load_model, record_attention
     from timesformer.video import denormalize, read_clip
@@ -102,7 +96,7 @@ def run(args) -> dict:
     preds = predict(model, views, k=5)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    frames = _upscale(denormalize(centre[0]), args.scale or 256)
+    frames = upscale(denormalize(centre[0]), args.scale or 256)
     Image.fromarray(grid_image(frames)).save(out / "frames.png")
     maps = {f"attention_{m.step}": query_map(m, args.query, args.head)[0] for m in rec if m.layer == layer}
     maps["rollout"] = rollout(rec, discard_ratio=args.discard_ratio, query=args.query)[0]

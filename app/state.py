@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
+from analysis import attention as attention_pictures  # noqa: E402
 from timesformer import CheckpointError, TimeSformer, load_model, transfer  # noqa: E402
 from timesformer.video import VideoError, denormalize, read_clip  # noqa: E402
 
@@ -313,8 +314,7 @@ def store() -> Store:
 
 def upscale(frames: np.ndarray, at_least: int = DISPLAY_PX) -> np.ndarray:
     """Nearest-neighbour upscale of (T, H, W, 3) so small clips are visible."""
-    k = max(1, -(-at_least // frames.shape[1]))
-    return frames.repeat(k, 1).repeat(k, 2) if k > 1 else frames
+    return attention_pictures.upscale(frames, at_least)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -326,11 +326,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def gif_bytes(frames: np.ndarray, fps: float = 4.0) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    attention_pictures.save_gif(buf, frames, fps)
     return buf.getvalue()
 
 
