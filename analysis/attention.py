@@ -73,10 +73,10 @@ def attention_row(m: AttentionMap, query="cls") -> torch.Tensor:
     else:
         slot = int(g.inverse[q - 1])
         groups, rows, weight = torch.tensor([slot // L]), torch.tensor([slot % L]), 1.0
-    for gi, ri in zip(groups.tolist(), rows.tolist()):
-        keep = slots[gi] >= 0
-        row[:, :, slots[gi][keep]] += weight * probs[:, gi, :, ri, :][:, :, keep]
-    return row
+    vals = probs[:, groups, :, rows, :].permute(1, 2, 0, 3)  # (B, heads, k, L): the query's row in each group
+    cols = slots[groups]  # (k, L)
+    keep = cols >= 0
+    return row.index_add_(2, cols[keep], weight * vals[..., keep])
 
 
 def query_map(m: AttentionMap, query="cls", head="mean") -> torch.Tensor:
