@@ -18,12 +18,6 @@ CLI: `python analysis/complexity.py --out DIR` (or `python -m analysis.complexit
 
 from __future__ import annotations
 
-if __name__ == "__main__" and __package__ in (None, ""):  # run as a file: make `timesformer` importable
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
 import argparse
 import contextlib
 import csv
@@ -480,7 +474,8 @@ def measure(
 # --------------------------------------------------------------------------------------------------
 # Sweeps and the CLI
 
-# The three ways of running attention whose training memory the sweep reports (figures.IMPLEMENTATIONS).
+# The three ways of running attention whose training memory the sweep reports
+# (drawn with figures.IMPLEMENTATION_STYLES).
 IMPLEMENTATIONS = {
     "paper": dict(fused=False, softmax_saves_input=True),  # materialised on PyTorch ≤ 1.9, as the paper ran
     "materialised": dict(fused=False, softmax_saves_input=False),

@@ -11,6 +11,8 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from timesformer.config import SCHEME_LABELS
+
 GiB = 1024**3
 
 # One colour per scheme, stable across figures (plotly's default qualitative palette).
@@ -21,15 +23,8 @@ SCHEME_COLOURS = {
     "sparse_local_global": "#AB63FA",
     "axial": "#FFA15A",
 }
-SCHEME_LABELS = {
-    "space_only": "Space (S)",
-    "joint_space_time": "Joint Space-Time (ST)",
-    "divided_space_time": "Divided Space-Time (T+S)",
-    "sparse_local_global": "Sparse Local Global (L+G)",
-    "axial": "Axial (T+W+H)",
-}
-# How each attention implementation's training memory is drawn.
-IMPLEMENTATIONS = {
+# How the training memory of each attention implementation (analysis.complexity.IMPLEMENTATION_STYLES) is drawn.
+IMPLEMENTATION_STYLES = {
     "paper": ("solid", "materialised, PyTorch ≤ 1.9 (the paper's setting)"),
     "materialised": ("dot", "materialised, current PyTorch"),
     "fused": ("dash", "fused SDPA (flash / memory-efficient)"),
@@ -43,7 +38,7 @@ def _hover(row: dict) -> str:
              f"{row['num_frames']} frames × {row['img_size']}² px, {row['tokens']} tokens",
              f"<b>{row['gflops']:.1f} GFLOPs</b> per view ({row['params'] / 1e6:.1f}M params)"]
     lines += [f"  {k}: {v:.1f}" for k, v in parts if v >= 0.05]
-    for impl in IMPLEMENTATIONS:
+    for impl in IMPLEMENTATION_STYLES:
         if f"train_bytes_{impl}" in row:
             oom = " OOM" if row[f"oom_{impl}"] else ""
             lines.append(f"train {impl}: {row[f'train_bytes_{impl}'] / GiB:.1f} GiB{oom}")
@@ -100,7 +95,7 @@ def cost_figure(rows: list[dict], gpu_memory: float, title: str | None = None) -
                     hovertext=[f"measured on this machine: {r['measured_gflops']:.1f} GFLOPs" for r in measured],
                     marker=dict(symbol="circle-open", size=14, color=colour, line=dict(width=2)),
                 ), row=1, col=col)
-            for impl, (dash, _label) in IMPLEMENTATIONS.items():
+            for impl, (dash, _label) in IMPLEMENTATION_STYLES.items():
                 column = f"train_bytes_{impl}"
                 if column not in pts[0]:
                     continue
@@ -113,7 +108,7 @@ def cost_figure(rows: list[dict], gpu_memory: float, title: str | None = None) -
         for r_ in (1, 2):
             fig.update_xaxes(type="log", tickvals=ticks, title_text=AXES[axis][1].split(" (")[0], row=r_, col=col)
         fig.update_yaxes(type="log", title_text="GFLOPs" if col == 1 else None, row=1, col=col)
-        mem = [r[f"train_bytes_{i}"] / GiB for r in rows for i in IMPLEMENTATIONS if f"train_bytes_{i}" in r]
+        mem = [r[f"train_bytes_{i}"] / GiB for r in rows for i in IMPLEMENTATION_STYLES if f"train_bytes_{i}" in r]
         lo, hi = math.log10(min(mem + [gpu_memory / GiB]) / 1.5), math.log10(max(mem + [gpu_memory / GiB]) * 1.5)
         fig.update_yaxes(type="log", range=[lo, hi], title_text="GiB" if col == 1 else None, row=2, col=col)
         # shade "does not fit", from the GPU's memory to the top of the (fixed) range
@@ -122,7 +117,7 @@ def cost_figure(rows: list[dict], gpu_memory: float, title: str | None = None) -
                       layer="below")
         fig.add_hline(y=gpu_memory / GiB, line=dict(color="rgba(239,85,59,0.8)", width=1), row=2, col=col,
                       annotation_text=f"out of memory above {gpu_memory / GiB:g} GiB", annotation_position="top left")
-    styles = "; ".join(f"{d}: {label}" for d, label in IMPLEMENTATIONS.values())
+    styles = "; ".join(f"{d}: {label}" for d, label in IMPLEMENTATION_STYLES.values())
     fig.update_layout(
         title=title or "TimeSformer cost per scheme", height=850, template="plotly_white", hovermode="closest",
         legend=dict(orientation="h", y=-0.08), margin=dict(t=90, b=120),

@@ -15,14 +15,8 @@ import torch
 
 from analysis.attention import query_index
 from timesformer.attention import SCHEMES, attention_pattern
+from timesformer.config import SCHEME_LABELS
 
-PAPER_NAMES = {
-    "space_only": "Space Attention (S)",
-    "joint_space_time": "Joint Space-Time Attention (ST)",
-    "divided_space_time": "Divided Space-Time Attention (T+S)",
-    "sparse_local_global": "Sparse Local Global Attention (L+G)",
-    "axial": "Axial Attention (T+W+H)",
-}
 QUERY_COLOUR = "#1f4fd8"  # blue, as in the paper
 STEP_COLOURS = {  # one colour per step
     "space": "#d62728", "time": "#2ca02c", "joint": "#ff7f0e", "local": "#e6b400",
@@ -143,7 +137,7 @@ def pattern_figure(attention_type: str, grid: tuple[int, int, int], query=(0, 0,
                      tickvals=[i * (W + 1) + (W - 1) / 2 for i in range(len(frames))])
     for i, t in enumerate(frames):
         fig.add_annotation(x=i * (W + 1) + (W - 1) / 2, y=-1, text=f"frame t={t}", showarrow=False, yshift=4)
-    title = PAPER_NAMES[attention_type] if blocks is None else f"{PAPER_NAMES[attention_type]}: {labels[0]}"
+    title = SCHEME_LABELS[attention_type] if blocks is None else f"{SCHEME_LABELS[attention_type]}: {labels[0]}"
     fig.update_layout(title=title, plot_bgcolor="white", height=max(220, 22 * H + 120),
                       width=max(500, len(frames) * (W + 1) * 18 + 100), legend=dict(orientation="h", y=-0.05),
                       margin=dict(l=20, r=20, t=60, b=40))

@@ -11,7 +11,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.figures import SCHEME_COLOURS, SCHEME_LABELS
+from analysis.figures import SCHEME_COLOURS
+from timesformer.config import SCHEME_LABELS
 
 SUMMARY_METRICS = {
     "entropy_norm": "entropy / log(keys)",

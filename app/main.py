@@ -6,16 +6,13 @@ that picks the model and the clip every page works on.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # plain `streamlit run app/main.py` puts only app/ on sys.path
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
+from app import state
 
-from app import state  # noqa: E402
+ROOT = state.ROOT
 
 st.set_page_config(page_title="TimeSformer Lab", page_icon=":material/movie:", layout="wide")
 state.keep_widget_state()

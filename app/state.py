@@ -13,24 +13,21 @@ import hashlib
 import io
 import os
 import shutil
-import sys
 import tempfile
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import streamlit as st
+import torch
+
+from analysis import attention as attention_pictures
+from timesformer import CheckpointError, TimeSformer, load_model, transfer
+from timesformer.video import VideoError, denormalize, read_clip
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on sys.path
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import streamlit as st  # noqa: E402
-import torch  # noqa: E402
-
-from analysis import attention as attention_pictures  # noqa: E402
-from timesformer import CheckpointError, TimeSformer, load_model, transfer  # noqa: E402
-from timesformer.video import VideoError, denormalize, read_clip  # noqa: E402
 
 # The shipped assets; TSLAB_DEFAULT_MODEL / TSLAB_SAMPLES point the app elsewhere (the tests do).
 DEFAULT_MODEL = Path(os.environ.get("TSLAB_DEFAULT_MODEL", ROOT / "assets" / "default_model"))

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from analysis.attention import grad_rollout, query_map, rollout, summary_table
+from analysis.attribution import METHODS, attribute, deletion_insertion, random_map
+from analysis.cli import DEFAULT_CHECKPOINT, SPAN_CLIP
+from timesformer import TimeSformer, TimeSformerConfig, load_model, record_attention
+from timesformer.video import read_clip
 
-from analysis.attention import grad_rollout, query_map, rollout, summary_table  # noqa: E402
-from analysis.attribution import METHODS, attribute, deletion_insertion, random_map  # noqa: E402
-from analysis.cli import DEFAULT_CHECKPOINT, SPAN_CLIP  # noqa: E402
-from timesformer import TimeSformer, TimeSformerConfig, load_model, record_attention  # noqa: E402
-from timesformer.video import read_clip  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def best_of(fn, repeats=3) -> float:

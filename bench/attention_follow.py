@@ -8,16 +8,14 @@ covers (> 20% of its pixels)? Chance = the fraction of such patches.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from timesformer import load_model, record_attention
+from timesformer.data import SynthMotion
 
-from timesformer import load_model, record_attention  # noqa: E402
-from timesformer.data import SynthMotion  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main():

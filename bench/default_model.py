@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 TRAIN = ["--data", "synthmotion-temporal", "--preset", "tiny", "--attention", "divided_space_time",
          "--img-size", "32", "--num-frames", "8", "--train-clips", "4096", "--val-clips", "512", "--epochs", "4",

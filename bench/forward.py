@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from timesformer import TimeSformerConfig, load_model, record_attention  # noqa: E402
+from timesformer import TimeSformerConfig, load_model, record_attention
 
 GEMM_SHAPE = (1568, 768, 3072)  # the MLP's fc1 at 8×14×14 tokens: the bulk of ViT-B's FLOPs
 GEMM_CALLS = 10

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig
 
-from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def measure(scheme: str, img_size: int, batch: int, steps: int, warmup: int = 2) -> float:

@@ -6,9 +6,9 @@ import json
 import streamlit as st
 
 from analysis.complexity import IMPLEMENTATIONS, estimate, max_batch_size, sweep
-from analysis.figures import SCHEME_LABELS, breakdown_figure, cost_figure, memory_figure
+from analysis.figures import breakdown_figure, cost_figure, memory_figure
 from app import state
-from timesformer import ATTENTION_TYPES, TimeSformerConfig
+from timesformer import ATTENTION_TYPES, SCHEME_LABELS, TimeSformerConfig
 
 GiB = 1024**3
 st.title("Cost")

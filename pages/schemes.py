@@ -4,11 +4,10 @@ the same clip run through a model of each of the five schemes, and their summary
 import streamlit as st
 
 from analysis.attention import grid_image, overlay
-from analysis.figures import SCHEME_LABELS
 from analysis.patterns import blocks_to_full_clip, pattern_figure
 from app import state
 from app.figures import SUMMARY_METRICS, summary_figure
-from timesformer import ATTENTION_TYPES
+from timesformer import ATTENTION_TYPES, SCHEME_LABELS
 
 st.title("Schemes")
 ctx = state.current()

@@ -19,7 +19,7 @@ from timesformer.data import (
 from timesformer.video import read_clip, transform_frames
 
 
-def test_synthmotion_is_deterministic_by_seed_and_subset():
+def test_synthmotion_is_deterministic_by_seed_and_split():
     a = SynthMotion("temporal", "train", 8, num_frames=8, size=32, seed=3)
     b = SynthMotion("temporal", "train", 8, num_frames=8, size=32, seed=3)
     c = SynthMotion("temporal", "train", 8, num_frames=8, size=32, seed=4)
@@ -131,7 +131,7 @@ def test_csv_lists(tmp_path):
 def test_build_datasets_errors(tmp_path):
     train, val, classes = build_datasets("synthmotion-appearance", num_frames=4, size=32, train_clips=10,
                                          val_clips=5)
-    assert len(train) == 10 and len(val) == 5 and classes == APPEARANCE_CLASSES and val.subset == "val"
+    assert len(train) == 10 and len(val) == 5 and classes == APPEARANCE_CLASSES and val.split == "val"
     with pytest.raises(FileNotFoundError):
         build_datasets(str(tmp_path / "nothing"), num_frames=4, size=32)
     (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
@@ -152,7 +152,7 @@ def test_folder_clip_matches_read_clip(tmp_path):
 def test_export_cli(tmp_path, capsys):
     from timesformer.data import main
 
-    main([str(tmp_path / "out"), "--split", "appearance", "--train", "2", "--val", "1", "--size", "16",
+    main([str(tmp_path / "out"), "--task", "appearance", "--train", "2", "--val", "1", "--size", "16",
           "--num-frames", "4"])
     assert len(list((tmp_path / "out").glob("*/*/*.mp4"))) == 3
     video, info = read_clip(next((tmp_path / "out" / "val").glob("*/*.mp4")), num_frames=4, size=16)

@@ -2,10 +2,10 @@
 
 from .attention import AttentionMap, attention_pattern, record_attention
 from .checkpoints import CheckpointError, load_model, save_model, transfer
-from .config import ATTENTION_TYPES, TimeSformerConfig
+from .config import ATTENTION_TYPES, SCHEME_LABELS, TimeSformerConfig
 from .model import TimeSformer
 
 __all__ = [
-    "ATTENTION_TYPES", "AttentionMap", "CheckpointError", "TimeSformer", "TimeSformerConfig",
+    "ATTENTION_TYPES", "AttentionMap", "CheckpointError", "SCHEME_LABELS", "TimeSformer", "TimeSformerConfig",
     "attention_pattern", "load_model", "record_attention", "save_model", "transfer",
 ]

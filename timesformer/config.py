@@ -6,13 +6,15 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-ATTENTION_TYPES = (
-    "space_only",  # S: ViT per frame, per-frame cls tokens averaged at the end (official code)
-    "joint_space_time",  # ST: every token sees the whole clip
-    "divided_space_time",  # T+S: time step then space step (the paper's default)
-    "sparse_local_global",  # L+G: local F×H/2×W/2 window, then the clip at stride 2
-    "axial",  # T+W+H: time, width, height
-)
+# The five attention schemes of the paper (`attention_type`) and the names the paper gives them.
+SCHEME_LABELS = {
+    "space_only": "Space (S)",  # ViT per frame, per-frame cls tokens averaged at the end (official code)
+    "joint_space_time": "Joint Space-Time (ST)",  # every token sees the whole clip
+    "divided_space_time": "Divided Space-Time (T+S)",  # time step then space step (the paper's default)
+    "sparse_local_global": "Sparse Local Global (L+G)",  # local F×H/2×W/2 window, then the clip at stride 2
+    "axial": "Axial (T+W+H)",  # time, width, height
+}
+ATTENTION_TYPES = tuple(SCHEME_LABELS)
 
 
 @dataclass
@@ -39,7 +41,8 @@ class TimeSformerConfig:
     global_stride: int = 2
     # std of the time embedding at initialisation. The official code starts it at zero, which is fine
     # when fine-tuning from ImageNet weights; from scratch, frame order then never reaches the model on
-    # temporal tasks (shared/NOTES.md: loss stays at ln 2), so the small presets start it at 1.0.
+    # temporal tasks (the loss stays at ln 2 on SynthMotion-like order tasks, docs/training.md), so the
+    # small presets start it at 1.0.
     time_embed_std: float = 0.0
     class_names: list[str] | None = field(default=None)
 

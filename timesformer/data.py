@@ -12,7 +12,7 @@ SynthMotion (no download) makes the paper's point in miniature:
   of the same frames: for any clip of one class, the same random draw gives a clip of every other class made
   of exactly the same multiset of frames. A model that ignores frame order therefore cannot beat chance
   (25%), by construction — and `space_only`, which averages per-frame predictions, is such a model.
-Clips are generated on the fly from `(seed, subset, index)`, so they are deterministic, and
+Clips are generated on the fly from `(seed, split, index)`, so they are deterministic, and
 `export_synthmotion` writes them as mp4 files in the folder layout.
 """
 
@@ -170,9 +170,10 @@ def video_csv(path, classes: list[str] | None = None, root=None, **kw) -> VideoL
 # SynthMotion
 TEMPORAL_CLASSES = ["moving right", "moving left", "right and back", "left and back"]
 APPEARANCE_CLASSES = ["red", "green", "blue", "yellow"]
+TASKS = {"temporal": TEMPORAL_CLASSES, "appearance": APPEARANCE_CLASSES}  # SynthMotion's tasks and their classes
 _COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230], [230, 210, 40]], dtype=np.float32)
 _SHAPES = ("square", "disc", "diamond")
-_SUBSETS = {"train": 0, "val": 1, "test": 2}
+_SPLITS = {"train": 0, "val": 1, "test": 2}  # disjoint random streams
 
 
 def motion_order(kind: int, T: int) -> np.ndarray:
@@ -188,33 +189,33 @@ def motion_order(kind: int, T: int) -> np.ndarray:
 class SynthMotion(ClipDataset):
     """Procedural clips of one object on a noisy background; see the module docstring.
 
-    `split`: "temporal" or "appearance"; `subset`: "train", "val" or "test" (disjoint random streams);
-    `num_clips`: the dataset length (clips are generated on the fly from (seed, subset, index)).
+    `task`: "temporal" or "appearance"; `split`: "train", "val" or "test" (disjoint random streams);
+    `num_clips`: the dataset length (clips are generated on the fly from (seed, split, index)).
     """
 
-    def __init__(self, split: str = "temporal", subset: str = "train", num_clips: int = 1024, num_frames: int = 8,
+    def __init__(self, task: str = "temporal", split: str = "train", num_clips: int = 1024, num_frames: int = 8,
                  size: int = 64, seed: int = 0, spatial_crops: int = 1, **_ignored):
-        if split not in ("temporal", "appearance"):
-            raise ValueError(f"SynthMotion split must be 'temporal' or 'appearance', not {split!r}")
-        if subset not in _SUBSETS:
-            raise ValueError(f"subset must be one of {', '.join(_SUBSETS)}, not {subset!r}")
+        if task not in TASKS:
+            raise ValueError(f"SynthMotion task must be one of {', '.join(TASKS)}, not {task!r}")
+        if split not in _SPLITS:
+            raise ValueError(f"split must be one of {', '.join(_SPLITS)}, not {split!r}")
         # generated clips need no training augmentation: every index is already a fresh draw
         super().__init__(num_frames=num_frames, sampling_rate=1, size=size, train=False,
                          spatial_crops=spatial_crops, seed=seed)
-        self.split, self.subset, self.num_clips = split, subset, num_clips
-        self.classes = list(TEMPORAL_CLASSES if split == "temporal" else APPEARANCE_CLASSES)
+        self.task, self.split, self.num_clips = task, split, num_clips
+        self.classes = list(TASKS[task])
 
     def __len__(self) -> int:
         return self.num_clips
 
     def label(self, index: int) -> int:
-        return int(np.random.default_rng([self.seed, _SUBSETS[self.subset], index, 1]).integers(len(self.classes)))
+        return int(np.random.default_rng([self.seed, _SPLITS[self.split], index, 1]).integers(len(self.classes)))
 
     def frames(self, index: int, label: int | None = None) -> tuple[np.ndarray, int]:
         """uint8 (T, size, size, 3) and the label of clip `index` (`label` forces the class, same draw)."""
         S, T = self.size, self.num_frames
         label = self.label(index) if label is None else label
-        rng = np.random.default_rng([self.seed, _SUBSETS[self.subset], index, 2])
+        rng = np.random.default_rng([self.seed, _SPLITS[self.split], index, 2])
         # every nuisance parameter is drawn independently of the label
         radius = rng.uniform(0.18, 0.24) * S
         shape = _SHAPES[rng.integers(len(_SHAPES))]
@@ -226,7 +227,7 @@ class SynthMotion(ClipDataset):
         ys = y + rng.normal(0, 0.02 * S, size=T)  # small vertical jitter
         colour = rng.uniform(60, 255, size=3).astype(np.float32)
         nuisance_kind = int(rng.integers(4))
-        if self.split == "temporal":
+        if self.task == "temporal":
             kind = label
         else:  # the colour is the class, the motion a nuisance
             colour = _COLOURS[label] + rng.normal(0, 12, size=3).astype(np.float32)
@@ -254,15 +255,15 @@ class SynthMotion(ClipDataset):
         return transform_frames(frames, self.size, self.spatial_crops), label, index
 
 
-def export_synthmotion(out, split: str = "temporal", num_train: int = 256, num_val: int = 64, seed: int = 0,
+def export_synthmotion(out, task: str = "temporal", num_train: int = 256, num_val: int = 64, seed: int = 0,
                        num_frames: int = 8, size: int = 64, fps: float = 8.0) -> Path:
     """Write SynthMotion clips as `OUT/<train|val>/<class>/<index>.mp4` (the folder layout)."""
     out = Path(out)
-    for subset, n in (("train", num_train), ("val", num_val)):
-        ds = SynthMotion(split, subset, n, num_frames, size, seed)
+    for split, n in (("train", num_train), ("val", num_val)):
+        ds = SynthMotion(task, split, n, num_frames, size, seed)
         for i in range(n):
             frames, label = ds.frames(i)
-            folder = out / subset / ds.classes[label]
+            folder = out / split / ds.classes[label]
             folder.mkdir(parents=True, exist_ok=True)
             write_video(folder / f"{i:05d}.mp4", frames, fps=fps)
     return out
@@ -280,9 +281,9 @@ def build_datasets(data: str, *, num_frames: int, size: int, sampling_rate: int 
     """
     kw = dict(num_frames=num_frames, size=size, sampling_rate=sampling_rate, seed=seed)
     if data.startswith("synthmotion"):
-        split = data.split("-", 1)[1] if "-" in data else "temporal"
-        train = SynthMotion(split, "train", train_clips, num_frames, size, seed)
-        val = SynthMotion(split, "val", val_clips, num_frames, size, seed, spatial_crops=spatial_crops)
+        task = data.split("-", 1)[1] if "-" in data else "temporal"
+        train = SynthMotion(task, "train", train_clips, num_frames, size, seed)
+        val = SynthMotion(task, "val", val_clips, num_frames, size, seed, spatial_crops=spatial_crops)
         return train, val, train.classes
     path = Path(data)
     if not path.exists():
@@ -312,14 +313,14 @@ def main(argv=None) -> None:
 
     p = argparse.ArgumentParser(description="Export SynthMotion clips as mp4 files (ROOT/<split>/<class>/<clip>)")
     p.add_argument("out")
-    p.add_argument("--split", default="temporal", choices=["temporal", "appearance"])
+    p.add_argument("--task", default="temporal", choices=list(TASKS))
     p.add_argument("--train", type=int, default=256)
     p.add_argument("--val", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-frames", type=int, default=8)
     p.add_argument("--size", type=int, default=64)
     a = p.parse_args(argv)
-    export_synthmotion(a.out, a.split, a.train, a.val, a.seed, a.num_frames, a.size)
+    export_synthmotion(a.out, a.task, a.train, a.val, a.seed, a.num_frames, a.size)
     print(f"wrote {a.train} + {a.val} clips to {a.out}", file=sys.stderr)
 
 

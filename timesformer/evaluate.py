@@ -13,13 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # `python timesformer/evaluate.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    __package__ = "timesformer"
 
 import torch
 

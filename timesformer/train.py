@@ -25,10 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python timesformer/train.py`: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    __package__ = "timesformer"
-
 import numpy as np
 import torch
 import torch.distributed as dist
