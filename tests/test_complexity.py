@@ -1,9 +1,11 @@
-"""analysis.complexity: the closed-form estimate against the official fvcore counts, the paper's claims
-and a measurement of the real model (small configurations only: the whole file runs in seconds)."""
+"""analysis.cost, through its public entry point analysis.complexity: the closed-form estimate against the
+official fvcore counts, the paper's claims and a measurement of the real model (small configurations only:
+the whole file runs in seconds)."""
 
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import shutil
 import subprocess
@@ -244,6 +246,7 @@ def test_cli_writes_csv_json_html(tmp_path):
     (["--schemes", "divided_space_time,fancy"], "unknown scheme fancy"),
     (["--gpu-memory", "0"], "--gpu-memory must be positive"),
     (["--dtype", "fp16"], "invalid choice"),
+    (["--batch-size", "8,16"], "expected one integer"),
 ])
 def test_cli_bad_arguments_give_one_line(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:
@@ -259,6 +262,30 @@ def test_cli_runs_as_file_and_module(tmp_path, how):
                            "--sizes", "224", "--no-png"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "complexity.html").exists() and "wrote" in proc.stdout
+
+
+def test_cli_help_runs_from_any_folder(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "analysis" / "complexity.py"), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: complexity.py") and "--gpu-memory" in proc.stdout
+
+
+def test_cli_takes_its_name_from_the_caller(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cx.main(["--help"], prog="tslab cost")
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("usage: tslab cost")
+    with pytest.raises(SystemExit):
+        cx.main([], prog="tslab cost")
+    assert capsys.readouterr().err.startswith("tslab cost: error:")
+
+
+def test_complexity_reexports_the_cost_package():
+    modules = [importlib.import_module(f"analysis.cost.{name}")
+               for name in ("shapes", "estimate", "measure", "sweep", "references", "cli")]
+    for name in cx.__all__:
+        homes = [m for m in modules if name in vars(m) and getattr(m, name) is getattr(cx, name)]
+        assert homes, f"analysis.complexity.{name} is not a name of analysis.cost"
 
 
 def test_png_degrades_to_a_note_without_a_browser():

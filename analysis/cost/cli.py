@@ -1,0 +1,197 @@
+"""The cost command: `python analysis/complexity.py --out DIR` (also `python -m analysis.complexity`, `tslab cost`).
+
+Sweeps the five schemes against frames and crop size and writes complexity.csv, complexity.json,
+complexity.html and, when kaleido finds a Chromium, complexity.png; `--references` prints the tables
+of docs/complexity.md instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+from analysis.cost.estimate import DTYPES, OPTIMIZERS, GiB, estimate
+from analysis.cost.measure import Measurement, measure
+from analysis.cost.references import references
+from analysis.cost.sweep import IMPLEMENTATIONS, sweep
+from analysis.figures import cost_figure
+from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
+
+PROG = "complexity.py"
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    values = _positive_ints(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one integer, got {text!r}")
+    return values[0]
+
+
+def _schemes(text: str) -> tuple[str, ...]:
+    if text.strip() == "all":
+        return ATTENTION_TYPES
+    names = tuple(text.replace(",", " ").split())
+    bad = [n for n in names if n not in ATTENTION_TYPES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown scheme {', '.join(bad) if bad else repr(text)}; choose from {', '.join(ATTENTION_TYPES)}")
+    return names
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description=(
+        "FLOPs, parameters and training memory of the five TimeSformer attention schemes against frames and "
+        "crop size (the paper's Figure 3, for your configuration and GPU). Writes complexity.csv, "
+        "complexity.json, complexity.html and complexity.png (when kaleido finds a Chromium)."))
+    p.add_argument("--out", help="output folder (created); required unless --references")
+    p.add_argument("--references", action="store_true",
+                   help="print the reference tables of docs/complexity.md (FLOPs, parameters, memory) and exit")
+    p.add_argument("--schemes", type=_schemes, default=ATTENTION_TYPES, help="comma-separated, or 'all' (default)")
+    p.add_argument("--frames", type=_positive_ints, default=(8, 16, 32, 64, 96), help="frame counts (8,16,32,64,96)")
+    p.add_argument("--sizes", type=_positive_ints, default=(224, 336, 448, 560), help="crop sizes (224,336,448,560)")
+    p.add_argument("--base-frames", type=_positive_int, default=8, help="frames of the crop-size sweep (8)")
+    p.add_argument("--base-size", type=_positive_int, default=224, help="crop of the frame sweep (224)")
+    p.add_argument("--patch-size", type=_positive_int, default=16)
+    p.add_argument("--embed-dim", type=_positive_int, default=768)
+    p.add_argument("--depth", type=_positive_int, default=12)
+    p.add_argument("--heads", type=_positive_int, default=12)
+    p.add_argument("--num-classes", type=_positive_int, default=400)
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="clips per GPU (1, as the official configs)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="fp32, or bf16 autocast")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd", help="sgd (official) or adamw")
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
+    p.add_argument("--gpu-memory", dest="gpu_gib", metavar="GIB", type=float, default=32.0,
+                   help="GPU memory in GiB (32, a V100-32GB)")
+    p.add_argument("--measure", action="store_true",
+                   help="also run the real model on the CPU where it fits in half the RAM (see --measure-max-gflops)")
+    p.add_argument("--measure-max-gflops", type=float, default=500.0,
+                   help="skip measuring points above this many GFLOPs (CPU time; 500)")
+    p.add_argument("--no-png", action="store_true", help="skip the PNG even if a browser is present")
+    return p
+
+
+def _base_config(args) -> TimeSformerConfig:
+    if args.gpu_gib <= 0:
+        raise ValueError(f"--gpu-memory must be positive, got {args.gpu_gib}")
+    for size in set(args.sizes) | {args.base_size}:
+        if size % args.patch_size:
+            raise ValueError(f"crop size {size} is not divisible by the patch size {args.patch_size}")
+    return TimeSformerConfig.base(
+        patch_size=args.patch_size, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads,
+        num_classes=args.num_classes, img_size=args.base_size, num_frames=args.base_frames,
+    )
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows) or no such name
+        return 8 * GiB
+
+
+def _measure_rows(rows: list[dict], base: TimeSformerConfig, dtype: str, max_gflops: float) -> None:
+    """Add `measured_*` columns to the rows whose real model is cheap enough to run on the CPU."""
+    budget = _physical_memory() // 2
+    measured: dict[tuple, Measurement] = {}
+    for row in rows:
+        cfg = base.replace(attention_type=row["attention_type"], num_frames=row["num_frames"], img_size=row["img_size"])
+        need = estimate(cfg, batch_size=1, dtype=dtype, fused=True).training_bytes
+        if row["gflops"] > max_gflops or need > budget:
+            row["measured_gflops"] = None
+            continue
+        point = (row["attention_type"], row["num_frames"], row["img_size"])
+        fresh = point not in measured  # the two sweeps share their base point
+        if fresh:
+            measured[point] = measure(cfg, batch_size=1, dtype=dtype)
+        m = measured[point]
+        row.update(measured_gflops=m.gflops, measured_params=m.params,
+                   measured_activation_bytes=m.activation_bytes, measured_seconds=m.seconds)
+        if fresh:
+            print(f"measured {row['attention_type']} {row['num_frames']}×{row['img_size']}: {m.gflops:.1f} GFLOPs "
+                  f"(estimate {row['gflops']:.1f}), saved activations {m.activation_bytes / GiB:.2f} GiB "
+                  f"(estimate {row['activation_bytes_fused'] / GiB:.2f}) in {m.seconds:.0f} s", flush=True)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """One row per point; the FLOPs breakdown becomes `gflops_<term>` columns."""
+    flat = [{k: v for k, v in r.items() if k != "flops_breakdown"}
+            | {f"gflops_{k}": v for k, v in r["flops_breakdown"].items()} for r in rows]
+    columns = list(dict.fromkeys(k for r in flat for k in r))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(flat)
+
+
+def write_png(fig, path) -> str | None:
+    """Write a PNG with kaleido; returns None, or why it was not written."""
+    try:
+        fig.write_image(str(path), width=1400, height=850, scale=1)
+    except Exception as exc:  # kaleido raises its own types; all mean "no PNG"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (f"PNG not written: kaleido could not export ({first}); "
+                "install a Chromium (e.g. apt-get install chromium) for complexity.png")
+    return None
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    """Run the command on `argv` (default: sys.argv[1:]); `prog` names it in usage and errors."""
+    parser = build_parser(prog or PROG)
+    args = parser.parse_args(argv)
+    if args.references:
+        print(references(args.gpu_gib * GiB))
+        return 0
+    if not args.out:
+        parser.error("the following arguments are required: --out")
+    try:
+        base = _base_config(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = args.gpu_gib * GiB
+    options = dict(batch_size=args.batch_size, dtype=args.dtype, optimizer=args.optimizer,
+                   checkpointing=args.checkpointing)
+    t0 = time.perf_counter()
+    rows = sweep(base, args.schemes, args.frames, args.sizes, args.base_frames, args.base_size, gpu, **options)
+    print(f"estimated {len(rows)} points in {time.perf_counter() - t0:.2f} s")
+    if args.measure:
+        _measure_rows(rows, base, args.dtype, args.measure_max_gflops)
+
+    _write_csv(out / "complexity.csv", rows)
+    meta = {"gpu_memory_bytes": gpu, "base_config": base.to_dict(), **options,
+            "implementations": dict(IMPLEMENTATIONS),
+            "flops_convention": "fvcore: one multiply-add = one FLOP, per view"}
+    (out / "complexity.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    title = (f"TimeSformer cost — ViT {args.embed_dim}×{args.depth} ({args.heads} heads), patch {args.patch_size}, "
+             f"batch {args.batch_size}, {args.dtype}, {args.optimizer}, GPU {args.gpu_gib:g} GiB")
+    fig = cost_figure(rows, gpu, title)
+    fig.write_html(out / "complexity.html", include_plotlyjs=True, full_html=True)
+    written = ["complexity.csv", "complexity.json", "complexity.html"]
+    note = "PNG skipped (--no-png)" if args.no_png else write_png(fig, out / "complexity.png")
+    if note is None:
+        written.append("complexity.png")
+    print(f"wrote {', '.join(written)} to {out}")
+    if note:
+        print(note)
+    return 0
