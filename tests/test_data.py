@@ -7,12 +7,14 @@ import torch
 from timesformer.data import (
     APPEARANCE_CLASSES,
     TEMPORAL_CLASSES,
+    Relabeled,
     Skipped,
     SynthMotion,
     build_datasets,
     collate,
     export_synthmotion,
     motion_order,
+    open_split,
     video_csv,
     video_folder,
 )
@@ -126,6 +128,26 @@ def test_csv_lists(tmp_path):
     # a folder holding train.csv works too
     t2, _, c2 = build_datasets(str(tmp_path), num_frames=4, size=32, sampling_rate=1)
     assert c2 == classes and len(t2) == 12
+
+    # evaluation opens one split of the same layouts, in a given class order
+    opened = open_split(str(tmp_path), "val", classes[::-1], num_frames=4, size=32, sampling_rate=1)
+    assert opened.classes == classes[::-1] and len(opened) == 3 and not opened.train
+    assert [opened.classes[lb] for _, lb in opened.items] == [valds.classes[lb] for _, lb in valds.items]
+    assert open_split(str(tmp_path / "train.csv"), "anything", num_frames=4, size=32).classes == classes
+
+
+def test_synthmotion_labels_follow_a_checkpoints_class_order():
+    order = sorted(TEMPORAL_CLASSES)  # a model trained on exported folders: classes sorted by name
+    ds = open_split("synthmotion-temporal", "test", order, num_frames=4, size=16, num_clips=8, seed=1)
+    raw = SynthMotion("temporal", "test", 8, num_frames=4, size=16, seed=1)
+    assert isinstance(ds, Relabeled) and len(ds) == 8
+    for i in range(8):
+        video, label, index = ds[i]
+        assert order[label] == raw.classes[raw[i][1]] and torch.equal(video, raw[i][0]) and index == i
+    same = open_split("synthmotion-temporal", "val", TEMPORAL_CLASSES, num_frames=4, size=16, num_clips=8)
+    assert isinstance(same, SynthMotion) and same.split == "val"  # already in order: no wrapper
+    with pytest.raises(ValueError, match="not SynthMotion temporal's"):
+        open_split("synthmotion-temporal", "test", APPEARANCE_CLASSES, num_frames=4, size=16)
 
 
 def test_build_datasets_errors(tmp_path):

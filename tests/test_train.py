@@ -1,4 +1,5 @@
-"""Training and evaluation at toy size: run folder, resume after SIGKILL, DDP on CPU, NaN stop, --init."""
+"""Training and evaluation at toy size: run folder, resume after SIGKILL, DDP on CPU, NaN stop, --init; the
+atomic folder writer and the device choice."""
 
 import json
 import os
@@ -11,9 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from timesformer import load_model, save_model
+from timesformer import TimeSformer, TimeSformerConfig, load_model, save_model
 from timesformer import train as T
 from timesformer.data import export_synthmotion
+from timesformer.distributed import Dist, resolve_device
+from timesformer.engine import TrainState, eval_loader, evaluate, predict
+from timesformer.files import atomic_folder
+from timesformer.optim import build_optimizer, lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = ["--model", "embed_dim=32", "depth=1", "num_heads=2", "--img-size", "32", "--num-frames", "4",
@@ -105,7 +110,7 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     ddp = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "timesformer.train", *toy_args(ddp, clips=32, batch=4)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 × cpu" in proc.stderr
@@ -169,23 +174,27 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
     assert "over 4 clips" in text
     res = E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8)
     assert res["clip"]["clips"] == 8 and res["video"]["clips"] == 8
+    with pytest.raises(SystemExit, match="no such file or folder"):
+        E.main([str(out / "checkpoint-last"), str(tmp_path / "nothing")])
+    with pytest.raises(SystemExit, match="not SynthMotion appearance's"):
+        E.run(out / "checkpoint-last", "synthmotion-appearance", num_clips=8)
 
 
 def test_recipes_and_schedules():
     args = T.resolve(T.parse_args(["--preset", "base", "--epochs", "15"]))
     assert (args.optimizer, args.lr, args.weight_decay, args.schedule, args.clip_grad) == (
         "sgd", 0.005, 1e-4, "steps", None)
-    lr = lambda step: T.lr_at(step, args, total_steps=1500, steps_per_epoch=100)
+    lr = lambda step: lr_at(step, args, total_steps=1500, steps_per_epoch=100)
     assert lr(0) < lr(50) < lr(74) <= 0.005  # warm-up: 5% of the steps
     assert lr(1099) == pytest.approx(0.005) and lr(1100) == pytest.approx(0.0005) and lr(1400) == pytest.approx(5e-5)
-    model = T.TimeSformer(T.TimeSformerConfig.tiny(depth=1, embed_dim=32, num_heads=2))
-    opt = T.build_optimizer(args, model)
+    model = TimeSformer(TimeSformerConfig.tiny(depth=1, embed_dim=32, num_heads=2))
+    opt = build_optimizer(args, model)
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
     tiny = T.resolve(T.parse_args([]))
     assert (tiny.optimizer, tiny.lr, tiny.schedule, tiny.clip_grad) == ("adamw", 1e-3, "cosine", 1.0)
-    lr = lambda step: T.lr_at(step, tiny, total_steps=200, steps_per_epoch=20)
+    lr = lambda step: lr_at(step, tiny, total_steps=200, steps_per_epoch=20)
     assert lr(9) == pytest.approx(1e-3) and lr(105) == pytest.approx(5e-4, rel=0.05) and lr(199) < 1e-6
-    assert isinstance(T.build_optimizer(tiny, model), torch.optim.AdamW)
+    assert isinstance(build_optimizer(tiny, model), torch.optim.AdamW)
 
 
 def test_yaml_config_and_script_entry(tmp_path):
@@ -196,19 +205,135 @@ def test_yaml_config_and_script_entry(tmp_path):
     cfg.write_text("batch_sizes: 3\n")
     with pytest.raises(SystemExit):
         T.parse_args(["--config", str(cfg)])
-    proc = subprocess.run([sys.executable, "timesformer/train.py", "--help"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0 and "--ckpt-every" in proc.stdout
+    entries = [([str(ROOT / "timesformer" / "train.py")], "--ckpt-every"),  # run from another folder
+               ([str(ROOT / "timesformer" / "evaluate.py")], "--num-clips"),
+               (["-m", "timesformer.evaluate"], "--num-clips")]
+    for entry, flag in entries:
+        proc = subprocess.run([sys.executable, *entry, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0 and flag in proc.stdout, proc.stderr[-2000:]
+
+
+def test_mains_take_the_program_name(capsys):
+    from timesformer import evaluate as E
+
+    for main, prog in ((T.main, "tslab train"), (E.main, "tslab evaluate")):
+        with pytest.raises(SystemExit):
+            main(["--help"], prog=prog)
+        assert capsys.readouterr().out.startswith(f"usage: {prog} ")
 
 
 def test_checkpoint_from_save_model_can_init(tmp_path):
-    model = T.TimeSformer(T.TimeSformerConfig.tiny(depth=1, embed_dim=32, num_heads=2, img_size=32, num_frames=4,
+    model = TimeSformer(TimeSformerConfig.tiny(depth=1, embed_dim=32, num_heads=2, img_size=32, num_frames=4,
                                                    num_classes=4))
     save_model(model, tmp_path / "m")
     out = tmp_path / "run"
     T.main(toy_args(out, "--init", str(tmp_path / "m"), epochs=1))
     assert load_model(out / "checkpoint-last").class_names[0] == "moving right"
 
+
+def test_train_state_round_trips_and_reads_older_checkpoints():
+    state = TrainState(epoch=1, step=7, micro=3, loss_sum=2.5, correct=4.0, count=8.0, skipped=1, wall=0.5)
+    assert TrainState.from_dict(state.as_dict()) == state
+    assert all(isinstance(v, (int, float)) for v in state.as_dict().values())  # train_state.pt stays plain
+    old = {"epoch": 2, "step": 8, "micro": 0, "loss_sum": 0.0, "correct": 0.0, "count": 0.0, "skipped": 0,
+           "wall": 1.0}  # written before clips_per_s was saved
+    assert TrainState.from_dict(old).step == 8 and TrainState.from_dict(old).clips_per_s == 0.0
+    state.next_epoch()
+    assert (state.epoch, state.step, state.micro, state.count, state.skipped) == (2, 7, 0, 0.0, 0)
+
+
+def test_predict_ranks_the_centre_view_and_the_view_average():
+    torch.manual_seed(0)
+    model = TimeSformer(TimeSformerConfig.tiny(depth=1, embed_dim=32, num_heads=2, img_size=32, num_frames=4,
+                                               num_classes=3, class_names=["a", "b", "c"])).eval()
+    views = torch.randn(3, 3, 4, 32, 32)
+    out = predict(model, views, k=5)
+    with torch.no_grad():
+        probs = model(views).softmax(-1)
+    assert [p for _, p in out["clip"]] == pytest.approx(probs[1].sort(descending=True).values.tolist())
+    assert [p for _, p in out["video"]] == pytest.approx(probs.mean(0).sort(descending=True).values.tolist())
+    assert {name for name, _ in out["video"]} == {"a", "b", "c"}  # k is capped at the number of classes
+
+
+# ---------------------------------------------------------------------------------------------
+# the atomic folder writer (save_model and run checkpoints)
+def test_atomic_folder_replaces_an_existing_folder(tmp_path):
+    dest = tmp_path / "ckpt"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    with atomic_folder(dest) as tmp:
+        assert tmp.parent == tmp_path and tmp != dest
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "new.txt").write_text("new")
+        assert (dest / "old.txt").exists()  # readers still see the old folder
+    assert [p.name for p in dest.iterdir()] == ["sub"] and (dest / "sub" / "new.txt").read_text() == "new"
+    assert dest.stat().st_mode & 0o777 == 0o755 and (dest / "sub").stat().st_mode & 0o777 == 0o755
+    assert (dest / "sub" / "new.txt").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folder left
+
+
+def test_a_crash_inside_atomic_folder_keeps_the_old_folder(tmp_path):
+    dest = tmp_path / "ckpt"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_folder(dest) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise RuntimeError("disk full")
+    assert [p.name for p in dest.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    with pytest.raises(RuntimeError):
+        with atomic_folder(tmp_path / "fresh"):
+            raise RuntimeError
+    assert not (tmp_path / "fresh").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# --device
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """Pretend there are two CUDA devices; `set_device` records its argument instead."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    return calls
+
+
+def test_a_bare_cuda_device_gets_the_local_rank(two_gpus, monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # an explicit index wins
+    with pytest.raises(SystemExit, match="no cuda:2; the CUDA devices are cuda:0, cuda:1"):
+        resolve_device("cuda:2")
+    with pytest.raises(SystemExit, match="no cuda:3"):
+        resolve_device("cuda", local_rank=3)
+    with pytest.raises(SystemExit, match="--device gpu"):
+        resolve_device("gpu")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    # torch.cuda.set_device rejects a device without an index ("Expected a torch.device with a specified index")
+    assert Dist("cuda").device == torch.device("cuda", 1) and two_gpus == [torch.device("cuda", 1)]
+
+
+def test_cuda_without_cuda_is_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(SystemExit, match="--device cuda:1: CUDA is not available"):
+        resolve_device("cuda:1")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU for the child, whatever the machine has
+    proc = subprocess.run([sys.executable, "-m", "timesformer.train", *toy_args(tmp_path / "run"), "--device",
+                           "cuda"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "CUDA is not available" in proc.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda(tmp_path):
+    res = T.main(toy_args(tmp_path / "run", "--device", "cuda", epochs=1))
+    assert res["val"]["clips"] == 8
+    assert "1 × cuda:0" in (tmp_path / "run" / "log.txt").read_text()
 
 # ---------------------------------------------------------------------------------------------
 # the shipped default model (bench/default_model.py trains it; docs/results.md has the command)
@@ -224,7 +349,7 @@ def test_shipped_default_model_classifies_fresh_clips_by_their_motion():
     cfg = model.config
     assert cfg.attention_type == "divided_space_time" and model.class_names == TEMPORAL_CLASSES
     ds = SynthMotion("temporal", "test", 256, cfg.num_frames, cfg.img_size, seed=4242)  # never seen in training
-    res = T.evaluate(model, T.eval_loader(ds, 64, 0), torch.device("cpu"))
+    res = evaluate(model, eval_loader(ds, 64, 0), torch.device("cpu"))
     assert res["acc1"] >= DEFAULT_MODEL_MIN_ACC, res
     # it reads time: reversing a clip turns each class into its pair (right <-> left, ...)
     videos = torch.stack([ds[i][0][0] for i in range(64)])

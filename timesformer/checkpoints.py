@@ -18,14 +18,13 @@ import os
 import pickle
 import pickletools
 import re
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from .config import ATTENTION_TYPES, TimeSformerConfig
+from .files import atomic_folder
 from .model import TimeSformer
 
 FORMAT = "timesformer-lab"
@@ -53,24 +52,9 @@ def save_model(model: TimeSformer, path) -> Path:
     path = Path(path)
     config = {"format": FORMAT, "version": 1, "config": model.config.to_dict()}
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "config": json.dumps(config)})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared checkpoint from other users
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

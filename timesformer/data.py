@@ -270,6 +270,62 @@ def export_synthmotion(out, task: str = "temporal", num_train: int = 256, num_va
 
 
 # ---------------------------------------------------------------------------------------------
+# `--data` → datasets (training and evaluation resolve it alike)
+class Relabeled(Dataset):
+    """A dataset whose labels are mapped into another class order (e.g. SynthMotion clips scored by a model
+    trained on exported SynthMotion folders, whose classes are sorted by name)."""
+
+    def __init__(self, dataset, mapping: list[int]):
+        self.dataset, self.mapping = dataset, mapping
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        return item if not isinstance(item, tuple) else (item[0], self.mapping[item[1]], item[2])
+
+
+def synthmotion_task(data: str) -> str | None:
+    """`synthmotion-appearance` → "appearance" (`synthmotion` alone: "temporal"); None for other data."""
+    if not data.startswith("synthmotion"):
+        return None
+    return data.split("-", 1)[1] if "-" in data else "temporal"
+
+
+def open_split(data: str, split: str, classes: list[str] | None = None, *, num_frames: int, size: int,
+               sampling_rate: int = 32, seed: int = 0, num_clips: int = 512, spatial_crops: int = 1,
+               train: bool = False) -> Dataset:
+    """One split of `data`: SynthMotion's `split` stream (`num_clips` clips), `DATA/<split>/<class>/<clip>`,
+    `DATA/<split>.csv`, or DATA itself when it is a CSV list.
+
+    `classes` fixes the label order (the training split's, or a checkpoint's); a clip of another class is an
+    error, except that SynthMotion's labels are mapped into that order when the names agree. `train` takes
+    random crops of real videos (SynthMotion clips are fresh draws already).
+    """
+    task = synthmotion_task(data)
+    if task is not None:
+        ds = SynthMotion(task, split, num_clips, num_frames, size, seed, spatial_crops=spatial_crops)
+        if classes is None or list(classes) == ds.classes:
+            return ds
+        if sorted(classes) != sorted(ds.classes):
+            raise ValueError(f"the classes {list(classes)} are not SynthMotion {task}'s {ds.classes}")
+        return Relabeled(ds, [list(classes).index(c) for c in ds.classes])
+    path = Path(data)
+    if not path.exists():
+        raise FileNotFoundError(f"{data}: no such file or folder (or use synthmotion-temporal / -appearance)")
+    kw = dict(num_frames=num_frames, size=size, sampling_rate=sampling_rate, seed=seed, train=train,
+              spatial_crops=spatial_crops)
+    if path.is_dir() and (path / split).is_dir():
+        return video_folder(path, split, classes, **kw)
+    if path.is_dir() and (path / f"{split}.csv").is_file():
+        path = path / f"{split}.csv"
+    if path.is_file():
+        return video_csv(path, classes, **kw)
+    raise ValueError(f"{data}: expected a folder with {split}/<class>/<clip> or {split}.csv, a CSV list, "
+                     "or synthmotion-temporal / synthmotion-appearance")
+
+
 def build_datasets(data: str, *, num_frames: int, size: int, sampling_rate: int = 32, seed: int = 0,
                    train_clips: int = 2048, val_clips: int = 512, val_data: str | None = None, spatial_crops=1,
                    classes: list[str] | None = None):
@@ -280,32 +336,28 @@ def build_datasets(data: str, *, num_frames: int, size: int, sampling_rate: int 
     same name with train→val when that file exists). `val` may be None when there is no validation data.
     """
     kw = dict(num_frames=num_frames, size=size, sampling_rate=sampling_rate, seed=seed)
-    if data.startswith("synthmotion"):
-        task = data.split("-", 1)[1] if "-" in data else "temporal"
-        train = SynthMotion(task, "train", train_clips, num_frames, size, seed)
-        val = SynthMotion(task, "val", val_clips, num_frames, size, seed, spatial_crops=spatial_crops)
-        return train, val, train.classes
+    train = open_split(data, "train", classes, num_clips=train_clips, train=True, **kw)
+    source = _validation_source(data, val_data)
+    val = (open_split(source[0], source[1], train.classes, num_clips=val_clips, spatial_crops=spatial_crops, **kw)
+           if source else None)
+    return train, val, train.classes
+
+
+def _validation_source(data: str, val_data: str | None) -> tuple[str, str] | None:
+    """(data, split) of the validation clips that go with the training split of `data`."""
+    if synthmotion_task(data) is not None:
+        return data, "val"
     path = Path(data)
-    if not path.exists():
-        raise FileNotFoundError(f"--data {data}: no such file or folder (or use synthmotion-temporal / -appearance)")
     if path.is_dir() and (path / "train").is_dir():
-        train = video_folder(path, "train", classes, train=True, **kw)
-        val_split = next((s for s in ("val", "test") if (path / s).is_dir()), None)
-        val = (video_folder(path, val_split, train.classes, spatial_crops=spatial_crops, **kw)
-               if val_split else None)
-        return train, val, train.classes
-    if path.is_dir() and (path / "train.csv").is_file():
+        split = next((s for s in ("val", "test") if (path / s).is_dir()), None)
+        return (data, split) if split else None
+    if val_data is not None:  # only CSV lists take --val-data
+        return val_data, "val"
+    if path.is_dir():
         path = path / "train.csv"
-    if path.is_file():
-        train = video_csv(path, classes, train=True, **kw)
-        if val_data is None:
-            guess = path.with_name(path.name.replace("train", "val"))
-            test = path.with_name(path.name.replace("train", "test"))
-            val_data = next((str(p) for p in (guess, test) if p != path and p.is_file()), None)
-        val = video_csv(val_data, train.classes, spatial_crops=spatial_crops, **kw) if val_data else None
-        return train, val, train.classes
-    raise ValueError(f"--data {data}: expected a folder ROOT/train/<class>/<clip>, a folder with train.csv, "
-                     "a CSV list, or synthmotion-temporal / synthmotion-appearance")
+    siblings = (path.with_name(path.name.replace("train", s)) for s in ("val", "test"))
+    found = next((p for p in siblings if p != path and p.is_file()), None)
+    return (str(found), "val") if found else None
 
 
 def main(argv=None) -> None:

@@ -14,69 +14,40 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
 from timesformer.checkpoints import load_model
-from timesformer.data import SynthMotion, video_csv, video_folder
-from timesformer.train import eval_loader, evaluate
-
-
-class Relabeled(torch.utils.data.Dataset):
-    """A dataset whose labels are mapped into the checkpoint's class order (e.g. a model trained on exported
-    SynthMotion folders, whose classes are sorted by name)."""
-
-    def __init__(self, dataset, mapping: list[int]):
-        self.dataset, self.mapping = dataset, mapping
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        item = self.dataset[index]
-        return item if not isinstance(item, tuple) else (item[0], self.mapping[item[1]], item[2])
-
-
-def eval_dataset(data: str, classes: list[str], *, split: str, num_frames: int, size: int, sampling_rate: int,
-                 spatial_crops: int, num_clips: int, seed: int):
-    if data.startswith("synthmotion"):
-        kind = data.split("-", 1)[1] if "-" in data else "temporal"
-        ds = SynthMotion(kind, "test", num_clips, num_frames, size, seed, spatial_crops=spatial_crops)
-        if sorted(ds.classes) != sorted(classes):
-            raise SystemExit(f"the checkpoint's classes {classes} are not SynthMotion {kind}'s {ds.classes}")
-        return Relabeled(ds, [list(classes).index(c) for c in ds.classes])
-    kw = dict(num_frames=num_frames, size=size, sampling_rate=sampling_rate, spatial_crops=spatial_crops)
-    path = Path(data)
-    if path.is_dir() and (path / split).is_dir():
-        return video_folder(path, split, classes, **kw)
-    if path.is_dir() and (path / f"{split}.csv").is_file():
-        path = path / f"{split}.csv"
-    if path.is_file():
-        return video_csv(path, classes, **kw)
-    raise SystemExit(f"{data}: expected synthmotion-*, a folder with {split}/<class>/<clip> or {split}.csv, "
-                     "or a CSV list")
+from timesformer.data import open_split, synthmotion_task
+from timesformer.distributed import resolve_device
+from timesformer.engine import eval_loader, evaluate
 
 
 def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_frames: int | None = None,
         size: int | None = None, sampling_rate: int = 32, num_clips: int = 512, seed: int = 12345,
         device: str = "cpu", workers: int = 0) -> dict:
     """{'clip': metrics with 1 view, 'video': metrics with 3 crops averaged} (loss, acc1, [acc5], clips)."""
+    device = resolve_device(device)
     model = load_model(checkpoint).to(device).eval()
     cfg = model.config
     num_frames, size = num_frames or cfg.num_frames, size or cfg.img_size
+    if synthmotion_task(data) is not None:
+        split = "test"  # a stream that neither training nor validation draws from
     out = {}
     for name, crops in (("clip", 1), ("video", 3)):
-        ds = eval_dataset(data, model.class_names, split=split, num_frames=num_frames, size=size,
-                          sampling_rate=sampling_rate, spatial_crops=crops, num_clips=num_clips, seed=seed)
+        try:
+            ds = open_split(data, split, model.class_names, num_frames=num_frames, size=size,
+                            sampling_rate=sampling_rate, seed=seed, num_clips=num_clips, spatial_crops=crops)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(str(e)) from None
         t0 = time.time()
-        out[name] = evaluate(model, eval_loader(ds, batch_size, workers), torch.device(device))
+        out[name] = evaluate(model, eval_loader(ds, batch_size, workers), device)
         out[name]["seconds"] = round(time.time() - t0, 2)
     return out
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m timesformer.evaluate", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog or "python -m timesformer.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="anything load_model opens (a run's checkpoint-last, a .pyth, a HF folder)")
     p.add_argument("data")
     p.add_argument("--split", default="val", help="split folder or CSV name (folders/CSV lists)")
@@ -89,7 +60,11 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None, prog: str | None = None) -> None:
+    a = build_parser(prog).parse_args(argv)
     res = run(a.checkpoint, a.data, a.split, a.batch_size, a.num_frames, a.img_size, a.sampling_rate, a.num_clips,
               a.seed, a.device, a.workers)
     if a.json:

@@ -1,0 +1,74 @@
+"""The device and the process group: DDP when `torchrun` set the environment (nanoGPT style), else one process."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`--device` → a concrete device: `auto` is CUDA where available, else the CPU; a bare `cuda` is
+    `cuda:<local_rank>` (each `torchrun` process on its own GPU). A CUDA device that does not exist is a
+    one-line `SystemExit` that names the devices there are."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise SystemExit(f"--device {name}: {e}") from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available (torch {torch.__version__}, "
+                         f"built for CUDA {torch.version.cuda or 'none'}); use --device cpu")
+    index = local_rank if device.index is None else device.index
+    count = torch.cuda.device_count()
+    if index >= count:
+        have = ", ".join(f"cuda:{i}" for i in range(count))
+        raise SystemExit(f"--device {name}: there is no cuda:{index}; the CUDA devices are {have}")
+    return torch.device("cuda", index)
+
+
+class Dist:
+    """Rank, world size and device of this process; every collective is a no-op without DDP."""
+
+    def __init__(self, device_arg: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.ddp = self.world > 1
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(device_arg, self.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.ddp and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that logs and writes."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.ddp:
+            dist.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """`values` summed over all processes."""
+        if not self.ddp:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def all(self, flag: torch.Tensor) -> bool:
+        """Whether the boolean `flag` holds on every process (so that all of them stop together)."""
+        flag = flag.float()
+        if self.ddp:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return flag.item() >= 1
+
+    def close(self) -> None:
+        if self.ddp and dist.is_initialized():
+            dist.destroy_process_group()

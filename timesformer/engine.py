@@ -1,0 +1,189 @@
+"""The training loop and evaluation (MAE's `engine_*`): `train_one_epoch`, `evaluate`, `predict`."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from timesformer.data import collate
+from timesformer.distributed import Dist
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands; every checkpoint stores it as a plain dict (`train_state.pt["state"]`)."""
+
+    epoch: int = 0
+    step: int = 0  # optimizer steps done
+    micro: int = 0  # micro-batches done in this epoch: where a resumed epoch starts
+    loss_sum: float = 0.0  # the running sums of this epoch, on this process
+    correct: float = 0.0
+    count: float = 0.0
+    skipped: int = 0
+    wall: float = 0.0  # seconds spent in training epochs, over the whole run
+    clips_per_s: float = 0.0  # of the last epoch, over all processes
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainState:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in names})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.micro, self.loss_sum, self.correct, self.count, self.skipped = 0, 0.0, 0.0, 0.0, 0
+
+
+@dataclass
+class Trainer:
+    """What an optimizer step needs. `model` is the module whose weights are saved, `ddp_model` the one
+    called: `model` itself, or its DistributedDataParallel wrapper."""
+
+    model: nn.Module
+    ddp_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dist: Dist
+    lr_at: Callable[[int], float]  # the learning rate of optimizer step n (0-based)
+    total_steps: int
+    accum_steps: int = 1
+    clip_grad: float | None = None
+    dtype: torch.dtype | None = None  # autocast dtype; None: full precision
+
+
+def autocast(device: torch.device, dtype):
+    """Mixed precision in `dtype`, or nothing when `dtype` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callable[[str], None] = print,
+                    progress=None, after_step: Callable[[TrainState], None] | None = None) -> None:
+    """One pass over `loader`, whose first batch is micro-batch `state.micro` of the epoch (later than 0 after
+    a resume); stops early at `trainer.total_steps`. `after_step(state)` runs after every optimizer step."""
+    t, device = trainer, trainer.dist.device
+    t.ddp_model.train()
+    t0, clips_seen = time.time(), 0
+    for micro, batch in enumerate(loader, start=state.micro):
+        if state.step >= t.total_steps:
+            break
+        state.skipped += len(batch["skipped"])
+        for s in batch["skipped"][:3]:
+            log(f"skipped unreadable clip {s.path}: {s.reason}")
+        last_micro = (micro + 1) % t.accum_steps == 0
+        if batch["video"] is not None:
+            video = batch["video"][:, 0].to(device, non_blocking=True)  # (B, 3, T, S, S): one training view
+            label = batch["label"].to(device, non_blocking=True)
+            # gradients are all-reduced only on the micro-batch that completes an optimizer step
+            sync = contextlib.nullcontext() if (last_micro or not t.dist.ddp) else t.ddp_model.no_sync()
+            with sync:
+                with autocast(device, t.dtype):
+                    logits = t.ddp_model(video)
+                    loss = F.cross_entropy(logits.float(), label)
+                if not t.dist.all(torch.isfinite(loss.detach())):
+                    raise TrainingDiverged(f"the loss became {loss.item()} at step {state.step} (epoch "
+                                           f"{state.epoch})")
+                t.scaler.scale(loss / t.accum_steps).backward()
+            n = label.shape[0]
+            state.loss_sum += loss.item() * n
+            state.correct += (logits.argmax(1) == label).sum().item()
+            state.count += n
+            clips_seen += n * t.dist.world
+        state.micro = micro + 1
+        if not last_micro:
+            continue
+        lr = t.lr_at(state.step)
+        for group in t.optimizer.param_groups:
+            group["lr"] = lr
+        if t.clip_grad:
+            t.scaler.unscale_(t.optimizer)
+            nn.utils.clip_grad_norm_(t.model.parameters(), t.clip_grad)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        if progress is not None:
+            rate = clips_seen / max(time.time() - t0, 1e-9)
+            progress.update(1)
+            progress.set_postfix(loss=f"{state.loss_sum / max(state.count, 1):.3f}", lr=f"{lr:.2e}",
+                                 clips_s=f"{rate:.1f}")
+        if after_step is not None:
+            after_step(state)
+    state.clips_per_s = clips_seen / max(time.time() - t0, 1e-9)
+
+
+def check_finite(model: nn.Module, state: TrainState) -> None:
+    """Raise TrainingDiverged when a weight is NaN or infinite (DDP keeps the ranks equal, so all stop)."""
+    for p in model.parameters():
+        if not torch.isfinite(p).all():
+            raise TrainingDiverged(f"the weights became non-finite at step {state.step}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = None) -> dict:
+    """Loss and top-1/top-5 accuracy; a clip's views (spatial crops) are averaged as softmax scores."""
+    model.eval()
+    loss_sum = correct1 = correct5 = count = skipped = 0.0
+    num_classes = None
+    for batch in loader:
+        skipped += len(batch["skipped"])
+        if batch["video"] is None:
+            continue
+        video, label = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
+        B, V = video.shape[:2]
+        with autocast(device, dtype):
+            logits = model(video.flatten(0, 1))  # (B·V, K)
+        probs = logits.float().softmax(-1).reshape(B, V, -1).mean(1)  # (B, K): the paper's view averaging
+        num_classes = probs.shape[1]
+        loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), label, reduction="sum").item()
+        top = probs.topk(min(5, num_classes), dim=1).indices
+        correct1 += (top[:, 0] == label).sum().item()
+        correct5 += (top == label[:, None]).any(1).sum().item()
+        count += B
+    if dist is not None:
+        loss_sum, correct1, correct5, count, skipped = dist.sum([loss_sum, correct1, correct5, count, skipped])
+    out = {"loss": loss_sum / max(count, 1), "acc1": correct1 / max(count, 1), "clips": int(count)}
+    if num_classes is not None and num_classes >= 5:
+        out["acc5"] = correct5 / max(count, 1)
+    if skipped:
+        out["skipped"] = int(skipped)
+    return out
+
+
+def eval_loader(dataset, batch_size: int, workers: int, dist: Dist | None = None) -> DataLoader:
+    """Each process evaluates every world-th clip (no padding, so every clip counts once)."""
+    indices = list(range(len(dataset)))
+    if dist is not None and dist.ddp:
+        indices = indices[dist.rank::dist.world]
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def predict(model, views: torch.Tensor, k: int = 5) -> dict:
+    """Top-k (class name, probability) of the centre view ("clip") and of the softmax averaged over all
+    spatial views ("video": the paper's 3-crop protocol). views: (V, 3, T, H, W) of one clip."""
+    probs = model(views).softmax(-1).float()  # (V, classes)
+    names = model.class_names
+    k = min(k, probs.shape[-1])
+
+    def top(p):
+        values, idx = p.topk(k)
+        return [(names[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
+
+    return {"clip": top(probs[len(probs) // 2]), "video": top(probs.mean(0))}

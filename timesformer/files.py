@@ -1,0 +1,50 @@
+"""Writing a folder so that readers see the old one or the new one complete, never half of either."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_folder(path) -> Iterator[Path]:
+    """`with atomic_folder(path) as tmp:` write the folder's files into `tmp`; when the block ends they
+    appear under `path`, replacing an existing folder there.
+
+    `tmp` is a fresh hidden folder beside `path` (same file system, so the move is a rename). An exception
+    inside the block removes `tmp` and leaves `path` as it was. The result is readable by everyone
+    (folders 0755, files 0644) whatever the umask of the temporary folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared checkpoint from other users
+        for folder, dirs, files in os.walk(tmp):
+            for name in dirs:
+                Path(folder, name).chmod(0o755)
+            for name in files:
+                Path(folder, name).chmod(0o644)
+        _move_into_place(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only still there when something failed
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    # a folder cannot be renamed over a non-empty one: move the old aside, the new in, then delete the old
+    old = tmp.with_name(tmp.name + ".old")
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

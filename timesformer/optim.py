@@ -1,0 +1,54 @@
+"""The optimiser, its learning-rate schedule and the mixed-precision dtype, from the training arguments.
+
+`args` is the resolved namespace of `timesformer.train` (`optimizer`, `lr`, `weight_decay`, `momentum`,
+`schedule`, `warmup_steps`, `min_lr`, `epochs`, `amp`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+NO_DECAY_NAMES = ("pos_embed", "time_embed", "cls_token")
+
+
+def build_optimizer(args, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov: the official recipe) or AdamW; no weight decay on biases, norms, embeddings
+    and tokens (timm's rule)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(NO_DECAY_NAMES) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=args.lr)
+
+
+def lr_at(step: int, args, total_steps: int, steps_per_epoch: int) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then the schedule."""
+    warmup = args.warmup_steps if args.warmup_steps is not None else min(500, total_steps // 20)
+    if step < warmup:
+        return args.lr * (step + 1) / warmup
+    if args.schedule == "constant":
+        return args.lr
+    if args.schedule == "steps":  # official: ×0.1 at epochs 11 and 14 of 15
+        epoch = step / max(1, steps_per_epoch)
+        milestones = [args.epochs * 11 / 15, args.epochs * 14 / 15]
+        return args.lr * 0.1 ** sum(epoch >= m for m in milestones)
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def amp_dtype(args, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `--amp` on `device`; None trains in full precision."""
+    if args.amp == "none" or (args.amp == "auto" and device.type != "cuda"):
+        return None
+    if args.amp == "fp16":
+        return torch.float16
+    if args.amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16

@@ -1,0 +1,205 @@
+"""Run folders: `log.txt`, `metrics.jsonl`, `train_config.yaml`, TensorBoard scalars, and the checkpoints
+`ckpt-sSTEP[-end]/` (a `save_model` folder plus `train_state.pt`) with `checkpoint-last` naming the newest.
+
+Checkpoints are written to a temporary folder and renamed, and the link is replaced atomically, so a kill at
+any moment leaves a loadable last checkpoint. Every process may call everything here; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from timesformer.checkpoints import load_model, save_model
+from timesformer.distributed import Dist
+from timesformer.engine import Trainer, TrainState
+from timesformer.files import atomic_folder
+from timesformer.model import TimeSformer
+
+LAST = "checkpoint-last"
+STATE = "train_state.pt"
+METRICS = "metrics.jsonl"
+
+
+class Logger:
+    """`log(msg)`: rank 0 prints to stderr (above the progress bar, when there is one) and appends to
+    `log.txt`; the other ranks stay silent."""
+
+    def __init__(self, run: Path, main: bool):
+        self.main, self.file = main, (open(run / "log.txt", "a") if main else None)
+        self.progress = None  # a tqdm bar: messages go above it instead of through it
+
+    def __call__(self, msg: str) -> None:
+        if self.main:
+            if self.progress is not None:
+                self.progress.write(msg, file=sys.stderr)
+            else:
+                print(msg, file=sys.stderr, flush=True)
+            self.file.write(msg + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class Run:
+    """The run folder `path` (created by rank 0); `log`, metrics rows, the config file and checkpoints."""
+
+    def __init__(self, path, dist: Dist):
+        self.path, self.dist = Path(path), dist
+        if dist.main:
+            self.path.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        self.log = Logger(self.path, dist.main)
+        self.tb = None
+
+    def metrics_lines(self) -> list[str]:
+        path = self.path / METRICS
+        return path.read_text().splitlines() if path.exists() else []
+
+    def restart_metrics(self, keep: int = 0) -> None:
+        """Keep the first `keep` rows of `metrics.jsonl`: a resumed run forgets the evaluations logged after
+        its checkpoint, which it is about to repeat."""
+        if self.dist.main:
+            lines = self.metrics_lines()[:keep]
+            (self.path / METRICS).write_text("".join(line + "\n" for line in lines))
+        self.dist.barrier()
+
+    def write_config(self, resolved: dict) -> None:
+        """`train_config.yaml`: the resolved arguments and model config."""
+        if self.dist.main:
+            import yaml
+
+            (self.path / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    def open_tensorboard(self) -> None:
+        """Also write the metrics as TensorBoard scalars under `tb/`, when TensorBoard is installed."""
+        if not self.dist.main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.path / "tb"))
+        except Exception:  # TensorBoard is optional
+            self.tb = None
+
+    def log_metrics(self, row: dict) -> None:
+        """Append `row` (epoch, step, split, loss, acc1, ...) to `metrics.jsonl`, TensorBoard and the log."""
+        if not self.dist.main:
+            return
+        with open(self.path / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k in ("loss", "acc1", "acc5"):
+                if k in row:
+                    self.tb.add_scalar(f"{row['split']}/{k}", row[k], row["step"])
+        self.log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+    def checkpoint(self, name: str, trainer: Trainer, state: TrainState, args) -> None:
+        """Rank 0 writes checkpoint `name` with everything `--resume` needs; all ranks wait for it."""
+        if self.dist.main:
+            train_state = {
+                "optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict(),
+                "rng": rng_state(), "state": state.as_dict(), "metrics_lines": len(self.metrics_lines()),
+                "args": {k: v for k, v in vars(args).items()
+                         if isinstance(v, (int, float, str, bool, list, type(None)))},
+            }
+            save_checkpoint(self.path, name, trainer.model, train_state, args.keep)
+        self.dist.barrier()
+
+    def last_checkpoint(self) -> Path | None:
+        last = self.path / LAST
+        return last.resolve() if last.exists() else None
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        self.log.close()
+
+
+def save_checkpoint(run: Path, name: str, model: TimeSformer, train_state: dict, keep: int) -> Path:
+    """Write `run/name/` (save_model + train_state.pt) atomically, point `checkpoint-last` at it and keep the
+    newest `keep` checkpoints (by step), never removing the one just written."""
+    run = Path(run)
+    # an existing `name` is a stale checkpoint from before a resume, never the one checkpoint-last points at
+    with atomic_folder(run / name) as tmp:
+        save_model(model, tmp)  # replaces the empty `tmp` by the model folder
+        torch.save(train_state, tmp / STATE)
+    link = run / f".{LAST}-{os.getpid()}"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(name, link)
+    os.replace(link, run / LAST)  # atomic: the link always names a complete checkpoint
+    ckpts = sorted((p for p in run.glob("ckpt-*") if p.is_dir()), key=_ckpt_step)
+    for old in ckpts[:-keep] if keep > 0 else []:
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return run / name
+
+
+def _ckpt_step(path: Path) -> tuple[int, int]:
+    try:
+        return int(path.name.split("-")[1][1:]), path.name.endswith("-end")
+    except (IndexError, ValueError):
+        return -1, 0
+
+
+# ---------------------------------------------------------------------------------------------
+# resuming
+def find_resume(resume: str, out) -> Path | None:
+    """The checkpoint `--resume` names: `resume` itself or its `checkpoint-last`; `auto` looks in `out` and
+    finds nothing in a fresh folder (so `--resume` is safe in a restart loop)."""
+    target = Path(out if resume == "auto" else resume)
+    if (target / STATE).is_file():
+        return target
+    if (target / LAST / STATE).is_file():
+        return (target / LAST).resolve()
+    if resume == "auto":
+        return None
+    raise SystemExit(f"--resume {resume}: no {STATE} there or in {LAST}/")
+
+
+@dataclass
+class Resume:
+    """A run checkpoint read once: the model and its `train_state.pt`."""
+
+    path: Path
+    model: TimeSformer
+    saved: dict
+
+    @classmethod
+    def open(cls, path: Path) -> Resume:
+        return cls(path, load_model(path), torch.load(path / STATE, map_location="cpu", weights_only=True))
+
+    def restore(self, trainer: Trainer) -> TrainState:
+        """Put the optimizer, the GradScaler and the RNGs back as they were; the state to continue from."""
+        trainer.optimizer.load_state_dict(self.saved["optimizer"])
+        trainer.scaler.load_state_dict(self.saved["scaler"])
+        set_rng_state(self.saved["rng"])
+        return TrainState.from_dict(self.saved["state"])
+
+    @property
+    def rows_logged(self) -> int:
+        """How many `metrics.jsonl` rows were written when the checkpoint was."""
+        return self.saved["metrics_lines"]
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
