@@ -1,4 +1,5 @@
-# `make test` and `make app` set everything up on a fresh machine: a .venv with requirements.txt.
+# `make test` and `make app` set everything up on a fresh machine: a .venv with the pinned requirements and
+# the project installed editable (`tslab` in .venv/bin).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
 	touch $(STAMP)

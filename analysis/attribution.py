@@ -1,9 +1,10 @@
-"""Captum attributions for video, reduced to the patch grid, and faithfulness curves.
+"""Captum attributions for video, reduced to the patch grid, and what each explanation costs.
 
 Every method returns `(B, T, H_p, W_p)` — the grid of the attention maps — so attention, rollout and
-attributions can be compared cell by cell and ranked by the same deletion/insertion test. Before running,
-`cost(...)` says how many clip evaluations a method needs; while running, `progress(done, total)` is
-called after every batch of evaluations (Captum has no callbacks, so the model's forward is wrapped).
+attributions can be compared cell by cell and ranked by the same deletion/insertion test
+(`analysis.faithfulness`). Before running, `cost(...)` says how many clip evaluations a method needs;
+while running, `progress(done, total)` is called after every batch of evaluations (Captum has no
+callbacks, so the model's forward is wrapped).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from analysis.attention import _targets
+from analysis.maps import target_classes
 
 METHODS = ("integrated_gradients", "saliency", "occlusion", "ablation_frames", "ablation_tubes",
            "gradient_x_activation")
@@ -39,14 +39,14 @@ class Cost:
         return f"{self.method}: {self.forwards} forwards, {self.backwards} backwards per clip"
 
 
-def _grid(model, video) -> tuple[int, int, int]:
-    return model.grid_of(video)
-
-
 def cost(method: str, grid: tuple[int, int, int], n_steps: int = 16, window: tuple[int, int] = (2, 2)) -> Cost:
-    """Evaluations needed by `method` on a clip of patch grid (T, H_p, W_p). `window`: occlusion block
-    as (frames, patches per side)."""
+    """Evaluations needed by `method` (one of METHODS, "rollout" or "grad_rollout") on a clip of patch grid
+    (T, H_p, W_p). `window`: occlusion block as (frames, patches per side)."""
     T, H, W = grid
+    if method == "rollout":
+        return Cost(method, 1, 0)
+    if method == "grad_rollout":
+        return Cost(method, 1, 1)
     if method == "integrated_gradients":
         return Cost(method, n_steps, n_steps)
     if method in ("saliency", "gradient_x_activation"):
@@ -118,14 +118,14 @@ def attribute(model, video: torch.Tensor, method: str, target=None, n_steps: int
     """
     from captum.attr import FeatureAblation, IntegratedGradients, Occlusion, Saliency
 
-    grid = _grid(model, video)
+    grid = model.grid_of(video)
     patch = model.config.patch_size
     c = cost(method, grid, n_steps, window)
     B = video.shape[0]
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        target = _targets(model(video), target)
+        target = target_classes(model(video), target)
     f = _Counted(model, (c.forwards) * B, progress)
     video = video.detach()
     try:
@@ -174,75 +174,6 @@ def _gradient_x_activation(f, block, video, target, grid) -> torch.Tensor:
     T, H, W = grid
     per_token = (saved["x"] * grad).sum(-1)  # (B, C + T·N)
     return per_token[:, -T * H * W :].reshape(-1, T, H, W).detach()
-
-
-# --------------------------------------------------------------------------------------------------
-# Faithfulness: deletion and insertion curves
-
-
-def random_map(grid: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
-    """(1, T, H_p, W_p) uniform noise: the ranking every explanation must beat."""
-    return torch.rand((1, *grid), generator=torch.Generator().manual_seed(seed))
-
-
-@dataclass
-class Curves:
-    fractions: np.ndarray  # share of patches removed (deletion) / revealed (insertion)
-    deletion: np.ndarray  # target probability after removing the top fraction
-    insertion: np.ndarray  # target probability with only the top fraction shown
-    auc_deletion: float  # lower is better
-    auc_insertion: float  # higher is better
-
-    def to_dict(self) -> dict:
-        return {"fractions": self.fractions.tolist(), "deletion": self.deletion.tolist(),
-                "insertion": self.insertion.tolist(), "auc_deletion": self.auc_deletion,
-                "auc_insertion": self.auc_insertion}
-
-
-def _auc(y: np.ndarray, x: np.ndarray) -> float:
-    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2)
-
-
-@torch.no_grad()
-def deletion_insertion(model, video: torch.Tensor, saliency: torch.Tensor, target=None, steps: int = 16,
-                       baseline: float = 0.0, batch_size: int = 8, progress: Progress | None = None) -> Curves:
-    """Deletion and insertion curves (Petsiuk et al., RISE, 2018) of one clip for a patch-grid map.
-
-    Patches (t, h, w) are ranked by `saliency`; deletion replaces the top k with `baseline` and
-    insertion shows only the top k on a `baseline` clip, for k = 0 … all in `steps` steps; the curves
-    are the softmax probability of `target` (default: the predicted class).
-    """
-    if video.shape[0] != 1:
-        raise ValueError("deletion_insertion takes one clip (batch of 1)")
-    T, H, W = grid = _grid(model, video)
-    saliency = torch.as_tensor(saliency).reshape(-1, *grid)[0].to(video.device)
-    P = model.config.patch_size
-    model.eval()
-    target = int(_targets(model(video), target)[0])
-    n = T * H * W
-    order = torch.argsort(saliency.flatten().float(), descending=True, stable=True)
-    counts = np.unique(np.linspace(0, n, steps + 1).round().astype(int))
-    masks = []
-    for k in counts:
-        keep = torch.zeros(n, dtype=torch.bool, device=video.device)
-        keep[order[:k]] = True  # the top-k patches
-        masks.append(keep.reshape(T, H, W))
-    masks = torch.stack(masks)  # (K, T, H, W)
-    pix = masks.repeat_interleave(P, 2).repeat_interleave(P, 3)[:, None]  # (K, 1, T, H·P, W·P)
-    base = torch.full_like(video, baseline)
-    probs = {"deletion": [], "insertion": []}
-    total, done = 2 * len(counts), 0
-    for kind in probs:
-        for i in range(0, len(counts), batch_size):
-            m = pix[i : i + batch_size]
-            clip = torch.where(m, base, video) if kind == "deletion" else torch.where(m, video, base)
-            probs[kind].append(model(clip).softmax(-1)[:, target].float().cpu())
-            done += m.shape[0]
-            if progress is not None:
-                progress(done, total)
-    fractions = counts / n
-    dele, ins = (torch.cat(probs[k]).numpy() for k in ("deletion", "insertion"))
-    return Curves(fractions, dele, ins, _auc(dele, fractions), _auc(ins, fractions))
 
 
 def timed_forward(model, video: torch.Tensor, repeats: int = 2) -> float:

@@ -1,16 +1,21 @@
-"""Plotly figure builders shared by the CLI (`analysis/complexity.py`) and the app's cost page.
+"""Every plotly figure of the project: cost curves and breakdowns, the paper's patch diagrams, the
+clickable attention overlay, summary numbers per layer, deletion/insertion curves and training curves.
 
-Builders take plain rows (dicts, as `analysis.complexity.sweep` returns and complexity.csv stores) and
-return `plotly.graph_objects.Figure`s; they never compute costs themselves.
+Builders take plain data (rows as `analysis.complexity.sweep` returns them, pattern codes, images, metrics
+rows) and return `plotly.graph_objects.Figure`s; they compute nothing about a model themselves.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from analysis.media import png_bytes
+from analysis.patterns import QUERY_COLOUR, REACHED_COLOUR, palette, pattern_codes, receptive_codes, steps_seeing
 from timesformer.config import SCHEME_LABELS
 
 GiB = 1024**3
@@ -30,6 +35,10 @@ IMPLEMENTATION_STYLES = {
     "fused": ("dash", "fused SDPA (flash / memory-efficient)"),
 }
 AXES = {"frames": ("num_frames", "frames (at {size} px)"), "size": ("img_size", "crop size in px (at {frames} frames)")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Cost (analysis.complexity)
 
 
 def _hover(row: dict) -> str:
@@ -153,4 +162,153 @@ def memory_figure(estimates: dict, gpu_memory: float | None = None) -> go.Figure
                       annotation_text=f"{gpu_memory / GiB:g} GiB")
     fig.update_layout(barmode="stack", yaxis_title="GiB", template="plotly_white", height=380,
                       title="training memory per step")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# The paper's patch diagrams (analysis.patterns)
+
+
+def pattern_figure(attention_type: str, grid: tuple[int, int, int], query=(0, 0, 0), blocks: int | None = None,
+                   local_split: int = 2, global_stride: int = 2, frames: list[int] | None = None) -> go.Figure:
+    """Plotly figure of one scheme: the frames side by side, the query in blue and each step's keys in
+    its colour; with `blocks`, the receptive field after that many blocks instead."""
+    T, H, W = grid
+    if blocks is None:
+        codes, labels = pattern_codes(attention_type, grid, query, local_split, global_stride)
+        seeing = steps_seeing(attention_type, grid, query, local_split, global_stride)
+        colours = palette(labels)
+    else:
+        codes = receptive_codes(attention_type, grid, query, blocks, local_split, global_stride)
+        labels = [f"reached after {blocks} block{'s' if blocks > 1 else ''}"]
+        seeing = None
+        colours = palette([]) + [REACHED_COLOUR]
+    frames = list(range(T)) if frames is None else frames
+    # one heatmap: frames side by side, separated by an empty column
+    z = np.full((H, len(frames) * (W + 1) - 1), np.nan)
+    text = np.full(z.shape, "", dtype=object)
+    for i, t in enumerate(frames):
+        z[:, i * (W + 1) : i * (W + 1) + W] = codes[t] + 1  # 0 query, 1 unseen, 2.. steps
+        for h in range(H):
+            for w in range(W):
+                who = ", ".join(seeing[t, h, w]) if seeing is not None else ("yes" if codes[t, h, w] else "no")
+                role = "query" if codes[t, h, w] == -1 else (f"seen by: {who}" if who else "not seen")
+                text[h, i * (W + 1) + w] = f"frame {t}, row {h}, col {w}<br>{role}"
+    n = len(colours)
+    scale = [[v, c] for i, c in enumerate(colours) for v in (i / n, (i + 1) / n)]
+    fig = go.Figure(go.Heatmap(z=z, zmin=0, zmax=n, colorscale=scale, showscale=False, xgap=1, ygap=1,
+                               text=text, hoverinfo="text"))
+    for name, colour in zip(["query"] + labels, [QUERY_COLOUR] + colours[2:]):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
+                                 marker=dict(size=12, color=colour, symbol="square")))
+    fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor="x", showgrid=False, zeroline=False)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False,
+                     tickvals=[i * (W + 1) + (W - 1) / 2 for i in range(len(frames))])
+    for i, t in enumerate(frames):
+        fig.add_annotation(x=i * (W + 1) + (W - 1) / 2, y=-1, text=f"frame t={t}", showarrow=False, yshift=4)
+    title = SCHEME_LABELS[attention_type] if blocks is None else f"{SCHEME_LABELS[attention_type]}: {labels[0]}"
+    fig.update_layout(title=title, plot_bgcolor="white", height=max(220, 22 * H + 120),
+                      width=max(500, len(frames) * (W + 1) * 18 + 100), legend=dict(orientation="h", y=-0.05),
+                      margin=dict(l=20, r=20, t=60, b=40))
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention on the frames (the app's Explore and Schemes pages)
+
+SUMMARY_METRICS = {  # the numbers of analysis.maps.summarize worth plotting, with their axis labels
+    "entropy_norm": "entropy / log(keys)",
+    "distance_space": "attention distance in space (patches)",
+    "distance_time": "attention distance in time (frames)",
+    "same_frame": "share on the same frame",
+    "other_frames": "share on other frames",
+    "cls": "share on cls",
+}
+
+
+def patch_centres(grid: tuple[int, int, int], frame_px: int, patch_px: float, columns: int, pad: int):
+    """(x, y, (t, h, w)) of every patch centre in an `analysis.media.grid_image` of the frames."""
+    T, H, W = grid
+    for t in range(T):
+        r, c = divmod(t, columns)
+        for h in range(H):
+            for w in range(W):
+                x = c * (frame_px + pad) + (w + 0.5) * patch_px
+                yield x, r * (frame_px + pad) + (h + 0.5) * patch_px, (t, h, w)
+
+
+def picker_figure(image: np.ndarray, grid: tuple[int, int, int], frame_px: int, patch_px: float, columns: int,
+                  pad: int, query="cls", title: str = "") -> go.Figure:
+    """The overlay image with one (invisible) marker per patch, so a click selects a patch (its
+    customdata is (t, h, w)); the current patch query is outlined. The image travels as one PNG."""
+    pts = list(patch_centres(grid, frame_px, patch_px, columns, pad))
+    xs, ys, data = zip(*pts)
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+    fig = go.Figure(go.Image(source=uri, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=xs, y=ys, customdata=data, mode="markers", showlegend=False,
+                             marker=dict(size=max(6, patch_px * 0.6), color="rgba(255,255,255,0.01)", symbol="square"),
+                             hovertemplate="frame %{customdata[0]}, row %{customdata[1]}, "
+                                           "col %{customdata[2]}<extra></extra>"))
+    if query != "cls":
+        i = data.index(tuple(query))
+        fig.add_trace(go.Scatter(x=[xs[i]], y=[ys[i]], mode="markers", showlegend=False, hoverinfo="skip",
+                                 marker=dict(size=max(8, patch_px * 0.8), symbol="square-open", color="white",
+                                             line=dict(width=3, color="white"))))
+    fig.update_layout(margin=dict(l=0, r=0, t=30, b=0), height=int(image.shape[0] * 1.1) + 40, title=title,
+                      xaxis=dict(visible=False), yaxis=dict(visible=False), clickmode="event+select", dragmode=False)
+    return fig
+
+
+def summary_figure(results: dict[str, list[dict]], metric: str) -> go.Figure:
+    """One line per (scheme, step) of `analysis.maps.summary_table` rows against the layer."""
+    fig = go.Figure()
+    dashes = ["solid", "dash", "dot"]
+    for scheme, rows in results.items():
+        steps = list(dict.fromkeys(row["step"] for row in rows))
+        for j, step in enumerate(steps):
+            pts = [row for row in rows if row["step"] == step]
+            fig.add_trace(go.Scatter(x=[row["layer"] for row in pts], y=[row[metric] for row in pts],
+                                     mode="lines+markers", name=f"{SCHEME_LABELS.get(scheme, scheme)}: {step}",
+                                     line=dict(color=SCHEME_COLOURS.get(scheme), dash=dashes[j % 3])))
+    label = SUMMARY_METRICS.get(metric, metric)
+    fig.update_layout(xaxis_title="layer", yaxis_title=label, template="plotly_white", height=420,
+                      title=f"{label}, averaged over patch queries and heads", xaxis=dict(dtick=1))
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Faithfulness and training
+
+
+def curves_figure(curves: dict, kind: str, labels: dict) -> go.Figure:
+    """Deletion or insertion curves (`analysis.faithfulness.Curves`) of several maps, AUC in the legend;
+    the key "random" is drawn dotted (the ranking to beat)."""
+    fig = go.Figure()
+    for name, cv in curves.items():
+        fig.add_trace(go.Scatter(x=cv.fractions, y=getattr(cv, kind), mode="lines+markers",
+                                 name=f"{labels.get(name, name)} (AUC {getattr(cv, 'auc_' + kind):.3f})",
+                                 line=dict(dash="dot") if name == "random" else None))
+    fig.update_layout(title=kind, xaxis_title=f"share of patches {'removed' if kind == 'deletion' else 'shown'}",
+                      yaxis_title="target probability", template="plotly_white", height=380,
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def training_figure(rows: list[dict], title: str) -> go.Figure:
+    """Loss (left) and acc1/acc5 (right) against the step, one colour per split (metrics.jsonl rows)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    colours = {"train": "#636EFA", "val": "#EF553B"}
+    for split in dict.fromkeys(r["split"] for r in rows):
+        pts = sorted((r for r in rows if r["split"] == split), key=lambda r: r["step"])
+        colour = colours.get(split)
+        fig.add_trace(go.Scatter(x=[r["step"] for r in pts], y=[r.get("loss") for r in pts], mode="lines+markers",
+                                 name=f"{split} loss", line=dict(color=colour)), row=1, col=1)
+        for metric, dash in (("acc1", None), ("acc5", "dot")):
+            if any(metric in r for r in pts):
+                fig.add_trace(go.Scatter(x=[r["step"] for r in pts], y=[r.get(metric) for r in pts],
+                                         mode="lines+markers", name=f"{split} {metric}",
+                                         line=dict(color=colour, dash=dash)), row=1, col=2)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    fig.update_layout(template="plotly_white", height=400, title=title)
     return fig

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from analysis.attention import grad_rollout, query_map, rollout, summary_table
-from analysis.attribution import METHODS, attribute, deletion_insertion, random_map
-from analysis.cli import DEFAULT_CHECKPOINT, SPAN_CLIP
+from analysis.attribution import METHODS, attribute
+from analysis.faithfulness import deletion_insertion, random_map
+from analysis.maps import query_map, recorded_forward, summary_table
+from analysis.rollout import grad_rollout, rollout
 from timesformer import TimeSformer, TimeSformerConfig, load_model, record_attention
-from timesformer.video import read_clip
-
-ROOT = Path(__file__).resolve().parents[1]
+from timesformer.shipped import DEFAULT_MODEL, SAMPLES, sample_clips
+from timesformer.video import SPREAD, read_clip
 
 
 def best_of(fn, repeats=3) -> float:
@@ -61,8 +61,7 @@ def speed(model, clip) -> dict:
 
 
 def explanations(model, clip) -> dict:
-    with torch.no_grad(), record_attention(model) as rec:
-        model(clip)
+    _, rec = recorded_forward(model, clip)
     last = model.config.depth - 1
     maps = {f"attention L{last} {m.step}": query_map(m, "cls") for m in rec if m.layer == last and m.grouping.with_cls}
     maps["rollout"] = rollout(rec, query="cls")
@@ -74,15 +73,15 @@ def explanations(model, clip) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    ap.add_argument("--clips", type=Path, default=ROOT / "assets" / "samples")
+    ap.add_argument("--checkpoint", default=str(DEFAULT_MODEL))
+    ap.add_argument("--clips", type=Path, default=SAMPLES)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args(argv)
     model = load_model(args.checkpoint)
     cfg = model.config
-    clips = sorted(p for p in args.clips.iterdir() if p.suffix in (".mp4", ".webm", ".gif", ".avi", ".mkv", ".mov"))
-    videos = [read_clip(p, num_frames=cfg.num_frames, size=cfg.img_size, sampling_rate=SPAN_CLIP)[0] for p in clips]
+    clips = sample_clips(args.clips)
+    videos = [read_clip(p, num_frames=cfg.num_frames, size=cfg.img_size, sampling_rate=SPREAD)[0] for p in clips]
     result = {"checkpoint": args.checkpoint, "clips": [p.name for p in clips]}
     if not args.skip_speed:
         result["speed"] = speed(model, videos[0])

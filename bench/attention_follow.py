@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from timesformer import load_model, record_attention
-from timesformer.data import SynthMotion
+from timesformer.shipped import DEFAULT_MODEL
+from timesformer.synthmotion import SynthMotion
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def main():
-    model = load_model(ROOT / "assets" / "default_model")
+    model = load_model(DEFAULT_MODEL)
     cfg = model.config
     T, side = cfg.num_frames, cfg.img_size // cfg.patch_size
     N, P = side * side, cfg.patch_size

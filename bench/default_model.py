@@ -4,7 +4,7 @@
 
 The exact training command is TRAIN below (also in docs/results.md); the run folder is runs/default/.
 The model is a tiny divided_space_time TimeSformer trained on SynthMotion temporal; the samples are one fresh
-clip per class (SynthMotion `test` subset, seed 2026) rendered at the model's 32² and enlarged 4× (nearest) to
+clip per class (SynthMotion `test` split, seed 2026) rendered at the model's 32² and enlarged 4× (nearest) to
 128², so that the app shows them at a useful size while read_clip's antialiased resize gives the model back
 the 32² frames it was trained on (each 32×32 block of the sample is one 8×8 patch of the model).
 `--skip-train` reuses runs/default; `--samples-only` rewrites only the samples.
@@ -29,8 +29,8 @@ TRAIN = ["--data", "synthmotion-temporal", "--preset", "tiny", "--attention", "d
 
 def main():
     from timesformer import load_model, save_model
-    from timesformer.data import SynthMotion
     from timesformer.evaluate import run as evaluate_run
+    from timesformer.synthmotion import SynthMotion
     from timesformer.video import read_clip, write_video
 
     if "--skip-train" not in sys.argv and "--samples-only" not in sys.argv:

@@ -1,10 +1,10 @@
-"""Forward-pass speed of ViT-B/16 divided space-time 8×224 on this machine, against HuggingFace.
+"""Forward-pass speed of ViT-B/16 divided space-time 8×224 on the CPU it runs on, against HuggingFace.
 
     python bench/forward.py [--repeats 7] [--threads N] [--json out.json]
 
 Both models hold identical random weights (HuggingFace's are copied in through our own loader) and
 run batch 1 in inference mode, interleaved, so machine noise hits both alike. The fp32 bound is the
-model's matmul FLOPs (PyTorch's FlopCounterMode) divided by the fp32 GEMM throughput measured here on
+model's matmul FLOPs (PyTorch's FlopCounterMode) divided by the fp32 GEMM throughput measured in the same run on
 a ViT-B-sized matmul. Prints one table and writes JSON with every figure.
 """
 

@@ -4,14 +4,16 @@ with a cost estimate before running, progress while running, and deletion/insert
 import streamlit as st
 import torch
 
-from analysis.attention import grad_rollout, grid_image, overlay, rollout
-from analysis.attribution import METHODS, attribute, cost, deletion_insertion, random_map, timed_forward
-from app import state
-from app.figures import curves_figure
-from timesformer import record_attention
+from analysis.attribution import METHODS, attribute, cost
+from analysis.faithfulness import curves_cost, deletion_insertion, random_map
+from analysis.figures import curves_figure
+from analysis.media import grid_image, overlay
+from analysis.rollout import attention_rollout, grad_rollout
+from app import cache, widgets
+from app.sidebar import current
 
 st.title("Rollout & attribution")
-ctx = state.current()
+ctx = current()
 model = ctx.need_model()
 ctx.need_clip()
 cfg = model.config
@@ -28,7 +30,7 @@ for key, value in (("k_attr_methods", ["rollout", "saliency", "ablation_frames"]
                    ("k_attr_steps", 16), ("k_attr_window_t", 2), ("k_attr_window_p", 2), ("k_attr_batch", 4),
                    ("k_attr_curves", True), ("k_attr_curve_steps", 16), ("k_attr_discard", 0.0)):
     st.session_state.setdefault(key, value)
-state.sanitize("k_attr_target", range(-1, cfg.num_classes))
+widgets.sanitize("k_attr_target", range(-1, cfg.num_classes))
 methods = st.multiselect("Methods", list(ROLLOUTS) + list(METHODS), format_func=LABELS.get, key="k_attr_methods")
 c = st.columns(4)
 names = model.class_names
@@ -46,31 +48,22 @@ if not methods:
     st.info("Pick at least one method.")
     st.stop()
 
-
-@st.cache_data(max_entries=16, show_spinner="Timing one forward pass…")
-def forward_seconds(mkey, grid, _video) -> float:
-    return timed_forward(state.get_model(mkey), _video)
-
-
 # ---- cost before running
-fwd = forward_seconds(ctx.mkey, grid, video)
+fwd = cache.forward_seconds(ctx.mkey, ctx.ckey)
 rows = []
 for m in methods:
-    if m in ROLLOUTS:
-        f, b = 1, int(m == "grad_rollout")
-    else:
-        cst = cost(m, grid, int(n_steps), (int(wt), int(wp)))
-        f, b = cst.forwards, cst.backwards
-    seconds = f * fwd + b * 2 * fwd + (2 * (int(curve_steps) + 1) * fwd if curves else 0)
-    rows.append({"method": LABELS[m], "forwards": f, "backwards": b, "estimated seconds": round(seconds, 2)})
+    cst = cost(m, grid, int(n_steps), (int(wt), int(wp)))
+    seconds = cst.seconds(fwd) + (curves_cost(int(curve_steps)).seconds(fwd) if curves else 0)
+    rows.append({"method": LABELS[m], "forwards": cst.forwards, "backwards": cst.backwards,
+                 "estimated seconds": round(seconds, 2)})
 st.dataframe(rows, hide_index=True, key="attr_cost")
-st.caption(f"One forward of this clip takes {fwd * 1000:.0f} ms here; a backward about twice that. "
-           f"{'Curves add 2 × (points + 1) forwards per method.' if curves else ''}")
+st.caption(f"One forward of this clip takes {fwd * 1000:.0f} ms on the app's machine; a backward about twice "
+           f"that. {'Curves add 2 × (points + 1) + 1 forwards per method.' if curves else ''}")
 
 tgt = None if target < 0 else int(target)
 params = (int(n_steps), int(wt), int(wp), int(batch), float(discard), tgt)
 key_of = {m: (ctx.mkey, ctx.ckey, m, params) for m in methods}
-store = state.store()
+store = cache.results()
 run = st.button("Run", type="primary", key="attr_run")
 if run:
     with st.status("Computing…", expanded=True) as status:
@@ -82,9 +75,7 @@ if run:
             progress = lambda done, total, bar=bar: bar.progress(min(done / max(total, 1), 1.0),
                                                                  text=f"{done}/{total} clips")
             if m == "rollout":
-                with torch.no_grad(), record_attention(model) as rec:
-                    model(video)
-                sal = rollout(rec, discard_ratio=float(discard), query="cls")
+                sal = attention_rollout(model, video, discard_ratio=float(discard))
             elif m == "grad_rollout":
                 sal = grad_rollout(model, video, target=tgt, discard_ratio=float(discard))
             else:
@@ -108,7 +99,7 @@ if not done:
     st.stop()
 
 # ---- side by side
-frames = state.upscale(ctx.frames, 64)
+frames = widgets.display(ctx.frames, 64)
 st.subheader("Maps on the patch grid")
 st.caption("Each map is scaled over the whole clip; red = most important for the target.")
 for m, r in done.items():
@@ -116,7 +107,7 @@ for m, r in done.items():
     image = grid_image(over)
     st.markdown(f"**{LABELS[m]}**")
     st.image(image, width="stretch")
-    state.download_frames(over, image, f"{m}", f"attr_dl_{m}")
+    widgets.download_frames(over, image, f"{m}", f"attr_dl_{m}")
 
 with_curves = {m: r["curves"] for m, r in done.items() if r["curves"] is not None}
 rand = store.get((ctx.mkey, ctx.ckey, "random", params, int(curve_steps)))
@@ -131,4 +122,4 @@ if with_curves:
     for col, (kind, fig) in zip(cols, figs.items()):
         with col:
             st.plotly_chart(fig, key=f"attr_{kind}", width="stretch")
-            state.download_figure(fig, f"{kind}_curves", f"attr_dl_{kind}")
+            widgets.download_figure(fig, f"{kind}_curves", f"attr_dl_{kind}")

@@ -1,22 +1,21 @@
 """Cost: FLOPs and training memory of the five schemes against frames and crop size (the paper's
 Figure 3 for your model and GPU), with the out-of-memory line, and "will my run fit" for a batch size."""
 
-import json
-
 import streamlit as st
 
-from analysis.complexity import IMPLEMENTATIONS, estimate, max_batch_size, sweep
+from analysis.complexity import IMPLEMENTATIONS, estimate, max_batch_size
 from analysis.figures import breakdown_figure, cost_figure, memory_figure
-from app import state
+from app import cache, widgets
+from app.sidebar import current
 from timesformer import ATTENTION_TYPES, SCHEME_LABELS, TimeSformerConfig
 
 GiB = 1024**3
 st.title("Cost")
-ctx = state.current()
+ctx = current()
 PRESETS = {"ViT-B/16 (TimeSformer)": TimeSformerConfig.base, "TimeSformer-HR": TimeSformerConfig.hr,
            "TimeSformer-L": TimeSformerConfig.large}
 options = (["the current model"] if ctx.model is not None else []) + list(PRESETS)
-state.sanitize("k_cost_base", options)
+widgets.sanitize("k_cost_base", options)
 for key, value in (("k_cost_base", "ViT-B/16 (TimeSformer)"), ("k_cost_schemes", list(ATTENTION_TYPES)),
                    ("k_cost_frames", "8, 16, 32, 64, 96"), ("k_cost_sizes", "224, 336, 448, 560"),
                    ("k_cost_batch", 1), ("k_cost_dtype", "fp32"), ("k_cost_optimizer", "sgd"),
@@ -60,16 +59,10 @@ if not schemes:
 opts = dict(batch_size=int(batch), dtype=dtype, optimizer=optimizer, checkpointing=bool(ckpt))
 
 
-@st.cache_data(max_entries=32, show_spinner="Estimating…")
-def curves(config_json: str, schemes: tuple, frames: tuple, sizes: tuple, gpu: float, opts: tuple) -> list[dict]:
-    cfg = TimeSformerConfig.from_dict(json.loads(config_json))
-    return sweep(cfg, schemes, frames, sizes, cfg.num_frames, cfg.img_size, gpu, **dict(opts))
-
-
-rows = curves(base.to_json(), tuple(schemes), frames, sizes, gpu * GiB, tuple(opts.items()))
+rows = cache.cost_curves(base.to_json(), tuple(schemes), frames, sizes, gpu * GiB, tuple(opts.items()))
 fig = cost_figure(rows, gpu * GiB, title=f"{base_name}: {base.num_frames} frames of {base.img_size}² at the base point")
 st.plotly_chart(fig, key="cost_curves", width="stretch")
-state.download_figure(fig, "cost_curves", "cost_dl_curves")
+widgets.download_figure(fig, "cost_curves", "cost_dl_curves")
 st.caption("GFLOPs follow fvcore's convention (one multiply-add = one FLOP), per view. Memory is one training step "
            "(weights, gradients, optimizer state, activations, workspace) for the batch; the shaded band is over "
            "the GPU's memory. See docs/complexity.md for the formulas and their checks.")
@@ -105,8 +98,8 @@ c = st.columns(2)
 with c[0]:
     mem = memory_figure(estimates, gpu * GiB)
     st.plotly_chart(mem, key="cost_memory", width="stretch")
-    state.download_figure(mem, "memory", "cost_dl_memory")
+    widgets.download_figure(mem, "memory", "cost_dl_memory")
 with c[1]:
     br = breakdown_figure(fused)
     st.plotly_chart(br, key="cost_breakdown", width="stretch")
-    state.download_figure(br, "flops_breakdown", "cost_dl_breakdown")
+    widgets.download_figure(br, "flops_breakdown", "cost_dl_breakdown")

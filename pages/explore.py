@@ -3,12 +3,14 @@ overlaid on the frames (click a patch to make it the query)."""
 
 import streamlit as st
 
-from analysis.attention import HEAD_FUSIONS, grid_image, overlay
-from app import state
-from app.figures import picker_figure
+from analysis.figures import picker_figure
+from analysis.maps import HEAD_FUSIONS
+from analysis.media import animation_bytes, grid_image, overlay
+from app import cache, widgets
+from app.sidebar import current
 
 st.title("Explore")
-ctx = state.current()
+ctx = current()
 model = ctx.need_model()
 views = ctx.need_clip()
 cfg = model.config
@@ -17,7 +19,7 @@ st.caption(f"{ctx.model_label} · {cfg.attention_type} · clip {ctx.clip_label} 
            f"{views.shape[-1]}² → a {T}×{Hp}×{Wp} patch grid")
 
 # ---- predictions
-preds = state.predictions(ctx.mkey, ctx.ckey)
+preds = cache.predictions(ctx.mkey, ctx.ckey)
 cols = st.columns(2)
 for col, kind, title in ((cols[0], "clip", "Centre crop (clip)"), (cols[1], "video", "3 crops averaged (video)")):
     col.markdown(f"**{title}**")
@@ -38,9 +40,9 @@ if points and "customdata" in points[0]:
 # ---- controls
 steps = [s.name for s in model.blocks[0].steps]
 heads = list(HEAD_FUSIONS) + list(range(cfg.num_heads))
-state.sanitize("k_explore_layer", range(cfg.depth))
-state.sanitize("k_explore_step", steps)
-state.sanitize("k_explore_head", heads)
+widgets.sanitize("k_explore_layer", range(cfg.depth))
+widgets.sanitize("k_explore_step", steps)
+widgets.sanitize("k_explore_head", heads)
 for key, hi in (("k_explore_t", T), ("k_explore_h", Hp), ("k_explore_w", Wp)):
     if st.session_state.get(key, 0) >= hi:
         st.session_state[key] = hi - 1
@@ -66,11 +68,11 @@ else:
                  "one patch attends to.")
     query = "cls"
 
-maps = state.layer_maps(ctx.mkey, ctx.ckey, int(layer), query, head)
+maps = cache.layer_maps(ctx.mkey, ctx.ckey, int(layer), query, head)
 if step not in maps:
     st.error(f"No {step!r} attention was recorded in layer {layer}.")
     st.stop()
-frames = state.upscale(ctx.frames)
+frames = widgets.display(ctx.frames)
 over = overlay(frames, maps[step])
 if query == "cls" and step == "time":
     st.info("cls takes no part in the time step (it is skipped there, as in the official code): pick a patch query.")
@@ -88,9 +90,10 @@ st.caption("Click a patch to make it the query. Colours are scaled over the whol
 
 tab_anim, tab_frames = st.tabs(["Animation", "Sampled frames"])
 with tab_anim:
-    st.image(state.gif_bytes(over), caption=f"attention over the {T} frames", width=min(384, 2 * frames.shape[2]))
-    state.download_frames(over, image, f"attention_l{layer}_{step}", "explore_dl_overlay")
+    st.image(animation_bytes(over, "gif"), caption=f"attention over the {T} frames",
+             width=min(384, 2 * frames.shape[2]))
+    widgets.download_frames(over, image, f"attention_l{layer}_{step}", "explore_dl_overlay")
 with tab_frames:
     plain = grid_image(frames, columns=columns, pad=pad)
     st.image(plain, caption=f"frames {ctx.info['indices']} of {ctx.info['num_frames']}", width="stretch")
-    state.download_frames(frames, plain, "frames", "explore_dl_frames")
+    widgets.download_frames(frames, plain, "frames", "explore_dl_frames")

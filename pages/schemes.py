@@ -3,14 +3,15 @@ the same clip run through a model of each of the five schemes, and their summary
 
 import streamlit as st
 
-from analysis.attention import grid_image, overlay
-from analysis.patterns import blocks_to_full_clip, pattern_figure
-from app import state
-from app.figures import SUMMARY_METRICS, summary_figure
+from analysis.figures import SUMMARY_METRICS, pattern_figure, summary_figure
+from analysis.media import grid_image, overlay
+from analysis.patterns import blocks_to_full_clip
+from app import cache, settings, widgets
+from app.sidebar import current
 from timesformer import ATTENTION_TYPES, SCHEME_LABELS
 
 st.title("Schemes")
-ctx = state.current()
+ctx = current()
 model = ctx.need_model()
 ctx.need_clip()
 cfg = model.config
@@ -44,7 +45,7 @@ for tab, scheme in zip(tabs, order):
         full = blocks_to_full_clip(scheme, grid, query, max_blocks=cfg.depth)
         st.caption(f"Every patch of the clip can reach this query after {full} block(s)." if full else
                    f"Within {cfg.depth} blocks this query never sees the whole clip.")
-        state.download_figure(fig, f"pattern_{scheme}", f"schemes_dl_pattern_{scheme}")
+        widgets.download_figure(fig, f"pattern_{scheme}", f"schemes_dl_pattern_{scheme}")
 
 # ---- the clip through a model of each scheme
 st.subheader("The same clip through a model of each scheme")
@@ -52,7 +53,7 @@ st.caption(f"Only the current model ({cfg.attention_type}) is trained. The other
            "every tensor whose name and shape match is copied, and a scheme's extra attention steps start with "
            "their output linear at zero (the identity), as when the paper initialises from an image ViT. They "
            "show how the scheme regroups attention on these weights, not how a trained model of it behaves.")
-heavy = sum(p.numel() for p in model.parameters()) > state.HEAVY_PARAMS
+heavy = sum(p.numel() for p in model.parameters()) > settings.HEAVY_PARAMS
 run_all = True
 if heavy:
     run_all = st.button("Run the clip through all five schemes", key="schemes_run") or \
@@ -64,10 +65,10 @@ if run_all:
     results = {}
     bar = st.progress(0.0, text="running the schemes…")
     for i, scheme in enumerate(ATTENTION_TYPES):
-        results[scheme] = state.scheme_run(ctx.mkey, ctx.ckey, scheme)
+        results[scheme] = cache.scheme_run(ctx.mkey, ctx.ckey, scheme)
         bar.progress((i + 1) / len(ATTENTION_TYPES), text=f"{SCHEME_LABELS[scheme]} done")
     bar.empty()
-    shown = state.upscale(ctx.frames, 64)
+    shown = widgets.display(ctx.frames, 64)
     for scheme, r in results.items():
         left, right = st.columns([1, 3])
         left.markdown(f"**{SCHEME_LABELS[scheme]}**")
@@ -77,13 +78,13 @@ if run_all:
         image = grid_image(over)
         with right:
             st.image(image, caption="cls attention rollout", width="stretch")
-            state.download_frames(over, image, f"rollout_{scheme}", f"schemes_dl_rollout_{scheme}")
+            widgets.download_frames(over, image, f"rollout_{scheme}", f"schemes_dl_rollout_{scheme}")
 
     st.subheader("Summary numbers per layer")
     st.session_state.setdefault("k_schemes_metric", "entropy_norm")
     metric = st.selectbox("Number", list(SUMMARY_METRICS), format_func=SUMMARY_METRICS.get, key="k_schemes_metric")
     fig = summary_figure({s: r["summary"] for s, r in results.items()}, metric)
     st.plotly_chart(fig, key="schemes_summary", width="stretch")
-    state.download_figure(fig, f"summary_{metric}", "schemes_dl_summary")
+    widgets.download_figure(fig, f"summary_{metric}", "schemes_dl_summary")
     table = [{"scheme": s, **row} for s, r in results.items() for row in r["summary"]]
     st.dataframe(table, hide_index=True, key="schemes_table")

@@ -7,8 +7,8 @@ from pathlib import Path
 import streamlit as st
 import yaml
 
-from app import state
-from app.figures import training_figure
+from analysis.figures import training_figure
+from app import settings, widgets
 
 st.title("Training runs")
 
@@ -16,11 +16,11 @@ st.title("Training runs")
 def find_runs(root: Path) -> list[str]:
     if not root.is_dir():
         return []
-    return sorted(str(p.parent.relative_to(state.ROOT) if p.is_relative_to(state.ROOT) else p.parent)
+    return sorted(str(p.parent.relative_to(settings.ROOT) if p.is_relative_to(settings.ROOT) else p.parent)
                   for p in root.rglob("metrics.jsonl") if ".tmp" not in str(p))
 
 
-runs = find_runs(state.RUNS)
+runs = find_runs(settings.RUNS)
 st.session_state.setdefault("k_runs_path", runs[0] if runs else "")
 c = st.columns([3, 2])
 typed = c[0].text_input("Run folder", key="k_runs_path",
@@ -33,7 +33,7 @@ if not typed.strip():
     st.info("Type the path of a training run folder (it holds metrics.jsonl).")
     st.stop()
 run = Path(typed.strip()).expanduser()
-run = run if run.is_absolute() else state.ROOT / run
+run = run if run.is_absolute() else settings.ROOT / run
 if run.is_file() and run.name == "metrics.jsonl":  # the metrics file itself: its folder is the run
     run = run.parent
 if not run.is_dir():
@@ -62,7 +62,7 @@ if bad:
 if rows:
     fig = training_figure(rows, f"{run.name}: {len(rows)} evaluations")
     st.plotly_chart(fig, key="runs_curves", width="stretch")
-    state.download_figure(fig, f"{run.name}_curves", "runs_dl_curves")
+    widgets.download_figure(fig, f"{run.name}_curves", "runs_dl_curves")
     last = {r["split"]: r for r in rows}
     st.dataframe(list(last.values()), hide_index=True, key="runs_last")
 else:

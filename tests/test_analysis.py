@@ -2,26 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.attention import (
-    attention_row,
-    fuse_heads,
-    grad_rollout,
-    grid_image,
-    overlay,
-    query_index,
-    query_map,
-    rollout,
-    summarize,
-)
-from analysis.attribution import METHODS, attribute, cost, deletion_insertion, random_map, to_grid
-from analysis.patterns import (
-    blocks_to_full_clip,
-    pattern_codes,
-    pattern_figure,
-    receptive_field,
-    save_pattern,
-    steps_seeing,
-)
+from analysis.attribution import METHODS, attribute, cost, to_grid
+from analysis.faithfulness import curves_cost, deletion_insertion, random_map
+from analysis.figures import pattern_figure
+from analysis.maps import attention_row, fuse_heads, query_index, query_map, summarize
+from analysis.media import animation_bytes, grid_image, overlay, save_pattern
+from analysis.patterns import blocks_to_full_clip, pattern_codes, receptive_field, steps_seeing
+from analysis.rollout import attention_rollout, grad_rollout, rollout
 from tests.test_model import small_model
 from timesformer import ATTENTION_TYPES, attention_pattern, record_attention
 
@@ -149,6 +136,23 @@ def test_overlay_and_grid_images():
         overlay(frames, maps[:3])
 
 
+def test_animations_loop_over_every_frame(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from timesformer.video import read_clip
+
+    frames = np.random.default_rng(0).integers(0, 255, (5, 33, 41, 3), dtype=np.uint8)
+    gif = Image.open(io.BytesIO(animation_bytes(frames, "gif", fps=5)))
+    assert gif.n_frames == 5 and gif.info["loop"] == 0 and gif.info["duration"] == 200
+    (tmp_path / "a.mp4").write_bytes(animation_bytes(frames, "mp4"))
+    _, info = read_clip(tmp_path / "a.mp4", num_frames=5, size=32)
+    assert info.num_frames == 5 and (info.width, info.height) == (40, 32)  # odd sides cropped for H.264
+    with pytest.raises(ValueError, match="gif or .mp4"):
+        animation_bytes(frames, "webp")
+
+
 # ------------------------------------------------------------------------------------------------
 # Patterns
 
@@ -251,6 +255,7 @@ def test_to_grid_and_cost():
     assert to_grid(x, 8)[0, 1, 1, 0] == -3 * 64 and to_grid(x, 8, "abs")[0, 1, 1, 0] == 3 * 64
     assert cost("occlusion", (8, 14, 14), window=(2, 2)).forwards == 1 + 4 * 7 * 7
     assert cost("integrated_gradients", (8, 14, 14), n_steps=50).seconds(2.0) == pytest.approx(50 * 2 + 50 * 4)
+    assert (cost("rollout", GRID).forwards, cost("grad_rollout", GRID).backwards) == (1, 1)
     with pytest.raises(ValueError, match="unknown attribution"):
         cost("lime", GRID)
 
@@ -266,6 +271,11 @@ def test_deletion_insertion_curves():
     assert 0 <= curves.auc_deletion <= 1 and 0 <= curves.auc_insertion <= 1
     with pytest.raises(ValueError, match="one clip"):
         deletion_insertion(model, video.repeat(2, 1, 1, 1, 1), random_map(GRID))
+    # the cost estimate counts every forward the curves ran: both curves and the target
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    deletion_insertion(model, video, random_map(GRID), steps=8)
+    assert sum(calls) == curves_cost(8).forwards
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,7 +285,7 @@ def test_deletion_insertion_curves():
 def test_cli_writes_pictures_and_numbers(tmp_path):
     import json
 
-    from analysis.cli import main
+    from analysis.report import main
     from timesformer import save_model
     from timesformer.video import write_video
 
@@ -302,7 +312,7 @@ def test_cli_writes_pictures_and_numbers(tmp_path):
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
-    from analysis.cli import main
+    from analysis.report import main
 
     (tmp_path / "text.mp4").write_text("not a video")
     rc = main([str(tmp_path / "text.mp4"), "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path)])
@@ -318,30 +328,29 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
 def test_cli_defaults_to_the_shipped_model(tmp_path):
     import json
 
-    from analysis.cli import DEFAULT_CHECKPOINT, ROOT, main
+    from analysis.report import main
+    from timesformer.shipped import DEFAULT_MODEL, SAMPLES
 
-    clip = ROOT / "assets" / "samples" / "moving_left.mp4"
+    clip = SAMPLES / "moving_left.mp4"
     assert main([str(clip), "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "predictions.json").read_text())
-    assert report["checkpoint"] == str(DEFAULT_CHECKPOINT)
+    assert report["checkpoint"] == str(DEFAULT_MODEL)
     assert report["top5_video"][0]["class"] == "moving left" and report["top5_video"][0]["prob"] > 0.9
     assert report["seconds"] < 30
 
 
 def test_rollout_and_integrated_gradients_beat_random_on_the_shipped_model():
     """docs/analysis.md's claim, on the shipped default model and its four sample clips (mean AUCs)."""
-    from analysis.cli import DEFAULT_CHECKPOINT, ROOT, SPAN_CLIP
     from timesformer import load_model
-    from timesformer.video import read_clip
+    from timesformer.shipped import DEFAULT_MODEL, sample_clips
+    from timesformer.video import SPREAD, read_clip
 
-    model = load_model(DEFAULT_CHECKPOINT)
+    model = load_model(DEFAULT_MODEL)
     cfg = model.config
     scores = {"rollout": [], "integrated_gradients": [], "random": []}
-    for clip in sorted((ROOT / "assets" / "samples").glob("*.mp4")):
-        video = read_clip(clip, num_frames=cfg.num_frames, size=cfg.img_size, sampling_rate=SPAN_CLIP)[0]
-        with torch.no_grad(), record_attention(model) as rec:
-            model(video)
-        maps = {"rollout": rollout(rec, query="cls"),
+    for clip in sample_clips():
+        video = read_clip(clip, num_frames=cfg.num_frames, size=cfg.img_size, sampling_rate=SPREAD)[0]
+        maps = {"rollout": attention_rollout(model, video),
                 "integrated_gradients": attribute(model, video, "integrated_gradients", n_steps=32)}
         for name, m in maps.items():
             c = deletion_insertion(model, video, m, steps=16)

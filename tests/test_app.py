@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from app import state
-from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig, save_model
-from timesformer.data import SynthMotion
+from app import settings, uploads
+from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig, load_model, save_model
+from timesformer.synthmotion import SynthMotion
 from timesformer.video import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +57,9 @@ def app(assets, monkeypatch, tmp_path):
     """A fresh AppTest on the assets, with runs/ pointed at an empty folder."""
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setattr(state, "DEFAULT_MODEL", assets[0])
-    monkeypatch.setattr(state, "SAMPLES", assets[1])
-    monkeypatch.setattr(state, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(settings, "DEFAULT_MODEL", assets[0])
+    monkeypatch.setattr(settings, "SAMPLES", assets[1])
+    monkeypatch.setattr(settings, "RUNS", tmp_path / "runs")
     return AppTest.from_file(MAIN, default_timeout=TIMEOUT)
 
 
@@ -94,7 +94,7 @@ def test_explore_default_model_and_sample(app):
     assert len(tops) == 2  # clip and 3-crop video top-5
     assert "explore_pick" in charts(at)  # the heatmap over the frames
     assert len(at.get("image")) == 2  # animation and sampled frames
-    cfg = state.load_model(state.DEFAULT_MODEL).config
+    cfg = load_model(settings.DEFAULT_MODEL).config
     assert at.selectbox(key="k_explore_layer").value == cfg.depth - 1
     assert at.selectbox(key="k_explore_head").value == "mean"
 
@@ -204,7 +204,7 @@ def test_bad_upload_shows_an_error(app, name, data, message):
 
 
 def test_oversized_upload(app, clip_bytes, monkeypatch):
-    monkeypatch.setattr(state, "max_upload_bytes", lambda: 1000)
+    monkeypatch.setattr(uploads, "max_upload_bytes", lambda: 1000)
     at = app.run()
     at = at.radio(key="clip_kind").set_value("Upload").run()
     next(u for u in at.get("file_uploader") if u.key == "clip_upload").upload("big.mp4", clip_bytes, "video/mp4")
@@ -214,7 +214,7 @@ def test_oversized_upload(app, clip_bytes, monkeypatch):
 
 
 def test_too_many_frames(app, monkeypatch):
-    monkeypatch.setattr(state, "MAX_VIDEO_FRAMES", 4)
+    monkeypatch.setattr(settings, "MAX_VIDEO_FRAMES", 4)
     at = app.run()
     assert not at.exception
     assert any("over the app's limit" in e.value for e in at.sidebar.error)
@@ -222,7 +222,7 @@ def test_too_many_frames(app, monkeypatch):
 
 def test_resample_when_sampling_differs_from_the_model(app):
     at = ok(app.run())
-    cfg = state.load_model(state.DEFAULT_MODEL).config
+    cfg = load_model(settings.DEFAULT_MODEL).config
     at.number_input(key="clip_size").set_value(cfg.img_size + cfg.patch_size // 2)
     at = at.run()
     assert not at.exception
@@ -241,7 +241,7 @@ def test_resample_when_sampling_differs_from_the_model(app):
 
 
 def test_missing_default_model(app, monkeypatch, tmp_path):
-    monkeypatch.setattr(state, "DEFAULT_MODEL", tmp_path / "nowhere")
+    monkeypatch.setattr(settings, "DEFAULT_MODEL", tmp_path / "nowhere")
     at = app.run()
     assert not at.exception
     assert any("is not there yet" in e.value for e in at.sidebar.error)
@@ -343,7 +343,7 @@ def test_schemes(app):
 
 
 def test_schemes_waits_for_a_button_on_large_models(app, monkeypatch):
-    monkeypatch.setattr(state, "HEAVY_PARAMS", 0)
+    monkeypatch.setattr(settings, "HEAVY_PARAMS", 0)
     at = ok(page(app.run(), "schemes"))
     assert "schemes_summary" not in charts(at)
     assert any("Press the button" in i.value for i in at.info)
@@ -400,7 +400,7 @@ def fake_run(root: Path, model_dir: Path, bad_line: bool = True) -> Path:
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + ("\nnot json\n" if bad_line else "\n"))
     (run / "train_config.yaml").write_text("args:\n  lr: 0.001\nmodel:\n  depth: 4\n")
     (run / "log.txt").write_text("epoch 0\n")
-    save_model(state.load_model(model_dir), run / "ckpt-s00000512-end")
+    save_model(load_model(model_dir), run / "ckpt-s00000512-end")
     os.symlink("ckpt-s00000512-end", run / "checkpoint-last")
     return run
 

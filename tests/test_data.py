@@ -4,19 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from timesformer.data import (
+from timesformer.data import Relabeled, Skipped, build_datasets, collate, open_split, video_csv, video_folder
+from timesformer.synthmotion import (
     APPEARANCE_CLASSES,
     TEMPORAL_CLASSES,
-    Relabeled,
-    Skipped,
     SynthMotion,
-    build_datasets,
-    collate,
     export_synthmotion,
     motion_order,
-    open_split,
-    video_csv,
-    video_folder,
 )
 from timesformer.video import read_clip, transform_frames
 
@@ -172,7 +166,7 @@ def test_folder_clip_matches_read_clip(tmp_path):
 
 
 def test_export_cli(tmp_path, capsys):
-    from timesformer.data import main
+    from timesformer.synthmotion import main
 
     main([str(tmp_path / "out"), "--task", "appearance", "--train", "2", "--val", "1", "--size", "16",
           "--num-frames", "4"])

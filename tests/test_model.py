@@ -165,6 +165,23 @@ def test_recording_only_requested_layers_and_nothing_outside():
             pass
 
 
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "axial"])
+def test_detached_recording_stops_gradients_at_the_softmax(attention_type):
+    """detach=True: the same forward, no gradient into queries and keys, and each map still gets its .grad."""
+    model = small_model(attention_type)
+    video = torch.randn(2, 3, 4, 32, 32)
+    with record_attention(model, keep_grad=True, detach=True) as rec:
+        logits = model(video)
+    assert torch.allclose(logits, model(video), atol=1e-5)
+    logits[:, 0].sum().backward()
+    D = model.config.embed_dim
+    for blk in model.blocks:
+        for attn in blk.step_attentions():
+            g = attn.qkv.weight.grad
+            assert g[: 2 * D].abs().max() == 0 and g[2 * D :].abs().sum() > 0  # q, k rows; v rows
+    assert all(m.probs.grad is not None and m.probs.grad.abs().sum() > 0 for m in rec)
+
+
 def test_full_recording_size_formula():
     model = small_model("axial")
     with torch.no_grad(), record_attention(model) as rec:

@@ -14,11 +14,11 @@ import torch
 
 from timesformer import TimeSformer, TimeSformerConfig, load_model, save_model
 from timesformer import train as T
-from timesformer.data import export_synthmotion
 from timesformer.distributed import Dist, resolve_device
 from timesformer.engine import TrainState, eval_loader, evaluate, predict
 from timesformer.files import atomic_folder
 from timesformer.optim import build_optimizer, lr_at
+from timesformer.synthmotion import export_synthmotion
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = ["--model", "embed_dim=32", "depth=1", "num_heads=2", "--img-size", "32", "--num-frames", "4",
@@ -342,7 +342,7 @@ DEFAULT_MODEL_MIN_ACC = 0.9  # measured 99.3% on 1024 fresh clips (docs/results.
 
 
 def test_shipped_default_model_classifies_fresh_clips_by_their_motion():
-    from timesformer.data import TEMPORAL_CLASSES, SynthMotion
+    from timesformer.synthmotion import TEMPORAL_CLASSES, SynthMotion
     from timesformer.video import read_clip
 
     model = load_model(ASSETS / "default_model")

@@ -143,6 +143,15 @@ def test_normalisation_and_denormalize(files):
     assert frames.shape == (8, 32, 32, 3) and abs(int(frames.mean()) - 0x73) <= 2
 
 
+def test_spread_sampling_covers_the_whole_video():
+    """sampling_rate=SPREAD (0): centres of T equal segments, for a long video and a short one alike."""
+    assert sample_indices(1000, 8, V.SPREAD) == [62, 187, 312, 437, 562, 687, 812, 937]
+    assert sample_indices(1000, 8, V.SPREAD) == sample_indices(1000, 8, 10**9)  # as a rate longer than any video
+    assert sample_indices(4, 8, V.SPREAD) == [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="sampling_rate"):
+        read_clip(b"\x00", sampling_rate=-1)
+
+
 def test_training_sampling_is_random_and_seedable():
     a = sample_indices(1000, 8, 32, train=True, rng=np.random.default_rng(1))
     b = sample_indices(1000, 8, 32, train=True, rng=np.random.default_rng(1))

@@ -5,6 +5,8 @@ from .checkpoints import CheckpointError, load_model, save_model, transfer
 from .config import ATTENTION_TYPES, SCHEME_LABELS, TimeSformerConfig
 from .model import TimeSformer
 
+__version__ = "0.2.0"
+
 __all__ = [
     "ATTENTION_TYPES", "AttentionMap", "CheckpointError", "SCHEME_LABELS", "TimeSformer", "TimeSformerConfig",
     "attention_pattern", "load_model", "record_attention", "save_model", "transfer",

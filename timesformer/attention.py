@@ -197,8 +197,10 @@ def attend(
     Returns the attention output (B, S, D) in the same order, before the output projection; with
     C = 1 the cls outputs of all groups are averaged. With `record`, the probabilities are
     materialised, passed to `record` as (B, G, heads, L, L) and used; otherwise the fused
-    `scaled_dot_product_attention` runs. With `cls_only` (a step with cls, not recorded) only the cls
-    queries are computed and (B, C, D) is returned: all the classifier needs from a model's last step.
+    `scaled_dot_product_attention` runs; `record` returns the probabilities to go on with (the same
+    tensor, or a detached one for conservative propagation). With `cls_only` (a step with cls, not
+    recorded) only the cls queries are computed and (B, C, D) is returned: all the classifier needs from a
+    model's last step.
     """
     B, S, three_d = qkv.shape
     D = three_d // 3
@@ -222,7 +224,7 @@ def attend(
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         probs = scores.softmax(dim=-1).view(B, G, num_heads, L, L)
-        record(probs)  # the tensor used below, so that its .grad can be retained
+        probs = record(probs)  # the tensor used below, so that its .grad can be retained
         out = F.dropout(probs, dropout_p).view(B * G, num_heads, L, L) @ v
     out = out.transpose(1, 2).reshape(B, G * L, D)  # (B, G·L, D), slot order
     patches = out[:, grouping.inverse]  # (B, T·N, D)
@@ -294,16 +296,23 @@ class AttentionMap:
 class AttentionRecorder:
     """What `record_attention` yields: the recorded maps in forward order."""
 
-    def __init__(self, keep_grad: bool = False):
+    def __init__(self, keep_grad: bool = False, detach: bool = False):
         self.maps: list[AttentionMap] = []
-        self.keep_grad = keep_grad
+        self.keep_grad, self.detach = keep_grad, detach
 
-    def _add(self, layer: int, grouping: Grouping, probs: torch.Tensor) -> None:
+    def _add(self, layer: int, grouping: Grouping, probs: torch.Tensor) -> torch.Tensor:
+        """Keep a map of `probs` and return the tensor the forward goes on with."""
+        if self.detach:  # the forward goes on with constants; the kept map is the one gradients reach
+            used = probs.detach().requires_grad_(self.keep_grad and probs.requires_grad)
+            self.maps.append(AttentionMap(layer, grouping.step, used, grouping))
+            return used
         if self.keep_grad and probs.requires_grad:
             probs.retain_grad()
+            kept = probs
         else:
-            probs = probs.detach()
-        self.maps.append(AttentionMap(layer, grouping.step, probs, grouping))
+            kept = probs.detach()
+        self.maps.append(AttentionMap(layer, grouping.step, kept, grouping))
+        return probs
 
     def __iter__(self) -> Iterator[AttentionMap]:
         return iter(self.maps)
@@ -324,7 +333,7 @@ class AttentionRecorder:
 
 
 @contextlib.contextmanager
-def record_attention(model, layers=None, keep_grad: bool = False):
+def record_attention(model, layers=None, keep_grad: bool = False, detach: bool = False):
     """Record the attention probabilities of `layers` (default: all) during forward passes.
 
     >>> with record_attention(model, layers=[11]) as rec:
@@ -333,7 +342,10 @@ def record_attention(model, layers=None, keep_grad: bool = False):
 
     Inside the context the selected layers materialise their probabilities (the other layers keep
     the fused path); `keep_grad=True` keeps them in the graph with `.grad` retained, for
-    gradient-weighted rollout. Raises if nothing was recorded.
+    gradient-weighted rollout. `detach=True` makes the probabilities constants of the forward (no gradient
+    flows through the softmax into queries and keys), as conservative LRP propagation needs (Ali et al.,
+    ICML 2022); with `keep_grad` too, each map's `.grad` is still the gradient with respect to it.
+    Raises if nothing was recorded.
     """
     blocks = model.blocks
     depth = len(blocks)
@@ -345,7 +357,7 @@ def record_attention(model, layers=None, keep_grad: bool = False):
     bad = [i for i in layers if not 0 <= i < depth]
     if bad:
         raise ValueError(f"layers {bad} out of range for a model with {depth} blocks")
-    rec = AttentionRecorder(keep_grad)
+    rec = AttentionRecorder(keep_grad, detach)
     modules = []
     for i in layers:
         for attn in blocks[i].step_attentions():

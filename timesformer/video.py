@@ -26,6 +26,9 @@ MEAN = 0.45  # official TimeSformer normalisation (Kinetics statistics), also Hu
 STD = 0.225
 MAX_PIXELS = 8192 * 8192  # larger frames are refused: 8 such frames are already 1.6 GB of RGB
 MAX_FRAMES = 10_000_000  # a frame count above this is a broken header, not a video (≈ 4 days at 30 fps)
+SPREAD = 0  # the sampling rate that spreads the frames evenly over the whole video
+# file suffixes taken as videos in dataset folders, the app's uploads and sample folders
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
 
 
 class VideoError(ValueError):
@@ -42,10 +45,6 @@ class ClipInfo:
     backend: str  # "decord" or "pyav"
     frames: np.ndarray | None = field(default=None, repr=False)  # (T, H, W, 3) uint8 when keep_frames=True
 
-    @property
-    def duration(self) -> float:
-        return self.num_frames / self.fps if self.fps > 0 else 0.0
-
 
 # ---------------------------------------------------------------------------------------------
 # sampling and transforms (shared with the synthetic dataset, so both see identical pre-processing)
@@ -53,13 +52,14 @@ def sample_indices(num_video_frames: int, num_frames: int = 8, sampling_rate: in
                    rng: np.random.Generator | None = None) -> list[int]:
     """`num_frames` indices `sampling_rate` apart: the middle span for testing, a random one for training.
 
-    Videos shorter than the span are sampled uniformly over their whole length (frames repeat when the
-    video has fewer frames than asked for: a 4-frame clip still gives 8 frames).
+    Videos shorter than the span, and every video with `sampling_rate=SPREAD` (0), are sampled uniformly
+    over their whole length (frames repeat when the video has fewer frames than asked for: a 4-frame clip
+    still gives 8 frames).
     """
     if num_video_frames < 1:
         raise VideoError("the video has no frames")
     span = (num_frames - 1) * sampling_rate + 1
-    if num_video_frames >= span:
+    if sampling_rate != SPREAD and num_video_frames >= span:
         slack = num_video_frames - span
         if train:
             rng = rng if rng is not None else np.random.default_rng()
@@ -303,10 +303,11 @@ def read_clip(source, num_frames: int = 8, sampling_rate: int = 32, size: int = 
 
     Returns `(video, info)`: `video` float32 `(spatial_crops, 3, num_frames, size, size)`; `info` a ClipInfo
     (fps, num_frames, indices, width, height, backend; the sampled uint8 frames with keep_frames=True).
+    `sampling_rate=SPREAD` (0) spreads the frames evenly over the whole video.
     Raises VideoError (a ValueError) on anything that is not a readable video.
     """
-    if num_frames < 1 or sampling_rate < 1 or size < 1:
-        raise ValueError("num_frames, sampling_rate and size must be positive")
+    if num_frames < 1 or sampling_rate < 0 or size < 1:
+        raise ValueError("num_frames and size must be positive and sampling_rate at least 0 (0: spread)")
     rng = rng if rng is not None else (np.random.default_rng() if train else None)
     frames, info = decode_frames(source, lambda n: sample_indices(n, num_frames, sampling_rate, train, rng),
                                  backend=backend)

@@ -1,4 +1,4 @@
-"""`python -m analysis.attention CLIP --out DIR`: attention pictures and numbers for one clip.
+"""`tslab explain CLIP --out DIR` (also `python -m analysis.report`): attention pictures and numbers for one clip.
 
 Writes into DIR
 - `predictions.json`: top-5 (clip and 3-crop video level), the grid, and the summary numbers of every
@@ -18,12 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = ROOT / "assets" / "default_model"
-SPAN_CLIP = 10**9  # a sampling rate longer than any video: the frames are spread evenly over the clip
+from analysis.maps import query_map, recorded_forward, summary_table
+from analysis.media import grid_image, overlay, png_bytes, save_pattern, upscale, write_animation
+from analysis.rollout import rollout
+from timesformer import ATTENTION_TYPES, CheckpointError, load_model
+from timesformer.engine import predict
+from timesformer.shipped import DEFAULT_MODEL
+from timesformer.video import SPREAD, VideoError, denormalize, read_clip
 
 
 def parse_query(text: str):
@@ -41,10 +42,8 @@ def parse_head(text: str):
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from timesformer import ATTENTION_TYPES
-
-    ap = argparse.ArgumentParser(prog="python -m analysis.attention", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog or "python -m analysis.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("clip", help="a video file (mp4, webm, avi, mov, mkv, gif)")
     ap.add_argument("--out", required=True, type=Path, help="output folder (created)")
     ap.add_argument("--checkpoint", default=None, help="any checkpoint load_model opens (default: shipped model)")
@@ -54,56 +53,36 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--layer", type=int, default=-1, help="layer whose attention is drawn (default last)")
     ap.add_argument("--head", type=parse_head, default="mean", help="head index or mean/max/min (default mean)")
     ap.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop the weakest share of weights")
-    ap.add_argument("--sampling-rate", type=int, default=None, help="frames between samples (default: span the clip)")
+    ap.add_argument("--sampling-rate", type=int, default=SPREAD,
+                    help="frames between samples (default 0: spread the frames over the whole clip)")
     ap.add_argument("--crops", type=int, choices=(1, 3), default=3, help="spatial crops for the video-level score")
     ap.add_argument("--format", choices=("gif", "mp4"), default="gif", help="overlay video format")
     ap.add_argument("--scale", type=int, default=0, help="upscale frames to at least this many pixels (default 256)")
     return ap
 
 
-def write_animation(path: Path, frames: np.ndarray, fps: float = 4.0) -> Path:
-    """(T, H, W, 3) uint8 → .gif (PIL) or .mp4 (PyAV), by suffix."""
-    if path.suffix == ".mp4":
-        from timesformer.video import write_video
-
-        h, w = frames.shape[1:3]
-        return write_video(path, frames[:, : h - h % 2, : w - w % 2], fps=fps)
-    from analysis.attention import save_gif
-
-    save_gif(path, frames, fps)
-    return path
-
-
 def run(args) -> dict:
-    from PIL import Image
-
-    from analysis.attention import grid_image, overlay, predict, query_map, rollout, summary_table, upscale
-    from analysis.patterns import save_pattern
-    from timesformer import load_model, record_attention
-    from timesformer.video import denormalize, read_clip
-
     t0 = time.perf_counter()
-    source = args.checkpoint or DEFAULT_CHECKPOINT
+    source = args.checkpoint or DEFAULT_MODEL
     model = load_model(source)
     cfg = model.config
     T, H, W = cfg.grid
     views, info = read_clip(args.clip, num_frames=cfg.num_frames, size=cfg.img_size,
-                            sampling_rate=args.sampling_rate or SPAN_CLIP, spatial_crops=args.crops)
+                            sampling_rate=args.sampling_rate, spatial_crops=args.crops)
     centre = views[len(views) // 2 : len(views) // 2 + 1]
     layer = args.layer % cfg.depth
-    with torch.no_grad(), record_attention(model) as rec:
-        logits = model(centre)
+    logits, rec = recorded_forward(model, centre)
     preds = predict(model, views, k=5)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     frames = upscale(denormalize(centre[0]), args.scale or 256)
-    Image.fromarray(grid_image(frames)).save(out / "frames.png")
+    (out / "frames.png").write_bytes(png_bytes(grid_image(frames)))
     maps = {f"attention_{m.step}": query_map(m, args.query, args.head)[0] for m in rec if m.layer == layer}
     maps["rollout"] = rollout(rec, discard_ratio=args.discard_ratio, query=args.query)[0]
     written = ["frames.png"]
     for name, grid_map in maps.items():
         over = overlay(frames, grid_map)
-        Image.fromarray(grid_image(over)).save(out / f"{name}.png")
+        (out / f"{name}.png").write_bytes(png_bytes(grid_image(over)))
         write_animation(out / f"{name}.{args.format}", over)
         written += [f"{name}.png", f"{name}.{args.format}"]
     for scheme in args.scheme or [cfg.attention_type]:
@@ -133,11 +112,8 @@ def run(args) -> dict:
     return report
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from timesformer import CheckpointError
-    from timesformer.video import VideoError
-
+def main(argv=None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         report = run(args)
     except (VideoError, CheckpointError, ValueError, FileNotFoundError) as e:

@@ -1,0 +1,195 @@
+"""The sidebar: which model and which clip every page works on, as a `Context` the pages read with
+`current()`. Loading goes through `app.cache`; a model or clip that cannot be used becomes a message
+in the sidebar and on the page, never a traceback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+from app import cache, settings, uploads
+from app.widgets import Prompt, sanitize, show
+from timesformer import CheckpointError, TimeSformer
+from timesformer.shipped import sample_clips
+from timesformer.video import VideoError
+
+# What a bad checkpoint or clip raises; anything else is a bug and is shown as one.
+USER_ERRORS = (CheckpointError, VideoError, ValueError, OSError)
+
+
+@dataclass
+class Context:
+    """The sidebar's model and clip for this run; `need_model()`/`need_clip()` stop a page that lacks them."""
+
+    mkey: tuple[str, float] | None = None
+    model: TimeSformer | None = None
+    model_label: str = ""
+    model_error: str | None = None
+    ckey: cache.ClipKey | None = None
+    clip_label: str = ""
+    clip_error: str | None = None
+    views: torch.Tensor | None = None
+    frames: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def centre(self) -> torch.Tensor:
+        """(1, 3, T, S, S): the centre crop, the view every map is drawn on."""
+        return self.views[len(self.views) // 2 :][:1]
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return self.model.grid_of(self.centre)
+
+    def need_model(self) -> TimeSformer:
+        if self.model is None:
+            show(st, self.model_error or Prompt("Pick a model in the sidebar."))
+            st.stop()
+        return self.model
+
+    def need_clip(self) -> torch.Tensor:
+        self.need_model()
+        if self.views is None:
+            show(st, self.clip_error or Prompt("Pick a clip in the sidebar: a sample or an upload."))
+            st.stop()
+        return self.views
+
+
+def current() -> Context:
+    """The sidebar's choice for this run (main.py sets it before the page runs)."""
+    ctx = st.session_state.get("_ctx")
+    return ctx if isinstance(ctx, Context) else Context(model_error="The app starts from app/main.py.")
+
+
+MODEL_KINDS = ["Shipped default", "Local path", "Upload", "HuggingFace hub id"]
+CLIP_KINDS = ["Sample clip", "Upload"]
+
+
+def _model_source(sb) -> tuple[str | None, str, str | None]:
+    """(source for load_model, label, error) from the sidebar's model widgets."""
+    kind = sb.radio("Model", MODEL_KINDS, key="model_kind", horizontal=False)
+    if kind == "Shipped default":
+        if not (settings.DEFAULT_MODEL / "config.json").is_file():
+            return None, "", (f"The shipped default model ({settings.DEFAULT_MODEL}) is not there yet: run "
+                              "`make app` (or train one) or pick another model in the sidebar.")
+        return str(settings.DEFAULT_MODEL), "shipped default model", None
+    if kind == "Local path":
+        path = sb.text_input("Checkpoint path", key="model_path",
+                             help="a folder written by save_model or a training run, an official .pyth, "
+                                  "or a HuggingFace Timesformer folder")
+        if not path.strip():
+            return None, "", Prompt("Type a checkpoint path in the sidebar.")
+        p = Path(path.strip()).expanduser()
+        if not p.is_absolute():
+            p = settings.ROOT / p
+        if not p.exists():
+            return None, "", f"No such file or folder: {path.strip()}"
+        return str(p), p.name, None
+    if kind == "Upload":
+        path, name, error = uploads.uploaded(sb, "Checkpoint file", uploads.CHECKPOINT_TYPES, "model_upload",
+                                             help="official .pyth, our model.safetensors, or a checkpoint folder "
+                                                  "as .zip")
+        if path is None:
+            return None, "", error or Prompt("Upload a checkpoint in the sidebar (.pyth, .safetensors or a "
+                                             "zipped folder).")
+        try:
+            source = uploads.unpack_zip(path) if path.suffix == ".zip" else path
+        except USER_ERRORS as e:
+            return None, "", f"Could not open {name}: {e}"
+        return str(source), name, None
+    repo = sb.text_input("Hub id", key="model_hub", placeholder="facebook/timesformer-base-finetuned-k400",
+                         help="downloaded when the network allows, else taken from the HuggingFace cache")
+    if not repo.strip():
+        return None, "", Prompt("Type a HuggingFace hub id in the sidebar.")
+    return repo.strip(), repo.strip(), None
+
+
+def _clip_source(sb) -> tuple[Path | None, str, str | None]:
+    kind = sb.radio("Clip", CLIP_KINDS, key="clip_kind")
+    if kind == "Sample clip":
+        options = sample_clips(settings.SAMPLES)
+        if not options:
+            return None, "", f"No sample clips in {settings.SAMPLES}: upload a clip in the sidebar."
+        names = [p.name for p in options]
+        sanitize("clip_sample", names)
+        name = sb.selectbox("Sample", names, key="clip_sample")
+        return settings.SAMPLES / name, name, None
+    path, name, error = uploads.uploaded(sb, "Video file", uploads.VIDEO_TYPES, "clip_upload")
+    if path is None:
+        return None, "", error or Prompt("Upload a video in the sidebar (mp4, webm, avi, mov, mkv or gif).")
+    return path, name, None
+
+
+def _resample(frames: int, size: int) -> None:
+    st.session_state["clip_frames"], st.session_state["clip_size"] = frames, size
+
+
+def build_context() -> Context:
+    """Draw the sidebar and load what it picks."""
+    ctx = Context()
+    sb = st.sidebar
+    sb.header("Model")
+    source, label, error = _model_source(sb)
+    if source is not None:
+        try:
+            ctx.mkey = cache.model_key(source)
+            ctx.model = cache.get_model(ctx.mkey)
+            ctx.model_label = label
+        except USER_ERRORS as e:
+            error = f"Could not load the model from {label or source}: {e}"
+            ctx.mkey = None
+    ctx.model_error = error
+    if error:
+        show(sb, error)
+    else:
+        c = ctx.model.config
+        sb.caption(f"{label}: {c.attention_type}, {c.num_frames}×{c.img_size}², patch {c.patch_size}, "
+                   f"{c.depth} blocks, {len(ctx.model.class_names)} classes")
+
+    sb.header("Clip")
+    path, clabel, cerror = _clip_source(sb)
+    ctx.clip_label = clabel
+    if ctx.model is not None:
+        cfg = ctx.model.config
+        # the sampling follows the model; a new model resets it to the model's frames and size
+        if st.session_state.get("_sampling_for") != ctx.mkey:
+            _resample(cfg.num_frames, cfg.img_size)
+            st.session_state["_sampling_for"] = ctx.mkey
+        with sb.expander("Sampling", expanded=False):
+            frames = st.number_input("Frames", 1, 512, key="clip_frames")
+            size = st.number_input("Crop size (px)", 8, 1024, step=cfg.patch_size, key="clip_size")
+            st.session_state.setdefault("clip_rate", 0)
+            rate = st.number_input("Sampling rate (0 = spread over the whole video)", 0, 256, key="clip_rate")
+        if (frames, size) != (cfg.num_frames, cfg.img_size):
+            if size % cfg.patch_size:
+                cerror = cerror or (f"A {size}px crop is not a multiple of the model's {cfg.patch_size}px patches.")
+            else:
+                sb.warning(f"The model was trained on {cfg.num_frames} frames of {cfg.img_size}²; the clip is "
+                           f"sampled as {frames} × {size}² (embeddings interpolated).")
+            sb.button(f"Resample to {cfg.num_frames} × {cfg.img_size}²", key="resample",
+                      on_click=_resample, args=(cfg.num_frames, cfg.img_size))
+        if path is not None and cerror is None:
+            try:
+                ckey = cache.ClipKey(str(path), cache.file_digest(path), int(frames), int(size), int(rate))
+                views, shown, info = cache.decode(ckey)
+                if info["num_frames"] > settings.MAX_VIDEO_FRAMES:
+                    raise VideoError(f"{info['num_frames']} frames is over the app's limit of "
+                                           f"{settings.MAX_VIDEO_FRAMES}: cut the part you want to look at")
+                ctx.model.grid_of(views[:1])  # a clip the model cannot take says why here
+                ctx.ckey, ctx.views, ctx.frames, ctx.info = ckey, views, shown, info
+            except USER_ERRORS as e:
+                cerror = f"Could not read {clabel}: {e}"
+    elif path is not None and cerror is None:
+        cerror = Prompt("Pick a model first: the clip is sampled for the model's frames and crop size.")
+    ctx.clip_error = cerror
+    if cerror:
+        show(sb, cerror)
+    elif ctx.info:
+        i = ctx.info
+        sb.caption(f"{clabel}: {i['num_frames']} frames, {i['width']}×{i['height']}, {i['fps']:.1f} fps; "
+                   f"frames {i['indices'][0]}…{i['indices'][-1]} sampled")
+    return ctx

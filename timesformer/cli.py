@@ -1,0 +1,101 @@
+"""`tslab`: one command for everything the project does.
+
+    tslab train ...      train a model (python -m timesformer.train)
+    tslab evaluate ...   clip and 3-crop video accuracy of a checkpoint (python -m timesformer.evaluate)
+    tslab explain ...    attention maps, rollout and diagrams of one clip (python -m analysis.report)
+    tslab cost ...       FLOPs and memory curves of the five schemes (python analysis/complexity.py)
+    tslab app ...        the Streamlit app (streamlit run app/main.py)
+    tslab bench NAME ... a benchmark of the repository's bench/ folder
+
+`tslab COMMAND --help` describes each. The subcommands are the modules above: every documented
+`python -m ...` form does the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+from . import __version__
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository of an editable install (`pip install -e .`)
+
+# command → (what it does, "module:function" taking (argv, prog) and returning an exit code or None)
+COMMANDS = {
+    "train": ("train a model", "timesformer.train:cli"),
+    "evaluate": ("clip and video accuracy of a checkpoint", "timesformer.evaluate:main"),
+    "explain": ("attention maps, rollout, diagrams and numbers of one clip", "analysis.report:main"),
+    "cost": ("FLOPs and training memory of the five schemes", "analysis.cost.cli:main"),
+    "app": ("the Streamlit app", "timesformer.cli:app"),
+    "bench": ("a benchmark of the repository's bench/ folder", "timesformer.cli:bench"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: tslab COMMAND [ARGS]   (tslab {__version__})", "", "commands:"]
+    lines += [f"  {name:<{width}}  {what}" for name, (what, _) in COMMANDS.items()]
+    lines += ["", "`tslab COMMAND --help` describes each command's arguments."]
+    return "\n".join(lines)
+
+
+def app(argv=None, prog: str = "tslab app") -> int:
+    """Start the Streamlit app from the repository root (so its .streamlit/config.toml applies)."""
+    p = argparse.ArgumentParser(prog=prog, description="The TimeSformer Lab app on the shipped models "
+                                "(http://localhost:8501). Other arguments go to `streamlit run`, e.g. "
+                                "--server.port 8600 --server.headless true.")
+    _, rest = p.parse_known_args(argv)
+    main_py = ROOT / "app" / "main.py"
+    if not (main_py.is_file() and (ROOT / "pages").is_dir()):
+        p.exit(2, f"{prog}: error: the app's scripts are not at {ROOT}: install the project from a checkout "
+                  "with `pip install -e .`\n")
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(main_py), *rest], cwd=ROOT)
+
+
+def benchmarks() -> dict[str, str]:
+    """{name: first docstring line} of the scripts in bench/."""
+    out = {}
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        text = path.read_text()
+        doc = text.split('"""')[1].strip().splitlines()[0] if text.startswith('"""') else ""
+        out[path.stem] = doc
+    return out
+
+
+def bench(argv=None, prog: str = "tslab bench") -> int:
+    """Run `bench/NAME.py ARGS` with this Python."""
+    found = benchmarks()
+    listing = "\n".join(f"  {name:<18} {doc}" for name, doc in found.items()) or "  (none: no bench/ folder)"
+    p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Run a benchmark of the repository's bench/ folder; "
+                                            f"`{prog} NAME --help` gives its arguments.\n\nbenchmarks:\n{listing}")
+    p.add_argument("name", help="the benchmark (a script in bench/)")
+    args, rest = p.parse_known_args(argv)
+    if args.name not in found:
+        p.exit(2, f"{prog}: error: no benchmark {args.name!r} in {ROOT / 'bench'}; choose one of: "
+                  f"{', '.join(found) or 'none'}\n")
+    return subprocess.call([sys.executable, str(ROOT / "bench" / f"{args.name}.py"), *rest], cwd=ROOT)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"tslab {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"tslab: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[name][1].split(":")
+    code = getattr(importlib.import_module(module), func)(rest, prog=f"tslab {name}")
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
