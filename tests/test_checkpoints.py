@@ -221,3 +221,23 @@ def test_saved_checkpoints_are_readable_by_others(tmp_path):
     path = save_model(small_model("axial"), tmp_path / "shared")
     assert path.stat().st_mode & 0o777 == 0o755
     assert all(f.stat().st_mode & 0o777 == 0o644 for f in path.iterdir())
+
+
+def test_shipped_models_open_by_name(tmp_path, monkeypatch):
+    """A name under assets/models/ opens that model; a path of the same name wins."""
+    from timesformer import shipped
+
+    monkeypatch.setattr(shipped, "MODELS", tmp_path / "models")
+    assert shipped.models() == {}
+    model = small_model("axial", num_classes=3)
+    save_model(model, tmp_path / "models" / "tiny-axial")
+    (tmp_path / "models" / "not-a-model").mkdir()
+    assert list(shipped.models()) == ["tiny-axial"]
+    loaded = load_model("tiny-axial")
+    assert loaded.config.attention_type == "axial"
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    monkeypatch.chdir(tmp_path)
+    save_model(small_model("space_only"), tmp_path / "tiny-axial")  # a local folder of that name
+    assert load_model("tiny-axial").config.attention_type == "space_only"
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_model("tiny-nothing")

@@ -55,6 +55,41 @@ def test_temporal_classes_share_their_frames():
     assert np.all(np.diff(centre_x(f)) > 0) and np.all(np.diff(centre_x(g)) < 0)
 
 
+def _centre_x(masks: np.ndarray) -> np.ndarray:
+    """(T,) mean column of a (T, S, S) mask."""
+    return np.array([np.argwhere(m)[:, 1].mean() for m in masks])
+
+
+def test_distractor_clips_and_object_masks():
+    """Two objects: the red one's visiting order is the class, the blue one's is random and says nothing."""
+    ds = SynthMotion("distractor", "val", 64, num_frames=8, size=32, seed=5)
+    assert ds.classes == TEMPORAL_CLASSES
+    orders = [motion_order(k, 8) for k in range(4)]
+    rank = lambda xs: np.argsort(np.argsort(xs))  # the visiting order seen from the object's x positions
+    distractor_kinds = {k: set() for k in range(4)}
+    for i in range(len(ds)):
+        frames, label = ds.frames(i)
+        masks = ds.object_masks(i)
+        assert set(masks) == {"signal", "distractor"}
+        sig, dis = masks["signal"], masks["distractor"]
+        assert sig.shape == dis.shape == (8, 32, 32) and sig.dtype == bool
+        assert not (sig & dis).any() and sig.sum((1, 2)).min() > 0 and dis.sum((1, 2)).min() > 0
+        assert (rank(_centre_x(sig)) == orders[label]).all()  # the signal visits the positions in class order
+        # the masks are the pixels of each colour (the background's colour noise has a thin tail)
+        red, blue = frames[..., 0].astype(int) - frames[..., 2], frames[..., 2].astype(int) - frames[..., 0]
+        assert (red[sig] > 100).all() and (blue[dis] > 100).all()
+        assert (red[~sig] > 100).mean() < 0.005 and (blue[~dis] > 100).mean() < 0.005
+        distractor_kinds[label].add(next(k for k in range(4) if (rank(_centre_x(dis)) == orders[k]).all()))
+    assert all(len(kinds) >= 3 for kinds in distractor_kinds.values())  # any class goes with any blue order
+    single = SynthMotion("temporal", "val", 4, num_frames=8, size=32, seed=5)
+    frames, label = single.frames(1)
+    masks = single.object_masks(1)
+    assert set(masks) == {"signal"} and masks["signal"].any((1, 2)).all()
+    assert (rank(_centre_x(masks["signal"])) == orders[label]).all()
+    colour = frames[masks["signal"]]  # one flat colour: every object pixel alike
+    assert (colour == colour[0]).all()
+
+
 def test_appearance_class_is_visible_in_one_frame():
     ds = SynthMotion("appearance", "val", 48, num_frames=4, size=32, seed=1)
     assert ds.classes == APPEARANCE_CLASSES

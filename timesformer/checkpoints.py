@@ -5,7 +5,8 @@
   `model.safetensors` alone (its metadata carries the config);
 - an official TimeSformer checkpoint (`.pyth`/`.pth`: weights under `model_state`, keys `model.…`),
   the configuration inferred from the tensors;
-- a HuggingFace `TimesformerForVideoClassification` folder or hub id.
+- a HuggingFace `TimesformerForVideoClassification` folder or hub id;
+- the name of a model shipped in assets/models/ (`timesformer.shipped.models()`).
 Every path goes through safetensors or `torch.load(weights_only=True)`, and through a strict key and
 shape check that names what does not fit.
 """
@@ -26,6 +27,7 @@ import torch
 from .config import ATTENTION_TYPES, TimeSformerConfig
 from .files import atomic_folder
 from .model import TimeSformer
+from .shipped import find_model
 
 FORMAT = "timesformer-lab"
 WEIGHTS = "model.safetensors"
@@ -329,6 +331,8 @@ def load_model(source, device=None, **overrides) -> TimeSformer:
     if "attention_type" in overrides and overrides["attention_type"] not in ATTENTION_TYPES:
         raise CheckpointError(f"unknown attention_type {overrides['attention_type']!r}")
     path = Path(os.fspath(source)).expanduser()
+    if not path.exists() and (shipped := find_model(str(source))) is not None:
+        path = shipped
     if path.is_dir():
         if not (path / CONFIG).is_file():
             raise CheckpointError(f"{path} is a folder without a config.json: not a checkpoint folder")

@@ -1,4 +1,8 @@
-"""What the repository ships beside the code: a trained default model and sample clips (assets/)."""
+"""What the repository ships beside the code (assets/): trained models, each with a model card, and sample clips.
+
+`load_model(name)` opens a shipped model by its name (its folder under assets/models/); a path always wins
+over a name.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,19 @@ from .video import VIDEO_EXTENSIONS
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_MODEL = ASSETS / "default_model"  # tiny divided_space_time on SynthMotion temporal (docs/results.md)
 SAMPLES = ASSETS / "samples"
+MODELS = ASSETS / "models"  # one folder per trained model: model.safetensors, config.json, README.md (its card)
+
+
+def models() -> dict[str, Path]:
+    """{name: folder} of the shipped models, by name."""
+    if not MODELS.is_dir():
+        return {}
+    return {p.name: p for p in sorted(MODELS.iterdir()) if (p / "config.json").is_file()}
+
+
+def find_model(name: str) -> Path | None:
+    """The folder of the shipped model called `name`, or None."""
+    return models().get(name)
 
 
 def sample_clips(folder: Path = SAMPLES) -> list[Path]:
