@@ -16,7 +16,7 @@ from timesformer import CheckpointError
 from timesformer.video import VIDEO_EXTENSIONS
 
 VIDEO_TYPES = [s.lstrip(".") for s in VIDEO_EXTENSIONS]
-CHECKPOINT_TYPES = ["pyth", "pth", "pt", "safetensors", "zip"]
+CHECKPOINT_TYPES = ["pyth", "pth", "pt", "bin", "safetensors", "zip"]  # .bin: timm / HuggingFace weights
 UPLOADS = Path(tempfile.gettempdir()) / "timesformer-lab-uploads"
 MAX_STORED_UPLOADS = 32  # uploaded files kept on disk (the oldest go first)
 

@@ -1,6 +1,7 @@
 """read_clip on files made by a real ffmpeg: containers, odd shapes, sampling, and every kind of bad input."""
 
 import io
+import math
 import subprocess
 
 import imageio_ffmpeg
@@ -24,6 +25,20 @@ def lavfi(path, src="testsrc2", size="96x64", rate=25, frames=32, extra=()):
     return path
 
 
+DROPPED_PTS = "N+floor(N*N*0.0838)"  # frame N's slot on the 15 fps grid: 0, 1, 2, 3, 5, ..., 443
+
+
+def dropped_slot(n: int) -> int:
+    return n + math.floor(n * n * 0.0838)
+
+
+def dropped_frame_avi(path):
+    """An AVI with dropped-frame slots, as capture software writes them: 68 Cinepak frames at uneven times on
+    a 15 fps grid over 29.6 s, so the index has 444 entries and 376 of them are empty."""
+    return lavfi(path, size="64x48", rate=15, frames=68, extra=(
+        "-vf", f"setpts='{DROPPED_PTS}/TB/15'", "-c:v", "cinepak", "-fps_mode", "vfr", "-enc_time_base", "1/15"))
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("videos")
@@ -40,6 +55,7 @@ def files(tmp_path_factory):
     f["long"] = lavfi(d / "long.mp4", size="32x32", frames=900, extra=("-pix_fmt", "yuv420p", "-g", "30"))
     f["vfr"] = lavfi(d / "vfr.mkv", frames=40, extra=("-vf", "setpts='if(lt(N,20),N,2*N)/25/TB'",
                                                         "-fps_mode", "vfr", "-pix_fmt", "yuv420p"))
+    f["dropped"] = dropped_frame_avi(d / "dropped.avi")
     f["gray"] = lavfi(d / "gray.mp4", src="color=c=0x737373:", size="64x64", frames=10, extra=("-pix_fmt", "yuv444p"))
     # a big noisy faststart mp4 to cut: the index survives the cut, the frame data does not
     f["big"] = lavfi(d / "big.mp4", src="testsrc2", size="160x120", frames=32,
@@ -133,6 +149,44 @@ def test_long_and_vfr_videos(files):
     assert np.diff(info.indices).tolist() == [32] * 7
     video, info = read_clip(files["vfr"], num_frames=8, sampling_rate=4, size=32)
     assert video.shape == (1, 3, 8, 32, 32) and info.num_frames == 40
+
+
+def test_dropped_frame_avi_is_sampled_by_time(files):
+    """68 frames over 29.6 s: both backends count 68 frames, report 29.6 s and sample the time line."""
+    import av
+
+    with av.open(str(files["dropped"])) as c:  # the file is what the issue describes
+        stream = c.streams.video[0]
+        assert stream.codec_context.name == "cinepak" and stream.frames == 444
+        every = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(stream)])
+    assert len(every) == 68
+    slots = [dropped_slot(n) for n in range(68)]
+    assert slots[-1] == 443
+
+    def on_screen(slot):  # the last frame shown at or before this slot of the 15 fps grid
+        return max(n for n in range(68) if slots[n] <= slot)
+
+    for backend in ("decord", "pyav"):
+        _, info = read_clip(files["dropped"], num_frames=8, sampling_rate=V.SPREAD, size=32, backend=backend,
+                            keep_frames=True)
+        assert (info.num_frames, info.fps, info.backend) == (68, 15.0, backend)
+        # 8 slots spread over 444 (the centres of 8 equal segments), each read as the frame then on screen
+        assert info.indices == [on_screen(s) for s in sample_indices(444, 8, V.SPREAD)]
+        assert info.duration == pytest.approx(29.6, abs=1e-4)
+        assert np.array_equal(info.frames, every[info.indices])
+        # a stride of 32 is 32/15 s, from the middle span of the 29.6 s
+        _, info = read_clip(files["dropped"], num_frames=8, sampling_rate=32, size=32, backend=backend)
+        assert info.indices == [on_screen(109 + 32 * i) for i in range(8)]
+
+
+def test_duration_of_constant_rate_and_vfr_videos(files):
+    for name, frames, seconds in (("mp4", 32, 1.28), ("gif", 6, 0.6), ("vfr", 40, 3.16)):
+        for backend in ("decord", "pyav") if name != "gif" else ("pyav",):
+            _, info = read_clip(files[name], size=32, sampling_rate=V.SPREAD, backend=backend)
+            assert info.num_frames == frames and info.duration == pytest.approx(seconds, abs=1e-3)
+    # the mkv's first 20 frames are 1/25 s apart, the last 20 2/25 s: frame 19 stays on screen 0.76–1.6 s
+    _, info = read_clip(files["vfr"], size=32, sampling_rate=V.SPREAD)
+    assert info.indices == [4, 14, 19, 19, 22, 27, 32, 37]
 
 
 def test_normalisation_and_denormalize(files):

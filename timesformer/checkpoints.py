@@ -1,42 +1,54 @@
 """Loading and saving models without executing code from the file.
 
-`load_model(source)` opens
-- our own format: a folder written by `save_model` (`model.safetensors` + `config.json`), or such a
-  `model.safetensors` alone (its metadata carries the config);
-- an official TimeSformer checkpoint (`.pyth`/`.pth`: weights under `model_state`, keys `model.…`),
-  the configuration inferred from the tensors;
-- a HuggingFace `TimesformerForVideoClassification` folder or hub id;
-- the name of a model shipped in assets/models/ (`timesformer.shipped.models()`).
-Every path goes through safetensors or `torch.load(weights_only=True)`, and through a strict key and
-shape check that names what does not fit.
+`load_model(source, **overrides)` opens every format of `FORMATS`: our own folders (`save_model`), official
+TimeSformer checkpoints, mmaction2 checkpoints, HuggingFace Timesformer folders and hub ids, and image ViTs
+(timm state dicts, HuggingFace ViT folders) to start from; also the name of a model shipped in assets/models/
+(`timesformer.shipped.models()`). Loading is two steps, which `--init` uses apart: `read_checkpoint(source)`
+reads the file into a `Checkpoint` (weights in the official layout, the config fields the file tells), and
+`from_checkpoint(checkpoint, **overrides)` builds the model:
+- from an image layout (no time embedding, no extra steps) it builds any scheme (`formats.vit`);
+- `time_embed` and `pos_embed` are resized to an overridden `num_frames` / `img_size`, with one log line;
+- then a strict key and shape check names whatever does not fit.
+Every file goes through safetensors or `torch.load(weights_only=True)` (`formats.common.torch_load`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import pickle
-import pickletools
 import re
-import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .config import ATTENTION_TYPES, TimeSformerConfig
 from .files import atomic_folder
+from .formats import huggingface, mmaction
+from .formats.common import Checkpoint, CheckpointError, make_config, read_json, safetensors_load, torch_load
+from .formats.official import fields_from_tensors, unwrap
+from .formats.vit import init_from_image
 from .model import TimeSformer
 from .shipped import find_model
+
+__all__ = ["FORMATS", "IMAGE_FORMATS", "Checkpoint", "CheckpointError", "from_checkpoint", "load_model",
+           "read_checkpoint", "save_model", "transfer"]
 
 FORMAT = "timesformer-lab"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-OFFICIAL_HEAD_DIM = 64  # every released TimeSformer has 64-channel heads; heads are not in the tensors
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be opened, with the reason in words."""
+FORMATS = {  # what load_model opens (docs/model.md has a table of what each tells)
+    FORMAT: "a folder written by save_model, or its model.safetensors alone",
+    "official": "an official TimeSformer checkpoint (.pyth/.pth, weights under model_state)",
+    "mmaction2": "an mmaction2 TimeSformer checkpoint ({'meta', 'state_dict'}) or its pretrained backbone",
+    "huggingface": "a HuggingFace TimesformerForVideoClassification folder or hub id",
+    "timm-vit": "an image ViT state dict in timm's layout (.pth/.bin/.safetensors, bare or under model/state_dict)",
+    "huggingface-vit": "a HuggingFace ViTModel or ViTForImageClassification folder",
+}
+IMAGE_FORMATS = ("timm-vit", "huggingface-vit")  # image models: the scheme and frame count are the caller's
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -61,57 +73,99 @@ def save_model(model: TimeSformer, path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading files safely
+# Reading: every format into a Checkpoint
 
 
-def _torch_load(path: Path) -> object:
-    try:
-        with warnings.catch_warnings():  # torch warns about old pickle protocols before refusing them
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"import {found.group(1)}" if found else None
-        if what is None:
-            try:  # a well-formed pickle that the safe loader rejects? (genops parses, it never executes)
-                globals_ = [arg for op, arg, _ in pickletools.genops(path.read_bytes()) if "GLOBAL" in op.name]
-                what = f"import {globals_[0]}" if globals_ and globals_[0] else "build Python objects"
-            except Exception:
-                raise CheckpointError(f"{path} is not a readable PyTorch checkpoint") from None
+def _ours(state: dict, config_json: dict, source: Path) -> Checkpoint:
+    if not isinstance(config_json.get("config"), dict):
+        raise CheckpointError(f"the config of {source} has no 'config' object")
+    return Checkpoint(FORMAT, state, dict(config_json["config"]), str(source))
+
+
+def _state_dict(state: dict, source: Path, wrapper: str | None, meta: object = None) -> Checkpoint:
+    """A checkpoint from tensors in the official, timm or mmaction2 layout."""
+    if mmaction.is_mmaction(state):
+        state = mmaction.to_official(state)
+        fields = fields_from_tensors(state)
+        if names := mmaction.class_names(meta, fields.get("num_classes")):
+            fields["class_names"] = names
+        return Checkpoint("mmaction2", state, fields, str(source))
+    checkpoint = Checkpoint("official", state, fields_from_tensors(state), str(source))
+    if wrapper != "model_state" and checkpoint.is_image:
+        checkpoint.format = "timm-vit"
+    return checkpoint
+
+
+def _file(path: Path) -> Checkpoint:
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty")
+    if path.suffix == ".safetensors":
+        state, meta = safetensors_load(path)
+        sidecar = path.parent / CONFIG
+        ours = json.loads(meta["config"]) if meta.get("format") == FORMAT and "config" in meta else None
+        if ours is None and sidecar.is_file() and (cfg := read_json(sidecar)).get("format") == FORMAT:
+            ours = cfg
+        if ours is None and meta.get("format") == FORMAT:
+            raise CheckpointError(f"{path} carries no config; keep the config.json written beside it")
+        return _ours(state, ours, path) if ours is not None else _state_dict(state, path, None)
+    data = torch_load(path)
+    wrapper, state = unwrap(data, path)
+    return _state_dict(state, path, wrapper, data.get("meta"))
+
+
+def read_checkpoint(source) -> Checkpoint:
+    """The weights and config fields of any supported checkpoint (a path, a hub id or a shipped model's name)."""
+    path = Path(os.fspath(source)).expanduser()
+    if not path.exists() and (shipped := find_model(str(source))) is not None:
+        path = shipped
+    if path.is_dir():
+        if not (path / CONFIG).is_file():
+            raise CheckpointError(f"{path} is a folder without a config.json: not a checkpoint folder")
+        cfg = read_json(path / CONFIG)
+        if cfg.get("format") == FORMAT:
+            return _ours(safetensors_load(path / WEIGHTS)[0], cfg, path)
+        if cfg.get("model_type") in ("timesformer", "vit"):
+            return huggingface.read_folder(path, cfg)
         raise CheckpointError(
-            f"refusing to load {path}: unpickling it would {what}, and a checkpoint must hold only tensors and "
-            "plain containers (unpickling objects can run code). Save the weights alone "
-            "(torch.save(model.state_dict())) or as safetensors."
-        ) from None
-    except Exception as e:  # truncated zip, not a checkpoint at all, ...
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
-
-
-def _safetensors_load(path: Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object")
-    return data
+            f"{path / CONFIG} is neither a TimeSformer Lab nor a HuggingFace Timesformer or ViT config")
+    if path.is_file():
+        return _file(path)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)) and not str(source).startswith((".", "/")):
+        folder = huggingface.hub_folder(str(source))
+        return huggingface.read_folder(folder, read_json(folder / CONFIG))
+    raise CheckpointError(f"no such checkpoint: {source}")
 
 
 # --------------------------------------------------------------------------------------------------
-# Building the model from a state dict
+# Building the model
 
 
-def _build(config: TimeSformerConfig, state: dict, source) -> TimeSformer:
+def fit_embeddings(state: dict, config: TimeSformerConfig) -> tuple[dict, list[str]]:
+    """`time_embed` and `pos_embed` resized to the config's frames and patch grid, and what was resized.
+
+    Nearest-neighbour in time and on the 2-D grid, exactly what the model does for a clip of another size,
+    so a model loaded at 16 frames gives the logits the 8-frame model gives for the same 16-frame clip."""
+    out, changes = dict(state), []
+    te, pe = state.get("time_embed"), state.get("pos_embed")
+    T, gh, gw = config.grid
+    # a width cannot be interpolated: a tensor of another width is left for the strict check to name
+    fits = [t is not None and t.dim() == 3 and t.shape[2] == config.embed_dim for t in (te, pe)]
+    if fits[0] and te.shape[1] != T and config.attention_type != "space_only":
+        resized = F.interpolate(te.float().transpose(1, 2), size=T, mode="nearest")  # (1, D, T)
+        out["time_embed"] = resized.transpose(1, 2).to(te.dtype)  # (1, T, D)
+        changes.append(f"time_embed from {te.shape[1]} to {T} frames")
+    n = pe.shape[1] - 1 if fits[1] else gh * gw
+    side = math.isqrt(n)
+    if n != gh * gw and side * side == n:
+        grid = pe[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, side, side)
+        grid = F.interpolate(grid, size=(gh, gw), mode="nearest").flatten(2).transpose(1, 2)  # (1, gh·gw, D)
+        out["pos_embed"] = torch.cat([pe[:, :1], grid.to(pe.dtype)], dim=1)  # cls position kept
+        changes.append(f"pos_embed from {side}×{side} to {gh}×{gw} patches")
+    return out, changes
+
+
+def _strict_build(config: TimeSformerConfig, state: dict, source: str) -> TimeSformer:
+    """The model with exactly these weights, or an error naming every key that does not fit."""
     model = TimeSformer(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -136,229 +190,39 @@ def _build(config: TimeSformerConfig, state: dict, source) -> TimeSformer:
     return model.eval()
 
 
-def _make_config(fields: dict, overrides: dict, what: str) -> TimeSformerConfig:
-    try:
-        return TimeSformerConfig.from_dict({**fields, **overrides})
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"cannot build a config for {what}: {e}") from None
-
-
-# --------------------------------------------------------------------------------------------------
-# Official checkpoints
-
-
-def infer_official_config(state: dict, **overrides) -> TimeSformerConfig:
-    """A config for a state dict in the official layout (prefix already removed), from its shapes."""
-    try:
-        pos = state["pos_embed"]
-        proj = state["patch_embed.proj.weight"]
-        head = state["head.weight"]
-        fc1 = state["blocks.0.mlp.fc1.weight"]
-    except KeyError as e:
-        raise CheckpointError(f"not a TimeSformer state dict: key {e.args[0]!r} is missing") from None
-    dim, n = pos.shape[-1], pos.shape[1] - 1
-    side = math.isqrt(n)
-    if side * side != n:
-        raise CheckpointError(f"pos_embed has {n} patch positions, not a square grid")
-    patch = proj.shape[-1]
-    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
-    if "blocks.0.width_attn.qkv.weight" in state:
-        attention = "axial"
-    elif "blocks.0.local_attn.qkv.weight" in state:
-        attention = "sparse_local_global"
-    elif "blocks.0.temporal_attn.qkv.weight" in state:
-        attention = "divided_space_time"
-    elif "time_embed" not in state:
-        attention = "space_only"
-    else:
-        attention = "joint_space_time"
-    fields = dict(
-        img_size=side * patch,
-        patch_size=patch,
-        num_frames=state["time_embed"].shape[1] if "time_embed" in state else 8,
-        in_chans=proj.shape[1],
-        num_classes=head.shape[0],
-        embed_dim=dim,
-        depth=depth,
-        num_heads=max(1, dim // OFFICIAL_HEAD_DIM),
-        mlp_ratio=fc1.shape[0] / dim,
-        qkv_bias="blocks.0.attn.qkv.bias" in state,
-        attention_type=attention,
-    )
-    return _make_config(fields, overrides, "this checkpoint")
-
-
-def _load_official(path: Path, overrides: dict) -> TimeSformer:
-    data = _torch_load(path)
-    if isinstance(data, dict) and "model_state" in data:
-        data = data["model_state"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path} holds no state dict (expected tensors under 'model_state')")
-    state = {k.removeprefix("module.").removeprefix("model."): v for k, v in data.items()}
-    return _build(infer_official_config(state, **overrides), state, path)
-
-
-# --------------------------------------------------------------------------------------------------
-# HuggingFace
-
-_HF_RENAMES = [  # (HuggingFace pattern, ours), applied in order after dropping "timesformer."
-    (r"^embeddings\.cls_token$", "cls_token"),
-    (r"^embeddings\.position_embeddings$", "pos_embed"),
-    (r"^embeddings\.time_embeddings$", "time_embed"),
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^encoder\.layer\.(\d+)\.", r"blocks.\1."),
-    (r"\.temporal_attention\.attention\.qkv\.", ".temporal_attn.qkv."),
-    (r"\.temporal_attention\.output\.dense\.", ".temporal_attn.proj."),
-    (r"\.temporal_layernorm\.", ".temporal_norm1."),
-    (r"\.temporal_dense\.", ".temporal_fc."),
-    (r"\.attention\.attention\.qkv\.", ".attn.qkv."),
-    (r"\.attention\.output\.dense\.", ".attn.proj."),
-    (r"\.layernorm_before\.", ".norm1."),
-    (r"\.layernorm_after\.", ".norm2."),
-    (r"\.intermediate\.dense\.", ".mlp.fc1."),
-    (r"\.output\.dense\.", ".mlp.fc2."),
-    (r"^layernorm\.", "norm."),
-    (r"^classifier\.", "head."),
-]
-
-
-def _hf_key(key: str) -> str:
-    key = key.removeprefix("timesformer.")
-    for pattern, repl in _HF_RENAMES:
-        key = re.sub(pattern, repl, key)
-    return key
-
-
-def hf_config(hf: dict, **overrides) -> TimeSformerConfig:
-    """Our config from a HuggingFace TimesformerConfig dict (config.json)."""
-    if hf.get("model_type") != "timesformer":
-        raise CheckpointError(f"config.json has model_type {hf.get('model_type')!r}, not 'timesformer'")
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise CheckpointError(f"hidden_act {hf['hidden_act']!r} is not supported (only 'gelu')")
-    size, patch = hf.get("image_size", 224), hf.get("patch_size", 16)
-    if isinstance(size, list | tuple):
-        if len(set(size)) != 1:
-            raise CheckpointError(f"non-square image_size {size} is not supported")
-        size = size[0]
-    if isinstance(patch, list | tuple):
-        patch = patch[0]
-    dim = hf.get("hidden_size", 768)
-    id2label = hf.get("id2label") or {}
-    names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
-    fields = dict(
-        img_size=size,
-        patch_size=patch,
-        num_frames=hf.get("num_frames", 8),
-        in_chans=hf.get("num_channels", 3),
-        num_classes=len(names) if names else hf.get("num_labels", 2),
-        embed_dim=dim,
-        depth=hf.get("num_hidden_layers", 12),
-        num_heads=hf.get("num_attention_heads", 12),
-        mlp_ratio=hf.get("intermediate_size", 4 * dim) / dim,
-        qkv_bias=hf.get("qkv_bias", True),
-        attention_type=hf.get("attention_type", "divided_space_time"),
-        drop_rate=hf.get("hidden_dropout_prob", 0.0),
-        attn_drop_rate=hf.get("attention_probs_dropout_prob", 0.0),
-        drop_path_rate=hf.get("drop_path_rate", 0.0),
-        norm_eps=hf.get("layer_norm_eps", 1e-6),
-        class_names=names,
-    )
-    return _make_config(fields, overrides, "this HuggingFace config")
-
-
-def _load_hf_folder(folder: Path, overrides: dict) -> TimeSformer:
-    config = hf_config(_read_json(folder / CONFIG), **overrides)
-    if (folder / "model.safetensors").is_file():
-        state, _ = _safetensors_load(folder / "model.safetensors")
-    elif (folder / "model.safetensors.index.json").is_file():
-        shards = sorted(set(_read_json(folder / "model.safetensors.index.json").get("weight_map", {}).values()))
-        state = {}
-        for shard in shards:
-            state.update(_safetensors_load(folder / shard)[0])
-    elif (folder / "pytorch_model.bin").is_file():
-        state = _torch_load(folder / "pytorch_model.bin")
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{folder / 'pytorch_model.bin'} holds no state dict")
-    else:
-        raise CheckpointError(f"{folder} has a config.json but no model.safetensors or pytorch_model.bin")
-    return _build(config, {_hf_key(k): v for k, v in state.items()}, folder)
-
-
-def _hub_folder(repo_id: str) -> Path:
-    """The local snapshot of a hub model: the cache first, then the hub when it is reachable."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CheckpointError(f"{repo_id!r} is not a local path and huggingface_hub is not installed") from None
-    patterns = ["config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
-    except Exception:
-        pass
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as e:
-        raise CheckpointError(
-            f"{repo_id!r} is neither a local path nor in the HuggingFace cache, and the hub could not be "
-            f"reached ({type(e).__name__}). Download it where there is network and copy the folder here."
-        ) from None
-
-
-# --------------------------------------------------------------------------------------------------
-# Our format
-
-
-def _load_ours(weights: Path, config_json: dict | None, overrides: dict) -> TimeSformer:
-    state, meta = _safetensors_load(weights)
-    if config_json is None:
-        if "config" not in meta:
-            raise CheckpointError(f"{weights} carries no config; keep the config.json written beside it")
-        config_json = json.loads(meta["config"])
-    if not isinstance(config_json.get("config"), dict):
-        raise CheckpointError(f"the config of {weights} has no 'config' object")
-    return _build(_make_config(config_json["config"], overrides, str(weights)), state, weights)
-
-
-# --------------------------------------------------------------------------------------------------
-
-
-def load_model(source, device=None, **overrides) -> TimeSformer:
-    """A TimeSformer in eval mode from any supported checkpoint; `overrides` replace config fields
-    (e.g. `num_heads=`, `attention_type=` for an official checkpoint whose shapes do not say)."""
+def _check_overrides(overrides: dict) -> None:
     unknown = set(overrides) - set(TimeSformerConfig.__dataclass_fields__)
     if unknown:
         raise CheckpointError(f"unknown config fields: {', '.join(sorted(unknown))}")
     if "attention_type" in overrides and overrides["attention_type"] not in ATTENTION_TYPES:
         raise CheckpointError(f"unknown attention_type {overrides['attention_type']!r}")
-    path = Path(os.fspath(source)).expanduser()
-    if not path.exists() and (shipped := find_model(str(source))) is not None:
-        path = shipped
-    if path.is_dir():
-        if not (path / CONFIG).is_file():
-            raise CheckpointError(f"{path} is a folder without a config.json: not a checkpoint folder")
-        cfg = _read_json(path / CONFIG)
-        if cfg.get("format") == FORMAT:
-            model = _load_ours(path / WEIGHTS, cfg, overrides)
-        elif cfg.get("model_type") == "timesformer":
-            model = _load_hf_folder(path, overrides)
-        else:
-            raise CheckpointError(f"{path / CONFIG} is neither a TimeSformer Lab nor a HuggingFace Timesformer config")
-    elif path.is_file():
-        if path.stat().st_size == 0:
-            raise CheckpointError(f"{path} is empty")
-        if path.suffix == ".safetensors":
-            sidecar = path.parent / CONFIG
-            cfg = _read_json(sidecar) if sidecar.is_file() else None
-            if cfg is not None and cfg.get("format") != FORMAT:
-                cfg = None
-            model = _load_ours(path, cfg, overrides)
-        else:
-            model = _load_official(path, overrides)
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)) and not str(source).startswith((".", "/")):
-        model = _load_hf_folder(_hub_folder(str(source)), overrides)
-    else:
-        raise CheckpointError(f"no such checkpoint: {source}")
+
+
+def from_checkpoint(checkpoint: Checkpoint, device=None, **overrides) -> TimeSformer:
+    """A TimeSformer in eval mode from a read checkpoint, `overrides` replacing config fields."""
+    _check_overrides(overrides)
+    config = make_config(checkpoint.fields, overrides, checkpoint.source)
+    state = checkpoint.state
+    if checkpoint.is_image:
+        state, notes = init_from_image(state, config)
+        if notes:
+            log.info("%s: an image model started as attention_type=%s: %s", checkpoint.source,
+                     config.attention_type, "; ".join(notes))
+    state, resized = fit_embeddings(state, config)
+    renamed = "" if checkpoint.format in (FORMAT, "official") else f" ({checkpoint.format}, in official names)"
+    model = _strict_build(config, state, checkpoint.source + renamed)
+    if resized:  # said once the weights fit, so a failed load never reports a resize
+        log.warning("%s: resized %s (nearest neighbour, as the model does for clips of other sizes)",
+                    checkpoint.source, " and ".join(resized))
     return model.to(device) if device is not None else model
+
+
+def load_model(source, device=None, **overrides) -> TimeSformer:
+    """A TimeSformer in eval mode from any supported checkpoint; `overrides` replace config fields, e.g.
+    `num_frames=16` (embeddings resized), `num_heads=` (official files do not say), or `attention_type=`,
+    `num_classes=` for an image ViT (the extra steps and a new head are initialised as the paper does)."""
+    _check_overrides(overrides)  # before reading a large file
+    return from_checkpoint(read_checkpoint(source), device, **overrides)
 
 
 def transfer(model: TimeSformer, **changes) -> tuple[TimeSformer, int, int]:

@@ -2,7 +2,12 @@
 
 `read_clip(source, ...)` takes a path, bytes or a binary file object and returns `(video, info)`:
 `video` is `(spatial_crops, 3, T, size, size)` float32 normalised with the official mean/std, `info` a
-`ClipInfo` with the fps, frame count, sampled indices and original size (for the app).
+`ClipInfo` with the fps, frame count, duration, sampled indices and original size (for the app).
+
+Frames are sampled on the video's time line: where the frames tile the duration at the container's frame
+rate (constant-rate video) a stride of `sampling_rate` frames is a stride of frames; where they do not (an AVI
+whose index keeps empty slots for dropped frames, a variable-rate mkv, a GIF with uneven delays) it is a
+stride of `sampling_rate / fps` seconds, each sample the frame on screen at that time (`_pick_by_time`).
 
 decord decodes (it seeks to the frames it needs); PyAV is the fallback for what decord cannot open (GIF)
 and wherever decord fails on a file PyAV can read. Every failure becomes a `VideoError` (a `ValueError`)
@@ -38,11 +43,12 @@ class VideoError(ValueError):
 @dataclass
 class ClipInfo:
     fps: float  # average frame rate reported by the container (0.0 when unknown)
-    num_frames: int  # frames in the video
-    indices: list[int]  # the frames sampled, in order
+    num_frames: int  # frames in the video, as decoded (not the container's index entries)
+    indices: list[int]  # the frames sampled (0 ≤ i < num_frames), in order; repeated where a frame stays on screen
     width: int  # original frame size
     height: int
     backend: str  # "decord" or "pyav"
+    duration: float = 0.0  # seconds from the first frame's presentation time to the end of the last (0.0: unknown)
     frames: np.ndarray | None = field(default=None, repr=False)  # (T, H, W, 3) uint8 when keep_frames=True
 
 
@@ -193,25 +199,45 @@ def _check_size(width: int, height: int) -> None:
         raise VideoError(f"frames of {width}×{height} are too large to decode (limit {MAX_PIXELS:,} pixels)")
 
 
+def _pick_by_time(starts: np.ndarray, duration: float, fps: float, pick) -> list[int]:
+    """The frames `pick` chooses: by index where the n frames tile the duration at `fps` (to a frame), else
+    by presentation time — `pick` then chooses among the duration·fps slots of the container's frame grid
+    and each slot is read as the frame on screen in its middle (a frame shown over several slots repeats).
+
+    `starts`: (n,) presentation time of each frame in seconds, ascending."""
+    n = len(starts)
+    slots = round(duration * fps) if fps > 0 and math.isfinite(duration) else n
+    ascending = n < 2 or bool(np.all(np.diff(starts) >= 0))
+    if abs(slots - n) <= 1 or not 1 <= slots <= MAX_FRAMES or not ascending:
+        return list(pick(n))
+    mids = starts[0] + (np.asarray(pick(slots), dtype=np.float64) + 0.5) / fps  # (T,) seconds
+    return (np.searchsorted(starts, mids, side="right") - 1).clip(0, n - 1).tolist()
+
+
 def _read_decord(src: _Source, pick):
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
     try:
         vr = decord.VideoReader(src.open(), ctx=decord.cpu(0), num_threads=1)
-        n = len(vr)
+        n = len(vr)  # the frames it can decode: an AVI's empty dropped-frame slots are not among them
         if n < 1 or n > MAX_FRAMES:
             raise _Fallback(f"decord reports {n} frames")
         h, w = vr[0].shape[:2] if n else (0, 0)
         _check_size(w, h)
-        indices = pick(n)
-        frames = vr.get_batch(indices).asnumpy()
         fps = float(vr.get_avg_fps() or 0.0)
+        fps = fps if math.isfinite(fps) else 0.0
+        times = np.asarray(vr.get_frame_timestamp(np.arange(n)), dtype=np.float64)  # (n, 2) start, end in s
+        duration = float(times[-1, 1] - times[0, 0])
+        if not math.isfinite(duration) or duration <= 0:
+            duration = n / fps if fps else 0.0
+        indices = _pick_by_time(times[:, 0], duration, fps, pick)
+        frames = vr.get_batch(indices).asnumpy()
     except (RuntimeError, decord.DECORDError) as e:  # two unrelated types; both only mean "decord failed"
         raise _Fallback(str(e)) from None
     if frames.shape[0] != len(indices) or frames.ndim != 4 or frames.shape[-1] != 3:
         raise _Fallback(f"decord returned frames of shape {frames.shape}")
-    return frames, ClipInfo(fps if math.isfinite(fps) else 0.0, n, list(indices), w, h, "decord")
+    return frames, ClipInfo(fps, n, list(indices), w, h, "decord", duration)
 
 
 class _Fallback(Exception):
@@ -244,19 +270,25 @@ def _read_pyav(src: _Source, pick):
         _check_size(w, h)
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
-        # the container's frame count, or count the packets (GIF and WebM headers carry none)
-        n = int(stream.frames or 0)
-        if n <= 0:
-            try:
-                n = sum(1 for p in container.demux(stream) if p.size > 0)
-            except av.error.FFmpegError as e:
-                raise VideoError(_av_message(e)) from None
-            container.seek(0)
+        tb = float(stream.time_base) if stream.time_base else 0.0
+        # count the frames from the packets that hold one: GIF and WebM headers carry no count, and an AVI's
+        # index also lists the empty slots of dropped frames
+        try:
+            packets = [(p.pts, p.duration) for p in container.demux(stream) if p.size > 0]
+        except av.error.FFmpegError as e:
+            raise VideoError(_av_message(e)) from None
+        container.seek(0)
+        n = len(packets)
         if n < 1:
             raise VideoError("the video stream has no frames (empty or truncated file)")
         if n > MAX_FRAMES:
-            raise VideoError(f"the header claims {n:,} frames: the file is corrupt")
-        indices = pick(n)
+            raise VideoError(f"the stream holds {n:,} frames: the file is corrupt")
+        starts, duration = _packet_times(packets, tb, fps)
+        listed, header = int(stream.frames or 0), float(stream.duration or 0) * tb
+        if listed > n and duration < 0.95 * header:  # the index outlives the data: a cut file, not dropped frames
+            raise VideoError(f"the file is truncated or corrupt: its index lists {listed} frames ({header:.2f} s) "
+                             f"but it holds {n} ({duration:.2f} s)")
+        indices = _pick_by_time(starts, duration, fps, pick)
         wanted = set(indices)
         last = max(indices)
         got: dict[int, np.ndarray] = {}
@@ -278,11 +310,25 @@ def _read_pyav(src: _Source, pick):
     frames = np.stack([got[i] for i in indices])
     if frames.shape[1:3] != (h, w):  # a stream whose frames change size mid-way
         h, w = frames.shape[1:3]
-    return frames, ClipInfo(fps, n, list(indices), w, h, "pyav")
+    return frames, ClipInfo(fps, n, list(indices), w, h, "pyav", duration)
+
+
+def _packet_times(packets: list[tuple[int | None, int | None]], tb: float, fps: float) -> tuple[np.ndarray, float]:
+    """((n,) start of each frame in seconds from the first, ascending; duration) from (pts, duration) packets
+    in `tb` units; evenly spaced at `fps` where the packets carry no timestamps."""
+    pts = [p for p, _ in packets]
+    step = 1.0 / fps if fps > 0 else 0.0
+    if tb <= 0 or any(p is None for p in pts):
+        return np.arange(len(pts)) * step, len(pts) * step
+    order = np.argsort(pts, kind="stable")  # decode order → presentation order (B-frames)
+    starts = (np.asarray(pts, dtype=np.float64)[order] - min(pts)) * tb
+    last = packets[order[-1]][1]
+    return starts, float(starts[-1] + (last * tb if last else step))
 
 
 def decode_frames(source, indices_for, *, backend: str = "auto") -> tuple[np.ndarray, ClipInfo]:
-    """Decode the frames `indices_for(num_video_frames)` picks: uint8 (T, H, W, 3) and ClipInfo."""
+    """Decode the frames `indices_for(n)` picks among the video's n frames — or, where frame count and time
+    disagree, among its duration·fps time slots (see `_pick_by_time`): uint8 (T, H, W, 3) and ClipInfo."""
     src = _Source(source)
     kind = _sniff(src.head)
     if backend not in ("auto", "decord", "pyav"):
