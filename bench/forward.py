@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from timesformer import TimeSformerConfig, load_model, record_attention
+from timesformer import TimeSformerConfig, record_attention
 
 GEMM_SHAPE = (1568, 768, 3072)  # the MLP's fc1 at 8×14×14 tokens: the bulk of ViT-B's FLOPs
 GEMM_CALLS = 10
@@ -57,16 +56,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformers import TimesformerConfig, TimesformerForVideoClassification
+    from transformers import TimesformerConfig
 
-    torch.manual_seed(0)
-    hf = TimesformerForVideoClassification(TimesformerConfig(num_labels=400)).eval()  # ViT-B/16, 8×224, divided
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0, 0.02)
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        ours = load_model(d)
+    # ViT-B/16, 8×224, divided; the same construction as the GPU benchmark's
+    pair = _sibling("gpu").models(None, TimesformerConfig(num_labels=400), torch.device("cpu"))
+    hf, ours = pair["huggingface"].eval(), pair["ours"].eval()
     assert ours.config.attention_type == "divided_space_time" and ours.config.grid == TimeSformerConfig.base().grid
 
     videos = [torch.randn(1, 3, 8, 224, 224) for _ in range(4)]
@@ -121,6 +115,16 @@ def main(argv=None):
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _sibling(name: str):
+    """Another script of bench/ as a module (bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _autocast(model, video):

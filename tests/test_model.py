@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -322,3 +324,41 @@ def test_cls_only_last_block_gives_the_same_logits_and_gradients(attention_type)
         grads.append((out.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-4)
+
+
+def _inductor_missing() -> str | None:
+    """Why torch.compile's default backend cannot run here, or None (inductor on CPU needs a C++ compiler)."""
+    import shutil
+
+    try:
+        from torch._inductor import cpp_builder
+
+        compiler = cpp_builder.get_cpp_compiler()
+    except Exception as e:  # no compiler found, or an inductor without this helper
+        return f"no C++ compiler for inductor: {e}"
+    return None if shutil.which(compiler) or os.path.exists(compiler) else f"C++ compiler {compiler!r} not found"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_inductor_missing() is not None, reason=str(_inductor_missing()))
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_compiled_model_gives_the_same_logits_and_gradients(attention_type):
+    """torch.compile (inductor) of the whole model: training forward and backward, and the eval forward."""
+    import torch._dynamo
+
+    torch._dynamo.reset()  # a fresh cache per scheme: the recompile limit must not turn compiling into eager
+    model = small_model(attention_type, depth=1, embed_dim=16, num_heads=2).train()
+    video = torch.randn(2, 3, 2, 16, 24)
+    grads = []
+    for run in (model, torch.compile(model)):
+        model.zero_grad()
+        out = run(video)
+        out.pow(2).sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it really compiled
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    for eager, compiled in zip(grads[0][1], grads[1][1]):
+        assert torch.allclose(eager, compiled, atol=1e-5)
+    model.eval()
+    with torch.no_grad():  # inference: proj and fc unfolded in the graph, the same logits
+        assert torch.allclose(torch.compile(model)(video), model(video), atol=1e-5)

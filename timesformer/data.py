@@ -9,19 +9,20 @@ skipped ones and counts them, so one broken file never ends an epoch.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from .synthmotion import APPEARANCE_CLASSES, TASKS, TEMPORAL_CLASSES, SynthMotion, export_synthmotion
 from .video import VIDEO_EXTENSIONS, VideoError, read_clip
 
 __all__ = ["APPEARANCE_CLASSES", "TASKS", "TEMPORAL_CLASSES", "SynthMotion", "export_synthmotion", "Skipped",
            "collate", "ClipDataset", "VideoListDataset", "video_folder", "video_csv", "Relabeled",
-           "synthmotion_task", "open_split", "build_datasets"]
+           "synthmotion_task", "open_split", "build_datasets", "auto_workers", "EpochBatches", "AtEpoch"]
 
 
 @dataclass
@@ -40,7 +41,8 @@ def collate(batch: list) -> dict:
     if not good:
         return {"video": None, "label": None, "index": None, "skipped": skipped}
     return {
-        "video": torch.stack([b[0] for b in good]),  # (B, views, 3, T, S, S)
+        # in a worker, default_collate stacks straight into shared memory: no second copy to send the batch
+        "video": default_collate([b[0] for b in good]),  # (B, views, 3, T, S, S)
         "label": torch.tensor([b[1] for b in good], dtype=torch.long),
         "index": torch.tensor([b[2] for b in good], dtype=torch.long),
         "skipped": skipped,
@@ -156,6 +158,57 @@ def video_csv(path, classes: list[str] | None = None, root=None, **kw) -> VideoL
         p = Path(clip)
         items.append((str(p if p.is_absolute() else root / p), label_idx))
     return VideoListDataset(items, list(classes), **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# feeding a training loop: how many workers, and one loader whose workers live for the whole run
+MAX_AUTO_WORKERS = 16  # beyond this, more processes mostly add memory (each holds its prefetched batches)
+
+
+def auto_workers(device: torch.device, processes_per_node: int = 1) -> int:
+    """`--workers auto`: on a GPU, every core this process may use except one (the training loop's), split
+    between the processes of this node, at most MAX_AUTO_WORKERS; on the CPU none, since the model already
+    computes on every core and making a clip costs little beside a training step (docs/training.md)."""
+    if device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_AUTO_WORKERS, cores // max(1, processes_per_node) - 1))
+
+
+class EpochBatches(Sampler):
+    """A batch sampler that yields one epoch's batches at a time (`set` them before iterating), each index
+    paired with its epoch, so that one DataLoader with persistent workers serves every epoch (`AtEpoch`)."""
+
+    def __init__(self):
+        self.epoch, self.batches = 0, []
+
+    def set(self, epoch: int, batches: list[list[int]]) -> None:
+        self.epoch, self.batches = epoch, batches
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield [(self.epoch, i) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class AtEpoch(Dataset):
+    """`dataset[(epoch, index)]`: item `index` with the training randomness of `epoch`. Persistent workers
+    keep their own copy of the dataset, which never sees `set_epoch` in the main process; the epoch travels
+    with each index instead."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
 
 
 # ---------------------------------------------------------------------------------------------

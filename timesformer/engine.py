@@ -33,6 +33,7 @@ class TrainState:
     skipped: int = 0
     wall: float = 0.0  # seconds spent in training epochs, over the whole run
     clips_per_s: float = 0.0  # of the last epoch, over all processes
+    data_wait: float = 0.0  # of the last epoch: the share of its time spent waiting for the next batch
 
     @classmethod
     def from_dict(cls, saved: dict) -> TrainState:
@@ -74,11 +75,18 @@ def autocast(device: torch.device, dtype):
 def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callable[[str], None] = print,
                     progress=None, after_step: Callable[[TrainState], None] | None = None) -> None:
     """One pass over `loader`, whose first batch is micro-batch `state.micro` of the epoch (later than 0 after
-    a resume); stops early at `trainer.total_steps`. `after_step(state)` runs after every optimizer step."""
+    a resume); stops early at `trainer.total_steps`. `after_step(state)` runs after every optimizer step.
+
+    Sets `state.data_wait`, the share of the epoch spent waiting for batches. The loop waits for the GPU once
+    per micro-batch (reading the loss after the backward is queued), and asks for the next batch just before
+    queueing a step, whose inputs were copied while the previous step ran: a wait for data is time the GPU
+    had nothing to do.
+    """
     t, device = trainer, trainer.dist.device
     t.ddp_model.train()
-    t0, clips_seen = time.time(), 0
-    for micro, batch in enumerate(loader, start=state.micro):
+    t0, clips_seen, waited = time.perf_counter(), 0, [0.0]
+    micro = state.micro
+    for batch in _on_device(loader, device, waited):
         if state.step >= t.total_steps:
             break
         state.skipped += len(batch["skipped"])
@@ -86,24 +94,27 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
             log(f"skipped unreadable clip {s.path}: {s.reason}")
         last_micro = (micro + 1) % t.accum_steps == 0
         if batch["video"] is not None:
-            video = batch["video"][:, 0].to(device, non_blocking=True)  # (B, 3, T, S, S): one training view
-            label = batch["label"].to(device, non_blocking=True)
+            video, label = batch["video"], batch["label"]  # (B, 3, T, S, S): one training view
             # gradients are all-reduced only on the micro-batch that completes an optimizer step
             sync = contextlib.nullcontext() if (last_micro or not t.dist.ddp) else t.ddp_model.no_sync()
             with sync:
                 with autocast(device, t.dtype):
                     logits = t.ddp_model(video)
                     loss = F.cross_entropy(logits.float(), label)
-                if not t.dist.all(torch.isfinite(loss.detach())):
-                    raise TrainingDiverged(f"the loss became {loss.item()} at step {state.step} (epoch "
-                                           f"{state.epoch})")
                 t.scaler.scale(loss / t.accum_steps).backward()
+            # the one wait for the GPU per micro-batch; a non-finite loss stops every process before its
+            # optimizer step, so no weight ever takes a bad update
+            if not t.dist.all(torch.isfinite(loss.detach())):
+                raise TrainingDiverged(f"the loss became {loss.item()} at step {state.step} (epoch "
+                                       f"{state.epoch})")
             n = label.shape[0]
-            state.loss_sum += loss.item() * n
-            state.correct += (logits.argmax(1) == label).sum().item()
+            loss_value, correct = torch.stack([loss.detach().float(), (logits.argmax(1) == label).sum()]).tolist()
+            state.loss_sum += loss_value * n
+            state.correct += correct
             state.count += n
             clips_seen += n * t.dist.world
-        state.micro = micro + 1
+        micro += 1
+        state.micro = micro
         if not last_micro:
             continue
         lr = t.lr_at(state.step)
@@ -117,13 +128,47 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
         t.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         if progress is not None:
-            rate = clips_seen / max(time.time() - t0, 1e-9)
+            elapsed = max(time.perf_counter() - t0, 1e-9)
             progress.update(1)
             progress.set_postfix(loss=f"{state.loss_sum / max(state.count, 1):.3f}", lr=f"{lr:.2e}",
-                                 clips_s=f"{rate:.1f}")
+                                 clips_s=f"{clips_seen / elapsed:.1f}", data=f"{waited[0] / elapsed:.0%}")
         if after_step is not None:
             after_step(state)
-    state.clips_per_s = clips_seen / max(time.time() - t0, 1e-9)
+    elapsed = max(time.perf_counter() - t0, 1e-9)
+    state.clips_per_s = clips_seen / elapsed
+    state.data_wait = waited[0] / elapsed
+
+
+def _on_device(loader, device: torch.device, waited: list[float]):
+    """The batches of `loader` with their training view `video` (B, 3, T, S, S) and `label` on `device`.
+
+    Batch k+1 is taken from the loader, and on a GPU copied on a side stream, before batch k is handed out,
+    so its copy overlaps step k; `waited[0]` adds up the seconds spent waiting for the loader.
+    """
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    batches = iter(loader)
+
+    def load():
+        start = time.perf_counter()
+        batch = next(batches, None)
+        waited[0] += time.perf_counter() - start
+        if batch is not None and batch["video"] is not None:
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                batch["video"] = batch["video"][:, 0].to(device, non_blocking=True)
+                batch["label"] = batch["label"].to(device, non_blocking=True)
+        return batch
+
+    upcoming = load()
+    while upcoming is not None:
+        batch = upcoming
+        if stream is not None and batch["video"] is not None:
+            # the step's stream waits for the copy; the allocator keeps the tensors until the step is done
+            current = torch.cuda.current_stream(device)
+            current.wait_stream(stream)
+            batch["video"].record_stream(current)
+            batch["label"].record_stream(current)
+        upcoming = load()
+        yield batch
 
 
 def check_finite(model: nn.Module, state: TrainState) -> None:
@@ -164,14 +209,15 @@ def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = N
     return out
 
 
-def eval_loader(dataset, batch_size: int, workers: int, dist: Dist | None = None) -> DataLoader:
+def eval_loader(dataset, batch_size: int, workers: int, dist: Dist | None = None,
+                pin_memory: bool = False) -> DataLoader:
     """Each process evaluates every world-th clip (no padding, so every clip counts once)."""
     indices = list(range(len(dataset)))
     if dist is not None and dist.ddp:
         indices = indices[dist.rank::dist.world]
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                      generator=torch.Generator().manual_seed(0))
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()

@@ -49,13 +49,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, grouping: Grouping, then: nn.Linear | None = None,
                 cls_only: bool = False) -> torch.Tensor:
-        """Attention output projected by `proj`, or by `then ∘ proj` folded into one linear; with
-        `cls_only`, for the cls queries alone (see `attend`)."""
+        """x: the step's token groups (B, G, L, D). Attention output (B, G, L, D) projected by `proj`, or by
+        `then ∘ proj` folded into one linear; with `cls_only`, for the cls queries alone, (B, G, D) (see
+        `attend`)."""
         record = None if self.recorder is None else functools.partial(self.recorder, grouping)
         p = self.attn_drop if self.training else 0.0
         out = attend(self.qkv(x), grouping, self.num_heads, p, record, cls_only)
         if then is None:
             return self.proj(out)
+        if torch.compiler.is_compiling():  # the cache below keys on version counters, which graphs cannot
+            return then(self.proj(out))
         return F.linear(out, *self._folded(then))
 
     def _folded(self, fc: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,23 +114,30 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, groupings: tuple[Grouping, ...], cls_only: bool = False) -> torch.Tensor:
         """x: (B, C + T·N, D), the first C tokens cls. With `cls_only` the last step and the MLP run for
-        the cls tokens alone and (B, C, D) is returned (the last block of a classifier needs no more)."""
+        the cls tokens alone and (B, C, D) is returned (the last block of a classifier needs no more).
+
+        Each step regroups the tokens, runs its norm, attention, projection (and fc) in group layout (all of
+        them act token by token), and adds the result back to the residual; between steps cls and the
+        patches are kept apart, so the sequence is concatenated once per block, for the MLP.
+        """
         C = groupings[0].num_cls
+        cls, patches, whole = x[:, :C], x[:, C:], x  # `whole`: the sequence, while cls and patches are its views
         last = len(self.steps) - 1
         for i, (step, grouping) in enumerate(zip(self.steps, groupings)):
             norm, attn, fc = self._parts(step)
             only = cls_only and i == last and step.with_cls and attn.recorder is None
-            tokens = x if step.with_cls else x[:, C:]
+            tokens = grouping.regroup(cls, patches, whole)  # (B, G, L, D)
             if fc is not None and not self.training and not torch.is_grad_enabled():
                 y = attn(norm(tokens), grouping, then=fc, cls_only=only)  # inference: proj and fc folded
             else:
                 y = self.drop_path(attn(norm(tokens), grouping, cls_only=only))
                 if fc is not None:  # official order: drop_path, then temporal_fc
                     y = fc(y)
-            if only:
-                x = x[:, :C] + y
-            else:
-                x = x + y if step.with_cls else torch.cat([x[:, :C], tokens + y], dim=1)
+            if only:  # y: (B, G, D), the cls outputs
+                cls = cls + (y.mean(1, keepdim=True) if C == 1 else y)
+                return cls + self.drop_path(self.mlp(self.norm2(cls)))
+            cls, patches, whole = grouping.add_back(cls, patches, y, whole)
+        x = whole if whole is not None else torch.cat([cls, patches], dim=1)  # (B, C + T·N, D)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -170,7 +180,8 @@ class TimeSformer(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        std = self.config.pos_embed_std  # cut at ±100 std: the official ±2 at std 0.02, in effect a normal
+        nn.init.trunc_normal_(self.pos_embed, std=std, a=-100 * std, b=100 * std)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         if self.time_embed is not None:
             nn.init.normal_(self.time_embed, std=self.config.time_embed_std)
@@ -234,6 +245,9 @@ class TimeSformer(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, num_cls, -1)
         return self.pos_drop(torch.cat([cls, x], dim=1)), grid
 
+    # built eagerly and cached: torch.compile would otherwise trace into the construction (torch.unique has
+    # a data-dependent shape) on every new grid; the compiled graph then reads the groupings' ints as constants
+    @torch.compiler.disable
     def groupings(self, grid: tuple[int, int, int], device) -> tuple[Grouping, ...]:
         cfg = self.config
         return scheme_groupings(cfg.attention_type, grid, str(device), cfg.local_split, cfg.global_stride)
@@ -247,8 +261,9 @@ class TimeSformer(nn.Module):
         return self._features(video)
 
     def _features(self, video: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
-        x, grid = self.embed(video)
-        groupings = self.groupings(grid, x.device)
+        # first: under torch.compile the graph break at `groupings` then splits no computation
+        groupings = self.groupings(self.grid_of(video), video.device)
+        x, _ = self.embed(video)
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
             only = cls_only and i == last

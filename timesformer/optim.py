@@ -25,7 +25,8 @@ def build_optimizer(args, model: nn.Module) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=args.lr)
+    # on a GPU the fused kernel updates every tensor in a few launches instead of a few per tensor
+    return torch.optim.AdamW(groups, lr=args.lr, fused=all(p.is_cuda for p in decay + no_decay))
 
 
 def lr_at(step: int, args, total_steps: int, steps_per_epoch: int) -> float:

@@ -20,6 +20,7 @@ mixed precision in `timesformer.optim`, the device and DDP in `timesformer.distr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -28,9 +29,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from timesformer.checkpoints import load_model
+from timesformer.checkpoints import IMAGE_FORMATS, from_checkpoint, read_checkpoint
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
-from timesformer.data import build_datasets, collate
+from timesformer.data import AtEpoch, EpochBatches, auto_workers, build_datasets, collate
 from timesformer.distributed import Dist
 from timesformer.engine import (
     Trainer,
@@ -62,7 +63,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--train-clips", type=int, default=2048, help="SynthMotion clips per epoch")
     g.add_argument("--val-clips", type=int, default=512, help="SynthMotion validation clips")
     g.add_argument("--sampling-rate", type=int, default=32, help="frame stride of a clip (real videos)")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--workers", type=_workers, default="auto",
+                   help="DataLoader worker processes; auto: on a GPU, the cores this process may use (shared with "
+                        "the other processes of its node) minus one for the loop, at most 16; on the CPU, 0")
+    g.add_argument("--prefetch", type=int, default=4, help="batches each worker prepares ahead")
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="tiny", choices=PRESETS)
     g.add_argument("--attention", default="divided_space_time", choices=ATTENTION_TYPES)
@@ -71,7 +75,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--patch-size", type=int, help="patch side (default: the preset's)")
     g.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
                    help="other TimeSformerConfig fields, e.g. embed_dim=64 depth=2 time_embed_std=1.0")
-    g.add_argument("--init", help="start from any checkpoint load_model opens (a new head if the classes differ)")
+    g.add_argument("--init", help="start from any checkpoint load_model opens (a new head if the classes differ), "
+                                  "resized to --num-frames/--img-size; an image ViT (timm, HuggingFace) becomes a "
+                                  "TimeSformer of --attention")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=10)
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
@@ -89,6 +95,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=float, help="max gradient norm (default: 1.0 adamw, none sgd)")
     g.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
                    help="mixed precision; auto: bf16 on CUDA where supported (else fp16), none on CPU")
+    g.add_argument("--compile", action="store_true",
+                   help="run the model through torch.compile (inductor); the first steps compile it, for tens of "
+                        "seconds")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/train", help="run folder")
@@ -122,6 +131,18 @@ def parse_args(argv=None, prog: str | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a number ≥ 0, got {value!r}")
+    return n
+
+
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the recipe defaults that depend on other arguments."""
     if args.optimizer == "auto":
@@ -135,8 +156,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.schedule = "steps" if sgd else "cosine"
     if args.clip_grad is None and not sgd:
         args.clip_grad = 1.0
-    if args.accum_steps < 1 or args.batch_size < 1 or args.epochs < 1:
-        raise SystemExit("--batch-size, --accum-steps and --epochs must be at least 1")
+    if args.accum_steps < 1 or args.batch_size < 1 or args.epochs < 1 or args.prefetch < 1:
+        raise SystemExit("--batch-size, --accum-steps, --epochs and --prefetch must be at least 1")
     return args
 
 
@@ -150,6 +171,18 @@ def parse_model_overrides(items: list[str]) -> dict:
         k, v = item.split("=", 1)
         out[k.strip()] = yaml.safe_load(v)
     return out
+
+
+def load_init(args, log) -> TimeSformer:
+    """The `--init` checkpoint at --num-frames / --img-size where given (time and position embeddings
+    resized); an image ViT also takes --attention (the paper's recipe: each extra step starts as a copy of the
+    image attention with a zero output linear). A video checkpoint keeps its scheme."""
+    checkpoint = read_checkpoint(args.init)
+    overrides = {name: getattr(args, name) for name in ("num_frames", "img_size") if getattr(args, name) is not None}
+    if checkpoint.format in IMAGE_FORMATS:
+        overrides["attention_type"] = args.attention
+        log(f"--init {args.init}: an image ViT ({checkpoint.format}) started as attention_type={args.attention}")
+    return from_checkpoint(checkpoint, **overrides)
 
 
 def build_model(args, classes: list[str], log, init: TimeSformer | None = None) -> TimeSformer:
@@ -185,6 +218,8 @@ def main(argv=None, prog: str | None = None) -> dict:
     dist = Dist(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.workers == "auto":  # torchrun says how many processes share this node's cores
+        args.workers = auto_workers(dist.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     try:
         run = Run(args.out, dist)
         try:
@@ -199,7 +234,7 @@ def _train(args, dist: Dist, run: Run) -> dict:
     device, log = dist.device, run.log
     resume_from = find_resume(args.resume, args.out) if args.resume else None
     resume = Resume.open(resume_from) if resume_from is not None else None
-    init = load_model(args.init) if args.init and resume is None else None
+    init = load_init(args, log) if args.init and resume is None else None
 
     # the data decides the classes; the model decides frames and size unless the flags do
     loaded = resume.model if resume is not None else init
@@ -250,7 +285,9 @@ def _train(args, dist: Dist, run: Run) -> dict:
         f"({model.config.attention_type}); {steps_per_epoch} steps/epoch × {args.epochs} epochs on "
         f"{dist.world} × {device}; {args.optimizer} lr {args.lr}")
 
-    val_loader = eval_loader(val_ds, args.batch_size, args.workers, dist) if val_ds is not None else None
+    val_loader = (eval_loader(val_ds, args.batch_size, args.workers, dist, pin_memory=device.type == "cuda")
+                  if val_ds is not None else None)
+    loader, batches = _train_loader(args, train_ds, pin_memory=device.type == "cuda")
     progress = None
     if dist.main and not args.no_progress:
         from tqdm import tqdm
@@ -271,8 +308,7 @@ def _train(args, dist: Dist, run: Run) -> dict:
     try:
         while state.epoch < args.epochs and state.step < total_steps:
             epoch, t_epoch = state.epoch, time.time()
-            loader = _epoch_loader(args, train_ds, sampler, epoch, steps_per_epoch, skip=state.micro,
-                                   pin_memory=device.type == "cuda")
+            batches.set(epoch, _epoch_batches(args, train_ds, sampler, epoch, steps_per_epoch)[state.micro:])
             train_one_epoch(trainer, loader, state, log=log, progress=progress, after_step=after_step)
             state.wall += time.time() - t_epoch
             result["train"] = row = _train_row(trainer, state, dist)
@@ -306,6 +342,8 @@ def _build_trainer(args, dist: Dist, model: TimeSformer, total_steps: int, steps
     if dist.ddp:
         ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:  # the DDP wrapper inside, so that its buckets split the graph and overlap the backward
+        ddp_model = torch.compile(ddp_model)
     dtype = amp_dtype(args, device)
     return Trainer(
         model, ddp_model, build_optimizer(args, model),
@@ -314,17 +352,24 @@ def _build_trainer(args, dist: Dist, model: TimeSformer, total_steps: int, steps
         accum_steps=args.accum_steps, clip_grad=args.clip_grad, dtype=dtype)
 
 
-def _epoch_loader(args, train_ds, sampler: DistributedSampler, epoch: int, steps_per_epoch: int, *, skip: int,
-                  pin_memory: bool) -> DataLoader:
-    """This process's batches of `epoch`, from micro-batch `skip` on (after a resume)."""
+def _epoch_batches(args, train_ds, sampler: DistributedSampler, epoch: int, steps_per_epoch: int) -> list[list[int]]:
+    """This process's batches of `epoch` (a resumed epoch skips the micro-batches already done)."""
     sampler.set_epoch(epoch)
     train_ds.set_epoch(epoch)
     # whole optimizer steps only: leftover micro-batches would leak gradients into the next epoch
     indices = list(sampler)[: steps_per_epoch * args.accum_steps * args.batch_size]
-    batches = [indices[i:i + args.batch_size] for i in range(0, len(indices), args.batch_size)]
+    return [indices[i:i + args.batch_size] for i in range(0, len(indices), args.batch_size)]
+
+
+def _train_loader(args, train_ds, *, pin_memory: bool) -> tuple[DataLoader, EpochBatches]:
+    """One loader for the whole run: its workers start once and stay (`persistent_workers`), each preparing
+    `--prefetch` batches ahead; `EpochBatches.set` gives it each epoch's batches."""
+    batches = EpochBatches()
+    workers = dict(persistent_workers=True, prefetch_factor=args.prefetch) if args.workers else {}
     # a private generator: creating a loader must not draw from the global RNG (resume = same stream)
-    return DataLoader(train_ds, batch_sampler=batches[skip:], num_workers=args.workers, collate_fn=collate,
-                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
+    loader = DataLoader(AtEpoch(train_ds), batch_sampler=batches, num_workers=args.workers, collate_fn=collate,
+                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(args.seed), **workers)
+    return loader, batches
 
 
 def _train_row(trainer: Trainer, state: TrainState, dist: Dist) -> dict:
@@ -332,7 +377,8 @@ def _train_row(trainer: Trainer, state: TrainState, dist: Dist) -> dict:
     loss_sum, correct, count, skipped = dist.sum([state.loss_sum, state.correct, state.count, state.skipped])
     row = {"epoch": state.epoch, "step": state.step, "split": "train", "loss": loss_sum / max(count, 1),
            "acc1": correct / max(count, 1), "clips": int(count), "lr": trainer.lr_at(max(0, state.step - 1)),
-           "clips_per_s": state.clips_per_s, "wall_s": state.wall}
+           "clips_per_s": state.clips_per_s, "wall_s": state.wall,
+           "data_wait": dist.sum([state.data_wait])[0] / dist.world}  # the share of the epoch, mean of processes
     if skipped:
         row["skipped"] = int(skipped)
     return row

@@ -51,8 +51,9 @@ class _Sizes:
                    C=C, S=C + T * H * W)
 
     def seen_by(self, step: StepShape) -> int:
-        """S_s: the tokens a step's norm, qkv and proj run on (a time step leaves cls out)."""
-        return (self.C if step.with_cls else 0) + self.T * self.N
+        """S_s: the tokens a step's norm, qkv and proj run on: its groups, cls copied into each (as the
+        official divided space step does) and padding slots included; a time step leaves cls out."""
+        return step.groups * step.length
 
     def scores(self, step: StepShape) -> int:
         """Elements of one clip's L×L scores (or probabilities) in a step: G·h·L²."""
@@ -135,8 +136,8 @@ def estimate(
     autocast_device: whose bf16 autocast policy to model: "cuda" runs softmax in fp32 (then P·V keeps
         a bf16 copy of P too), "cpu" keeps it in bf16. Only matters for bf16 with fused=False.
     official: count the divided space step as the official code runs it, with cls copied into all T
-        frames *before* norm1/qkv/proj (T·(1+N) tokens instead of 1+T·N); only FLOPs change. This
-        reproduces the fvcore counts of the official model (docs/complexity.md).
+        frames *before* norm1/qkv/proj (T·(1+N) tokens instead of 1+T·N). This model runs every step with
+        cls that way, so the count is the same either way; kept for callers (docs/complexity.md).
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -203,14 +204,16 @@ def _saved_for_backward(config: TimeSformerConfig, z: _Sizes, shapes: tuple[Step
     for s in shapes:
         tokens = z.seen_by(s)
         GL = s.groups * s.length
-        # norm: its input is the residual stream (a slice of it, whose whole storage stays alive),
-        # plus mean and rstd; qkv keeps the normalised tokens; the gathered q/k/v are kept by the
-        # attention (fused: q, k, v views of one tensor; materialised: q, kᵀ and v copies of it).
-        a["residual"] += depth * B * S * D * FP32
+        # norm: its input is the step's regrouped tokens (cls copied into every group: a copy of the
+        # residual stream, or the stream itself when the one group is the sequence), plus mean and rstd;
+        # qkv keeps the normalised tokens; the attention keeps q/k/v (fused: views of qkv's output;
+        # materialised: q, kᵀ and v copies of it).
+        a["residual"] += depth * B * tokens * D * FP32
         a["norm_stats"] += depth * B * 2 * tokens * FP32
         a["qkv_in"] += depth * B * tokens * D * lo
         a["qkv_grouped"] += depth * B * GL * 3 * D * lo
-        if fused:  # flash / memory-efficient SDPA keeps its output and the logsumexp per row
+        if fused:  # flash / memory-efficient SDPA keeps its output and the logsumexp per row; the
+            # kernels write the output (B·G, L, heads, hd), so proj reads it through a view: the same storage
             a["attn_out"] += depth * B * GL * D * lo
             a["attn_lse"] += depth * B * s.groups * z.h * s.length * FP32
         else:  # softmax keeps its output, P·V keeps P: one tensor, or fp32 + a bf16 copy under CUDA autocast
@@ -218,10 +221,11 @@ def _saved_for_backward(config: TimeSformerConfig, z: _Sizes, shapes: tuple[Step
             a[f"probs_{s.name}"] += depth * B * z.scores(s) * per
             if softmax_saves_input:
                 a[f"scores_{s.name}"] += depth * B * z.scores(s) * FP32
-        a["proj_in"] += depth * B * tokens * D * lo
+            a["proj_in"] += depth * B * tokens * D * lo  # P·V's heads merged: a copy
         if s.extra:
             a["fc_in"] += depth * B * tokens * D * lo
-        a["index"] += (GL + T * N) * INDEX_BYTES  # gather/scatter indices, shared by all blocks
+        if s.groups * (s.length - s.with_cls) != T * N:  # unequal groups: gathered and scattered by index
+            a["index"] += (GL + T * N) * INDEX_BYTES  # shared by all blocks; equal groups are reshaped views
     a["residual"] += depth * B * S * D * FP32  # norm2 input
     a["norm_stats"] += depth * B * 2 * S * FP32
     a["mlp_in"] += depth * B * S * D * lo  # fc1 input

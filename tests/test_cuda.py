@@ -1,0 +1,114 @@
+"""The GPU path end to end: training in bf16 with data workers and resuming, --compile, evaluation, attention
+recording, rollout and a gradient attribution. Skipped without a CUDA GPU; CUDA kernels are not bit-exact
+between runs (atomics in some backward passes), so results are compared with tolerances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from tests.test_train import rows, toy_args
+from timesformer import TimeSformer, TimeSformerConfig, attention_pattern, load_model, record_attention
+from timesformer import train as T
+from timesformer.attention import SCHEMES
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+
+def cuda_args(out, *extra, **kw):
+    return toy_args(out, "--device", "cuda", "--amp", "bf16", *extra, **kw)
+
+
+def close_rows(a: list[dict], b: list[dict]) -> None:
+    assert [(r["epoch"], r["step"], r["split"], r["clips"]) for r in a] == [
+        (r["epoch"], r["step"], r["split"], r["clips"]) for r in b]
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=2e-2, abs=1e-3)
+
+
+def test_bf16_training_with_workers_resumes_from_a_checkpoint(tmp_path):
+    ref = tmp_path / "ref"
+    res = T.main(cuda_args(ref, "--ckpt-every", "2", "--keep", "10", clips=16, epochs=2))  # 8 steps
+    config = yaml.safe_load((ref / "train_config.yaml").read_text())
+    assert config["amp"] == "torch.bfloat16" and config["args"]["workers"] >= 1  # auto: workers on a GPU
+    assert "1 × cuda:0" in (ref / "log.txt").read_text() and res["val"]["clips"] == 8
+    train_rows = [r for r in rows(ref, drop=()) if r["split"] == "train"]
+    assert all(0 <= r["data_wait"] < 1 and r["clips_per_s"] > 0 for r in train_rows)
+    # resume from the step-2 checkpoint into a fresh folder: it must finish as the uninterrupted run did
+    mid = ref / "ckpt-s00000002"
+    logged = torch.load(mid / "train_state.pt", weights_only=True)["metrics_lines"]
+    out = tmp_path / "resumed"
+    T.main(cuda_args(out, "--resume", str(mid), clips=16, epochs=2))
+    close_rows(rows(out), rows(ref)[logged:])
+    a, b = load_model(ref / "checkpoint-last").state_dict(), load_model(out / "checkpoint-last").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=2e-3, rtol=2e-2) for k in a)
+
+
+def test_compiled_training_on_cuda(tmp_path):
+    T.main(cuda_args(tmp_path / "eager", clips=8, epochs=1))
+    T.main(cuda_args(tmp_path / "compiled", "--compile", clips=8, epochs=1))
+    close_rows(rows(tmp_path / "compiled"), rows(tmp_path / "eager"))
+
+
+def test_evaluate_on_cuda(tmp_path):
+    from timesformer import evaluate as E
+
+    T.main(cuda_args(tmp_path / "run", clips=8, epochs=1))
+    res = E.run(tmp_path / "run" / "checkpoint-last", "synthmotion-temporal", num_clips=8, device="cuda")
+    assert res["clip"]["clips"] == 8 and res["video"]["clips"] == 8
+    cpu = E.run(tmp_path / "run" / "checkpoint-last", "synthmotion-temporal", num_clips=8, device="cpu")
+    assert res["clip"]["loss"] == pytest.approx(cpu["clip"]["loss"], rel=1e-3)
+
+
+def small(attention_type):
+    torch.manual_seed(0)
+    model = TimeSformer(TimeSformerConfig(attention_type=attention_type, img_size=32, patch_size=8, num_frames=4,
+                                          embed_dim=32, depth=2, num_heads=4, num_classes=5, drop_path_rate=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("attention_type", list(SCHEMES))
+def test_recording_in_bf16_on_cuda(attention_type):
+    model = small(attention_type).cuda()
+    video = torch.randn(2, 3, 4, 32, 32, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        fused = model(video)
+        with record_attention(model) as rec:
+            recorded = model(video)
+    assert (fused.float() - recorded.float()).abs().max() < 0.05 * fused.float().abs().max()
+    pattern = attention_pattern(attention_type, 4, 4, 4)
+    for m in rec:
+        dense = m.dense()  # float32, on the GPU
+        assert dense.is_cuda and torch.equal((dense > 0).all(0).all(0).cpu(), pattern[m.step])
+        takes_part = pattern[m.step].any(1).cuda()
+        assert torch.allclose(dense.sum(-1)[..., takes_part], torch.ones((), device="cuda"), atol=2e-2)
+
+
+@pytest.mark.parametrize("method", ["rollout", "gae"])
+def test_rollout_and_a_gradient_attribution_on_cuda_match_the_cpu(method):
+    from analysis import explain
+
+    model = small("divided_space_time")
+    video = torch.randn(1, 3, 4, 32, 32)
+    cpu = explain(model, video, method)
+    gpu = explain(model.cuda(), video.cuda(), method)
+    assert gpu.shape == cpu.shape == (1, 4, 4, 4) and torch.isfinite(gpu).all()
+    assert torch.allclose(gpu.cpu(), cpu, atol=1e-4, rtol=1e-3)
+
+
+def test_inference_mode_first_then_autograd_on_cuda():
+    from timesformer.groupings import scheme_groupings
+
+    scheme_groupings.cache_clear()
+    model = small("sparse_local_global").cuda()
+    video = torch.randn(1, 3, 3, 40, 24, device="cuda")  # odd sides: the gathered, padded groups
+    with torch.inference_mode():
+        ref = model(video)
+    out = model(video)
+    out.sum().backward()
+    assert torch.allclose(out, ref, atol=1e-4)

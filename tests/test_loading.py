@@ -1,0 +1,130 @@
+"""The training data path: worker processes change nothing but speed, `--workers auto`, the share of the
+time spent waiting for data, and `--compile`."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from tests.test_train import rows, same_weights, toy_args
+from timesformer import TimeSformer, TimeSformerConfig
+from timesformer import train as T
+from timesformer.data import AtEpoch, EpochBatches, auto_workers, collate, video_folder
+from timesformer.distributed import Dist
+from timesformer.engine import Trainer, TrainState, train_one_epoch
+from timesformer.synthmotion import export_synthmotion
+
+
+def test_persistent_workers_give_the_run_of_the_main_process(tmp_path):
+    """Random crops depend on (seed, epoch, index): workers that live through both epochs must see the epoch."""
+    root = export_synthmotion(tmp_path / "videos", "temporal", num_train=8, num_val=4, seed=0, num_frames=4,
+                              size=40)
+    runs = {}
+    for workers in ("0", "2"):
+        out = runs[workers] = tmp_path / f"w{workers}"
+        T.main(["--data", str(root), "--epochs", "2", "--batch-size", "4", "--sampling-rate", "1", "--out", str(out),
+                "--model", "embed_dim=32", "depth=1", "num_heads=2", "--img-size", "32", "--num-frames", "4",
+                "--no-progress", "--threads", "1", "--workers", workers, "--prefetch", "1"])
+    assert rows(runs["0"]) == rows(runs["2"])
+    assert same_weights(runs["0"] / "checkpoint-last", runs["2"] / "checkpoint-last")
+    ds = video_folder(root, "train", num_frames=4, sampling_rate=1, size=32, train=True)
+    first = [AtEpoch(ds)[(epoch, 0)][0] for epoch in (0, 1)]
+    assert not torch.equal(*first)  # the epochs really crop differently
+
+
+def test_epoch_batches_pair_every_index_with_its_epoch():
+    batches = EpochBatches()
+    batches.set(3, [[0, 1], [2]])
+    assert list(batches) == [[(3, 0), (3, 1)], [(3, 2)]] and len(batches) == 2
+    batches.set(4, [])
+    assert list(batches) == []
+
+
+def test_auto_workers(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert auto_workers(cpu) == 0  # the model computes on every core already
+    for cores, per_node, expected in ((16, 1, 15), (16, 2, 7), (128, 1, 16), (1, 1, 1), (8, 8, 1)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert auto_workers(cuda, per_node) == expected, (cores, per_node)
+
+
+def test_workers_flag(capsys):
+    assert T.parse_args([]).workers == "auto" and T.parse_args(["--workers", "3"]).workers == 3
+    with pytest.raises(SystemExit):
+        T.parse_args(["--workers", "-1"])
+    assert "expected auto or a number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        T.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--workers" in help_text and "auto: on a GPU" in help_text and "--compile" in help_text
+
+
+def test_train_rows_report_the_share_of_time_waiting_for_data(tmp_path):
+    T.main(toy_args(tmp_path / "run"))
+    train_rows = [r for r in rows(tmp_path / "run", drop=()) if r["split"] == "train"]
+    assert train_rows and all(0 <= r["data_wait"] < 1 for r in train_rows)
+
+    class Progress:  # what tqdm is asked to show
+        def __init__(self):
+            self.postfix = {}
+
+        def update(self, n):
+            pass
+
+        def set_postfix(self, **kw):
+            self.postfix = kw
+
+    def slow(n, delay):  # a loader that needs `delay` seconds per batch
+        for _ in range(n):
+            time.sleep(delay)
+            yield collate([(torch.randn(1, 3, 2, 16, 16), 0, 0)] * 2)
+
+    torch.manual_seed(0)
+    model = TimeSformer(TimeSformerConfig.tiny(depth=1, embed_dim=16, num_heads=2, img_size=16, num_frames=2,
+                                               num_classes=2))
+    trainer = Trainer(model, model, torch.optim.SGD(model.parameters(), lr=0.1), torch.amp.GradScaler("cpu",
+                      enabled=False), Dist("cpu"), lambda step: 0.1, total_steps=4)
+    state, progress = TrainState(), Progress()
+    train_one_epoch(trainer, slow(4, 0.1), state, progress=progress)
+    assert state.step == 4 and state.data_wait > 0.5 and progress.postfix["data"].endswith("%")
+    fast = TrainState()
+    train_one_epoch(trainer, slow(4, 0.0), fast)
+    assert fast.data_wait < state.data_wait
+
+
+@pytest.mark.slow
+def test_compile_flag_trains_like_eager(tmp_path):
+    from tests.test_model import _inductor_missing
+
+    if _inductor_missing():
+        pytest.skip(_inductor_missing())
+    import torch._dynamo
+
+    # other tests compiled the same code for other frame counts and sizes, which would make those sizes
+    # symbolic here; a training run has one clip size, and only its batch size may vary
+    torch._dynamo.reset()
+    args = toy_args(tmp_path / "eager", clips=8, epochs=1, batch=4)
+    T.main(args)
+    T.main(toy_args(tmp_path / "compiled", "--compile", clips=8, epochs=1, batch=4))
+    eager, compiled = rows(tmp_path / "eager"), rows(tmp_path / "compiled")
+    assert [(r["step"], r["split"]) for r in eager] == [(r["step"], r["split"]) for r in compiled]
+    for a, b in zip(eager, compiled):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["acc1"] == b["acc1"]
+    assert same_weights(tmp_path / "eager" / "checkpoint-last", tmp_path / "compiled" / "checkpoint-last",
+                        exact=False)
+
+
+def test_a_loss_check_per_micro_batch_stops_before_the_update():
+    """The non-finite loss check follows the backward now (one wait per micro-batch): weights stay finite."""
+    torch.manual_seed(0)
+    model = TimeSformer(TimeSformerConfig.tiny(depth=1, embed_dim=16, num_heads=2, img_size=16, num_frames=2,
+                                               num_classes=2))
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = Trainer(model, model, torch.optim.SGD(model.parameters(), lr=0.1), torch.amp.GradScaler("cpu",
+                      enabled=False), Dist("cpu"), lambda step: 0.1, total_steps=4)
+    bad = collate([(torch.full((1, 3, 2, 16, 16), float("nan")), 0, 0)] * 2)
+    with pytest.raises(T.TrainingDiverged, match="at step 0"):
+        train_one_epoch(trainer, [bad], TrainState())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
