@@ -29,7 +29,7 @@ browser:
 	  elif sudo -n true 2>/dev/null; then sudo apt-get update && sudo apt-get install -y chromium; \
 	  else echo "no $(CHROMIUM): install it (apt-get install chromium) for the browser test and PNG export"; fi; }
 
-# The app on the shipped default model: http://localhost:8501 (APP_FLAGS="--server.port 8600" etc.)
+# The app on the shipped models: http://localhost:8501 (APP_FLAGS="--server.port 8600" etc.)
 APP_FLAGS ?=
 app: setup browser
 	$(VENV)/bin/streamlit run app/main.py $(APP_FLAGS)

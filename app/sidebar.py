@@ -13,7 +13,7 @@ import torch
 
 from app import cache, settings, uploads
 from app.widgets import Prompt, sanitize, show
-from timesformer import CheckpointError, TimeSformer
+from timesformer import CheckpointError, TimeSformer, shipped
 from timesformer.shipped import sample_clips
 from timesformer.video import VideoError
 
@@ -29,6 +29,7 @@ class Context:
     model: TimeSformer | None = None
     model_label: str = ""
     model_error: str | None = None
+    card: dict = field(default_factory=dict)  # the model card's front matter (shipped models), else {}
     ckey: cache.ClipKey | None = None
     clip_label: str = ""
     clip_error: str | None = None
@@ -65,22 +66,40 @@ def current() -> Context:
     return ctx if isinstance(ctx, Context) else Context(model_error="The app starts from app/main.py.")
 
 
-MODEL_KINDS = ["Shipped default", "Local path", "Upload", "HuggingFace hub id"]
+MODEL_KINDS = ["Shipped model", "Local path", "Upload", "HuggingFace hub id"]
 CLIP_KINDS = ["Sample clip", "Upload"]
+
+
+def shipped_models() -> dict[str, Path]:
+    """{name: folder} of the models the app ships (settings.MODELS), with the default model first where
+    TSLAB_DEFAULT_MODEL puts it elsewhere."""
+    found = shipped.models(settings.MODELS)
+    default = settings.DEFAULT_MODEL
+    if (default / "config.json").is_file() and default not in found.values():
+        found = {default.name: default, **found}
+    return found
 
 
 def _model_source(sb) -> tuple[str | None, str, str | None]:
     """(source for load_model, label, error) from the sidebar's model widgets."""
     kind = sb.radio("Model", MODEL_KINDS, key="model_kind", horizontal=False)
-    if kind == "Shipped default":
-        if not (settings.DEFAULT_MODEL / "config.json").is_file():
-            return None, "", (f"The shipped default model ({settings.DEFAULT_MODEL}) is not there yet: run "
-                              "`make app` (or train one) or pick another model in the sidebar.")
-        return str(settings.DEFAULT_MODEL), "shipped default model", None
+    if kind == "Shipped model":
+        options = shipped_models()
+        if not options:
+            return None, "", (f"The shipped models ({settings.MODELS}) are not there yet: run `make app` (or "
+                              "bench/shipped_models.py) or pick another model in the sidebar.")
+        sanitize("model_shipped", options)
+        if "model_shipped" not in st.session_state:
+            default = settings.DEFAULT_MODEL.name
+            st.session_state["model_shipped"] = default if default in options else next(iter(options))
+        name = sb.selectbox("Shipped model", list(options), key="model_shipped",
+                            help="trained on SynthMotion (bench/shipped_models.py); each has a model card")
+        return str(options[name]), name, None
     if kind == "Local path":
         path = sb.text_input("Checkpoint path", key="model_path",
-                             help="a folder written by save_model or a training run, an official .pyth, "
-                                  "or a HuggingFace Timesformer folder")
+                             help="a folder written by save_model or a training run, an official .pyth, an "
+                                  "mmaction2 .pth, a HuggingFace Timesformer folder; an image ViT (timm .pth/"
+                                  ".safetensors or a HuggingFace ViT folder) starts a TimeSformer from it")
         if not path.strip():
             return None, "", Prompt("Type a checkpoint path in the sidebar.")
         p = Path(path.strip()).expanduser()
@@ -91,11 +110,11 @@ def _model_source(sb) -> tuple[str | None, str, str | None]:
         return str(p), p.name, None
     if kind == "Upload":
         path, name, error = uploads.uploaded(sb, "Checkpoint file", uploads.CHECKPOINT_TYPES, "model_upload",
-                                             help="official .pyth, our model.safetensors, or a checkpoint folder "
-                                                  "as .zip")
+                                             help="official .pyth, mmaction2 .pth, our model.safetensors, a "
+                                                  "HuggingFace .bin, or a checkpoint folder as .zip")
         if path is None:
-            return None, "", error or Prompt("Upload a checkpoint in the sidebar (.pyth, .safetensors or a "
-                                             "zipped folder).")
+            return None, "", error or Prompt("Upload a checkpoint in the sidebar (.pyth, .pth, .safetensors, "
+                                             ".bin or a zipped folder).")
         try:
             source = uploads.unpack_zip(path) if path.suffix == ".zip" else path
         except USER_ERRORS as e:
@@ -139,6 +158,7 @@ def build_context() -> Context:
             ctx.mkey = cache.model_key(source)
             ctx.model = cache.get_model(ctx.mkey)
             ctx.model_label = label
+            ctx.card = cache.model_card(ctx.mkey)
         except USER_ERRORS as e:
             error = f"Could not load the model from {label or source}: {e}"
             ctx.mkey = None
@@ -149,6 +169,8 @@ def build_context() -> Context:
         c = ctx.model.config
         sb.caption(f"{label}: {c.attention_type}, {c.num_frames}×{c.img_size}², patch {c.patch_size}, "
                    f"{c.depth} blocks, {len(ctx.model.class_names)} classes")
+        if ctx.card:
+            sb.caption(shipped.summary(ctx.card))
 
     sb.header("Clip")
     path, clabel, cerror = _clip_source(sb)

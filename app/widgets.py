@@ -57,8 +57,8 @@ def download_frames(frames: np.ndarray, grid: np.ndarray, name: str, key: str) -
                             on_click="ignore")
 
 
-KEPT = ("k_", "model_kind", "model_path", "model_hub", "clip_kind", "clip_sample", "clip_frames", "clip_size",
-        "clip_rate")
+KEPT = ("k_", "model_kind", "model_shipped", "model_path", "model_hub", "clip_kind", "clip_sample", "clip_frames",
+        "clip_size", "clip_rate")
 
 
 def keep_widget_state(kept=KEPT) -> None:

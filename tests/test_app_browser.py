@@ -2,8 +2,9 @@
 `make browser` when missing; never `playwright install`) against `streamlit run app/main.py`.
 
 It starts the server, uploads a clip, sees the heatmap, picks a query patch by clicking it, switches
-pages, and comes back with the upload kept. With TSLAB_SCREENSHOTS=DIR it also writes the README's
-screenshots of every page; with -s it prints the render times.
+pages (on Schemes: the five trained shipped models side by side, then all five on a patch query), and comes
+back with the upload kept. With TSLAB_SCREENSHOTS=DIR it also writes the README's screenshots of every page; with -s
+it prints the render times.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_app import SHIPPED_MODEL, _shipped, build_assets, fake_run
+from timesformer import ATTENTION_TYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("TSLAB_CHROMIUM", "/usr/bin/chromium")
@@ -44,8 +46,8 @@ def server(tmp_path_factory):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     model = SHIPPED_MODEL
     if not _shipped() or os.environ.get("TSLAB_TEST_FIXTURE_ASSETS"):
-        model, samples = build_assets(tmp_path_factory.mktemp("assets"))
-        env.update(TSLAB_DEFAULT_MODEL=str(model), TSLAB_SAMPLES=str(samples))
+        model, samples, models = build_assets(tmp_path_factory.mktemp("assets"))
+        env.update(TSLAB_DEFAULT_MODEL=str(model), TSLAB_SAMPLES=str(samples), TSLAB_MODELS=str(models))
     runs = tmp_path_factory.mktemp("runs")
     fake_run(runs, model, bad_line=False)
     env["TSLAB_RUNS"] = str(runs / "runs")
@@ -187,11 +189,23 @@ def test_upload_heatmap_click_and_switch_pages(server, browser):
                 page.get_by_role("button", name="PNG").first.click()
             png = Path(dl.value.path()).read_bytes()
             assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+        if name == "schemes":  # the trained model of each scheme side by side: card, attention, rollout
+            main = page.locator('[data-testid="stMain"]')
+            main.get_by_text("cls attention rollout").nth(len(ATTENTION_TYPES) - 1).wait_for(timeout=90_000)
+            settle(page)
+            assert main.get_by_text("held-out accuracy").count() == len(ATTENTION_TYPES)
+            assert main.get_by_text("cls attention rollout").count() == len(ATTENTION_TYPES)
+            assert main.get_by_text("layer 3, height step").count() == 1  # axial's last step, the last layer
+            main.get_by_text("(picked above)").click()  # the query: the patch of the diagrams, in every model
+            settle(page)
+            main.get_by_text("height step, query patch (").wait_for(timeout=30_000)
+            assert main.get_by_text(", query patch (").count() == len(ATTENTION_TYPES)
         if name == "attribution":
             page.get_by_role("button", name="Run").click()
             page.get_by_text("Deletion and insertion").wait_for(timeout=120_000)
             settle(page)
-        shoot(page, name, anchor="Maps on the patch grid" if name == "attribution" else None)
+        shoot(page, name, anchor={"attribution": "Maps on the patch grid",
+                                  "schemes": "The same clip through a model of each scheme"}.get(name))
     # the training page found the run under runs/ and opens its checkpoint in Explore
     page.get_by_role("button", name="Open this checkpoint in Explore").click()
     page.get_by_role("heading", name="Explore").wait_for(timeout=60_000)
