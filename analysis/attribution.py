@@ -20,6 +20,14 @@ from analysis.maps import target_classes
 
 METHODS = ("integrated_gradients", "saliency", "occlusion", "ablation_frames", "ablation_tubes",
            "gradient_x_activation")
+# What a removed patch is replaced by (perturbation methods, integrated gradients' starting point, and the
+# deletion/insertion curves): a number in normalised units (0 = the dataset's mean colour), or one of these.
+# A constant patch can itself look like an object to a video model; these keep the clip's own content.
+BASELINES = {
+    "blur": "each frame blurred (Gaussian, σ = 1/16 of the frame side): the layout stays, the detail goes",
+    "temporal_mean": "the clip's mean over time in every frame: what stays still stays, what moves fades",
+    "frozen_frame": "the middle frame in every frame: the scene without its motion",
+}
 Progress = Callable[[int, int], None]
 
 
@@ -76,6 +84,29 @@ class _Counted(torch.nn.Module):
         return out
 
 
+def baseline_clip(video: torch.Tensor, baseline=0.0) -> torch.Tensor:
+    """The clip a removed patch is taken from: `video`'s shape, from a number or a name in BASELINES."""
+    if isinstance(baseline, int | float):
+        return torch.full_like(video, float(baseline))
+    if baseline == "temporal_mean":
+        return video.mean(2, keepdim=True).expand_as(video).contiguous()
+    if baseline == "frozen_frame":
+        return video[:, :, video.shape[2] // 2 :][:, :, :1].expand_as(video).contiguous()
+    if baseline == "blur":
+        B, C, T, H, W = video.shape
+        sigma = max(H, W) / 16
+        radius = max(1, int(2 * sigma))
+        x = torch.arange(-radius, radius + 1, dtype=video.dtype, device=video.device)
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+        k = k / k.sum()
+        frames = video.transpose(1, 2).reshape(B * T * C, 1, H, W)  # one channel of one frame per row
+        pad = torch.nn.functional.pad(frames, (radius, radius, radius, radius), mode="replicate")
+        out = torch.nn.functional.conv2d(pad, k.view(1, 1, 1, -1))  # separable: rows, then columns
+        out = torch.nn.functional.conv2d(out, k.view(1, 1, -1, 1))
+        return out.reshape(B, T, C, H, W).transpose(1, 2).contiguous()
+    raise ValueError(f"baseline must be a number or one of {', '.join(BASELINES)}, got {baseline!r}")
+
+
 def to_grid(pixels: torch.Tensor, patch: int, reduce: str = "sum") -> torch.Tensor:
     """(B, C, T, H, W) pixel attributions → (B, T, H_p, W_p): summed over channels and each patch
     ("sum": signed, "abs": magnitudes)."""
@@ -107,14 +138,14 @@ def _feature_mask(grid, patch, kind: str, window=(1, 1)) -> torch.Tensor:
 
 def attribute(model, video: torch.Tensor, method: str, target=None, n_steps: int = 16,
               internal_batch_size: int = 4, window: tuple[int, int] = (2, 2), layer: int = -1,
-              baseline: float = 0.0, progress: Progress | None = None, reduce: str = "sum") -> torch.Tensor:
+              baseline=0.0, progress: Progress | None = None, reduce: str = "sum") -> torch.Tensor:
     """(B, T, H_p, W_p) attribution of `method` for `target` (default: the predicted class).
 
     integrated_gradients (n_steps, internal_batch_size), saliency (gradient magnitude), occlusion over
     space-time blocks of `window` = (frames, patches), ablation_frames / ablation_tubes (feature
     ablation of whole frames / of a patch position across all frames), gradient_x_activation on block
     `layer`'s input tokens (in the last block, only cls of the output reaches the head). The baseline
-    is `baseline` in normalised units (0 = the dataset mean colour).
+    is a number in normalised units (0 = the dataset mean colour) or one of BASELINES.
     """
     from captum.attr import FeatureAblation, IntegratedGradients, Occlusion, Saliency
 
@@ -128,6 +159,7 @@ def attribute(model, video: torch.Tensor, method: str, target=None, n_steps: int
         target = target_classes(model(video), target)
     f = _Counted(model, (c.forwards) * B, progress)
     video = video.detach()
+    baseline = baseline_clip(video, baseline)
     try:
         if method == "integrated_gradients":
             a = IntegratedGradients(f).attribute(video, baselines=baseline, target=target, n_steps=n_steps,

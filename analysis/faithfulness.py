@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from analysis.attribution import Cost, Progress
+from analysis.attribution import Cost, Progress, baseline_clip
 from analysis.maps import target_classes
 
 
@@ -38,7 +38,7 @@ def _auc(y: np.ndarray, x: np.ndarray) -> float:
 
 @torch.no_grad()
 def deletion_insertion(model, video: torch.Tensor, saliency: torch.Tensor, target=None, steps: int = 16,
-                       baseline: float = 0.0, batch_size: int = 8, progress: Progress | None = None) -> Curves:
+                       baseline=0.0, batch_size: int = 8, progress: Progress | None = None) -> Curves:
     """Deletion and insertion curves (Petsiuk et al., RISE, 2018) of one clip for a patch-grid map.
 
     Patches (t, h, w) are ranked by `saliency`; deletion replaces the top k with `baseline` and
@@ -62,7 +62,7 @@ def deletion_insertion(model, video: torch.Tensor, saliency: torch.Tensor, targe
         masks.append(keep.reshape(T, H, W))
     masks = torch.stack(masks)  # (K, T, H, W)
     pix = masks.repeat_interleave(P, 2).repeat_interleave(P, 3)[:, None]  # (K, 1, T, H·P, W·P)
-    base = torch.full_like(video, baseline)
+    base = baseline_clip(video, baseline)
     probs = {"deletion": [], "insertion": []}
     total, done = 2 * len(counts), 0
     for kind in probs:

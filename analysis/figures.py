@@ -15,7 +15,15 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.media import png_bytes
-from analysis.patterns import QUERY_COLOUR, REACHED_COLOUR, palette, pattern_codes, receptive_codes, steps_seeing
+from analysis.patterns import (
+    QUERY_COLOUR,
+    REACHED_COLOUR,
+    STEP_COLOURS,
+    palette,
+    pattern_codes,
+    receptive_codes,
+    steps_seeing,
+)
 from timesformer.config import SCHEME_LABELS
 
 GiB = 1024**3
@@ -101,7 +109,7 @@ def cost_figure(rows: list[dict], gpu_memory: float, title: str | None = None) -
                 fig.add_trace(go.Scatter(
                     x=[r[key] for r in measured], y=[r["measured_gflops"] for r in measured], mode="markers",
                     legendgroup=scheme, name=f"{name}: measured", showlegend=False, hoverinfo="text",
-                    hovertext=[f"measured on this machine: {r['measured_gflops']:.1f} GFLOPs" for r in measured],
+                    hovertext=[f"counted by fvcore: {r['measured_gflops']:.1f} GFLOPs" for r in measured],
                     marker=dict(symbol="circle-open", size=14, color=colour, line=dict(width=2)),
                 ), row=1, col=col)
             for impl, (dash, _label) in IMPLEMENTATION_STYLES.items():
@@ -311,4 +319,45 @@ def training_figure(rows: list[dict], title: str) -> go.Figure:
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_layout(template="plotly_white", height=400, title=title)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Temporal evidence (analysis.temporal)
+
+ORDERING_LABELS = {"original": "as recorded", "reversed": "frames reversed", "shuffled": "frames shuffled",
+                   "frozen": "middle frame frozen"}
+
+
+def order_effects_figure(effects: dict[str, float], target_name: str) -> go.Figure:
+    """Bars: the target's probability for the clip as recorded, reversed, shuffled and frozen."""
+    keys = list(effects)
+    fig = go.Figure(go.Bar(x=[ORDERING_LABELS.get(k, k) for k in keys], y=[effects[k] for k in keys],
+                           marker_color=["#636EFA"] + ["#EF553B"] * (len(keys) - 1),
+                           hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=f"probability of '{target_name}' when the frame order changes", yaxis_title="probability",
+                      yaxis=dict(range=[0, 1.02]), template="plotly_white", height=340)
+    return fig
+
+
+def frame_importance_figure(importance: dict[str, list[float]]) -> go.Figure:
+    """One line per explanation: each frame's share of its positive relevance (`analysis.temporal`)."""
+    fig = go.Figure()
+    for name, shares in importance.items():
+        fig.add_trace(go.Scatter(x=list(range(len(shares))), y=shares, mode="lines+markers", name=name))
+    fig.update_layout(title="share of each frame in the explanation", xaxis_title="frame", yaxis_title="share",
+                      xaxis=dict(dtick=1), template="plotly_white", height=340, legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def step_share_figure(rows: list[dict]) -> go.Figure:
+    """Stacked bars per layer: the share of LRP relevance through each kind of attention step."""
+    fig = go.Figure()
+    for step in dict.fromkeys(r["step"] for r in rows):
+        pts = [r for r in rows if r["step"] == step]
+        fig.add_trace(go.Bar(x=[r["layer"] for r in pts], y=[r["share"] for r in pts], name=f"{step} step",
+                             marker_color=STEP_COLOURS.get(step), hovertemplate="layer %{x}: %{y:.2f}<extra></extra>"))
+    fig.update_layout(barmode="stack", title="where the relevance flows: the share of each attention step, per layer",
+                      xaxis_title="layer", yaxis_title="share of |relevance|", xaxis=dict(dtick=1),
+                      yaxis=dict(range=[0, 1]), template="plotly_white", height=340)
     return fig

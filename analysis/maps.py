@@ -99,6 +99,12 @@ def attention_row(m: AttentionMap, query="cls") -> torch.Tensor:
     return row.index_add_(2, cols[keep], weight * vals[..., keep])
 
 
+def takes_part(m: AttentionMap, query="cls") -> bool:
+    """Whether `query` is a query of this step at all: `cls` takes no part in time steps (it is neither
+    query nor key there, as in the official code), so no map of its attention exists for them."""
+    return query != "cls" or m.grouping.with_cls
+
+
 def query_map(m: AttentionMap, query="cls", head="mean") -> torch.Tensor:
     """(B, T, H_p, W_p) attention of `query` over the clip's patches (its attention to cls left out)."""
     T, H, W = m.grid

@@ -5,9 +5,13 @@ Writes into DIR
   layer and step (entropy, attention distance in space and time, same-frame / other-frame / cls shares);
 - `frames.png` (the sampled, cropped frames), `attention_<step>.png` (the query's attention in the chosen
   layer, per step) and `rollout.png`, each a grid of frames with the map overlaid;
-- `attention_<step>.<gif|mp4>` and `rollout.<gif|mp4>`: the same as overlay videos;
+- `attention_<step>.<gif|mp4>` and `rollout.<gif|mp4>`: the same as overlay videos (a step the query takes
+  no part in — `cls` in a time step — has no map; predictions.json says so under `not_drawn`);
+- with `--methods`, `explain_<method>.png/.<gif|mp4>`: any method of `analysis.EXPLANATIONS` for `--target`;
+- with `--temporal`, the evidence about time in predictions.json: the target's probability with the frames
+  reversed, shuffled and frozen, and the share of LRP relevance through each attention step per layer;
 - `pattern_<scheme>.png` and `.svg`: the paper's patch diagram for the clip's grid and the query.
-Without `--checkpoint` it uses the shipped default model (`assets/default_model`).
+Without `--checkpoint` it uses the shipped default model (`timesformer.shipped.DEFAULT_MODEL`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.maps import query_map, recorded_forward, summary_table
+from analysis.explanations import EXPLANATIONS, explain
+from analysis.lrp import relevance
+from analysis.maps import query_map, recorded_forward, summary_table, takes_part
 from analysis.media import grid_image, overlay, png_bytes, save_pattern, upscale, write_animation
 from analysis.rollout import rollout
+from analysis.temporal import order_effects, step_shares
 from timesformer import ATTENTION_TYPES, CheckpointError, load_model
 from timesformer.engine import predict
 from timesformer.shipped import DEFAULT_MODEL
@@ -58,6 +65,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--crops", type=int, choices=(1, 3), default=3, help="spatial crops for the video-level score")
     ap.add_argument("--format", choices=("gif", "mp4"), default="gif", help="overlay video format")
     ap.add_argument("--scale", type=int, default=0, help="upscale frames to at least this many pixels (default 256)")
+    ap.add_argument("--methods", nargs="+", choices=list(EXPLANATIONS), default=[],
+                    help="also draw these explanations of --target (e.g. gae lrp)")
+    ap.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
+    ap.add_argument("--temporal", action="store_true", help="also measure the evidence about time")
     return ap
 
 
@@ -77,8 +88,15 @@ def run(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     frames = upscale(denormalize(centre[0]), args.scale or 256)
     (out / "frames.png").write_bytes(png_bytes(grid_image(frames)))
-    maps = {f"attention_{m.step}": query_map(m, args.query, args.head)[0] for m in rec if m.layer == layer}
+    layer_maps = [m for m in rec if m.layer == layer]
+    maps = {f"attention_{m.step}": query_map(m, args.query, args.head)[0] for m in layer_maps
+            if takes_part(m, args.query)}
+    not_drawn = {f"attention_{m.step}": f"{args.query} takes no part in the {m.step} step" for m in layer_maps
+                 if not takes_part(m, args.query)}
     maps["rollout"] = rollout(rec, discard_ratio=args.discard_ratio, query=args.query)[0]
+    target = _target(args.target, model.class_names)
+    for method in args.methods:
+        maps[f"explain_{method}"] = explain(model, centre, method, target=target)[0]
     written = ["frames.png"]
     for name, grid_map in maps.items():
         over = overlay(frames, grid_map)
@@ -96,8 +114,8 @@ def run(args) -> dict:
         "checkpoint": str(source),
         "attention_type": cfg.attention_type,
         "grid": [T, H, W],
-        "clip_info": {"fps": info.fps, "num_frames": info.num_frames, "indices": info.indices,
-                      "width": info.width, "height": info.height},
+        "clip_info": {"fps": info.fps, "num_frames": info.num_frames, "duration": info.duration,
+                      "indices": info.indices, "width": info.width, "height": info.height},
         "query": args.query,
         "layer": layer,
         "head": args.head,
@@ -105,11 +123,29 @@ def run(args) -> dict:
         "top5_video": [{"class": c, "prob": p} for c, p in preds["video"]],
         "logits": logits[0].tolist(),
         "summary": summary_table(rec),
+        "not_drawn": not_drawn,
         "files": written + ["predictions.json"],
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if args.temporal:
+        r = relevance(model, centre, target)
+        effects = order_effects(model, centre, target)
+        report["temporal"] = {"target": model.class_names[int(r.target[0])],
+                              "order_effects": {k: float(v[0]) for k, v in effects.items()},
+                              "step_shares": step_shares(r)}
     (out / "predictions.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _target(text: str | None, names: list[str]) -> int | None:
+    """A class given by name or index → its index (None: the predicted class)."""
+    if text is None:
+        return None
+    if text in names:
+        return names.index(text)
+    if text.lstrip("-").isdigit() and -len(names) <= int(text) < len(names):
+        return int(text) % len(names)
+    raise ValueError(f"--target {text!r} is neither a class of this model ({', '.join(names)}) nor an index")
 
 
 def main(argv=None, prog: str | None = None) -> int:

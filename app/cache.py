@@ -20,9 +20,12 @@ import torch
 
 from analysis.attribution import timed_forward
 from analysis.complexity import sweep
-from analysis.maps import query_map, recorded_forward, summary_table
+from analysis.lrp import relevance
+from analysis.maps import query_map, recorded_forward, summary_table, takes_part
 from analysis.rollout import rollout
-from timesformer import TimeSformer, TimeSformerConfig, load_model, transfer
+from analysis.temporal import order_effects, step_shares
+from app import settings
+from timesformer import TimeSformer, TimeSformerConfig, load_model, shipped, transfer
 from timesformer.engine import predict
 from timesformer.video import denormalize, read_clip
 
@@ -55,13 +58,31 @@ def model_key(source: str) -> tuple[str, float]:
     return str(source), stamp
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+# 8 entries: the Schemes page holds the five shipped scheme models beside the current one
+@st.cache_resource(max_entries=8, show_spinner="Loading the model…")
 def _load(source: str, stamp: float) -> TimeSformer:
     return load_model(source).eval()
 
 
 def get_model(mkey: tuple[str, float]) -> TimeSformer:
     return _load(*mkey)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def model_card(mkey: tuple[str, float]) -> dict:
+    """The front matter of the model card beside a checkpoint folder (shipped models have one), else {}."""
+    return shipped.card(mkey[0]) if Path(mkey[0]).is_dir() else {}
+
+
+def shipped_schemes(folder: Path, task: str = shipped.TEMPORAL) -> dict[str, tuple[str, float]]:
+    """{attention_type: model key} of the shipped models trained on `task`, one per scheme."""
+    stamp = folder.stat().st_mtime if folder.is_dir() else 0.0  # a model added or removed changes it
+    return {s: model_key(str(p)) for s, p in _shipped_schemes(str(folder), task, stamp).items()}
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _shipped_schemes(folder: str, task: str, stamp: float) -> dict[str, Path]:
+    return shipped.scheme_models(task, Path(folder))
 
 
 @st.cache_resource(max_entries=8, show_spinner="Building the model of that scheme…")
@@ -122,20 +143,32 @@ def predictions(mkey, ckey: ClipKey) -> dict:
 
 @st.cache_data(max_entries=64, show_spinner="Recording the attention of this layer…")
 def layer_maps(mkey, ckey: ClipKey, layer: int, query, head) -> dict[str, np.ndarray]:
-    """{step: (T, H_p, W_p)} attention of `query` in `layer`, one forward recording that layer only."""
+    """{step: (T, H_p, W_p)} attention of `query` in `layer`, one forward recording that layer only; None for
+    a step the query takes no part in (cls in a time step)."""
     _, rec = recorded_forward(get_model(mkey), _centre(ckey)[1], layers=[layer])
-    return {m.step: query_map(m, query, head)[0].numpy() for m in rec}
+    return {m.step: query_map(m, query, head)[0].numpy() if takes_part(m, query) else None for m in rec}
+
+
+def _run(model: TimeSformer, ckey: ClipKey) -> dict:
+    """One recorded forward of the clip's centre crop: top-5 (3 crops), the cls rollout and the summary numbers
+    of every layer and step."""
+    views, centre = _centre(ckey)
+    _, rec = recorded_forward(model, centre)
+    return {"top": predict(model, views, k=5)["video"], "rollout": rollout(rec, query="cls")[0].numpy(),
+            "summary": summary_table(rec)}
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def scheme_run(mkey, ckey: ClipKey, scheme: str) -> dict:
-    """One forward of the clip's centre crop through the model of `scheme`: top-5, the cls rollout and
-    the summary numbers of every layer and step."""
+    """`_run` through the model of `scheme` derived from the current model (`scheme_model`), with its label."""
     model, label = scheme_model(mkey, scheme)
-    views, centre = _centre(ckey)
-    _, rec = recorded_forward(model, centre)
-    return {"label": label, "top": predict(model, views, k=5)["video"],
-            "rollout": rollout(rec, query="cls")[0].numpy(), "summary": summary_table(rec)}
+    return {"label": label, **_run(model, ckey)}
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def model_run(mkey, ckey: ClipKey) -> dict:
+    """`_run` through the model of `mkey` itself (a shipped model of one scheme)."""
+    return _run(get_model(mkey), ckey)
 
 
 @st.cache_data(max_entries=16, show_spinner="Timing one forward pass…")
@@ -174,3 +207,42 @@ class _Store:
 def results() -> _Store:
     """Attribution maps and deletion/insertion curves (computed with progress bars), process-wide."""
     return _Store(64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Explanations: benchmark scores and the evidence about time
+
+
+def explanation_scores(mkey) -> tuple[str | None, dict]:
+    """(shipped model, {method: mean scores}) from `tslab bench explain`: the current model's own scores if it
+    was benchmarked, else those of the shipped distractor model (or the first one benchmarked)."""
+    path = settings.EXPLAIN_RESULTS
+    stamp = path.stat().st_mtime if path.is_file() else 0.0
+    benchmarked = _benchmark(str(path), stamp)
+    if not benchmarked:
+        return None, {}
+    name = Path(mkey[0]).name
+    if name not in benchmarked:
+        name = next((n for n in benchmarked if "distractor" in n), next(iter(benchmarked)))
+    return name, benchmarked[name]
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _benchmark(path: str, stamp: float) -> dict:
+    try:
+        return json.loads(Path(path).read_text()).get("models", {}) if stamp else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@st.cache_data(max_entries=32, show_spinner="Testing the frame order and the relevance per step…")
+def temporal_evidence(mkey, ckey: ClipKey, target: int | None) -> dict:
+    """The target's probability with the frames reversed, shuffled and frozen, and (for schemes with a time
+    step) the share of LRP relevance through each attention step, layer by layer."""
+    model = get_model(mkey)
+    centre = _centre(ckey)[1]
+    effects = order_effects(model, centre, target)
+    r = relevance(model, centre, target)
+    has_time = any(s.name == "time" for s in model.blocks[0].steps)
+    return {"target": int(r.target[0]), "order_effects": {k: float(v[0]) for k, v in effects.items()},
+            "step_shares": step_shares(r) if has_time else []}

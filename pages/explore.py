@@ -8,6 +8,7 @@ from analysis.maps import HEAD_FUSIONS
 from analysis.media import animation_bytes, grid_image, overlay
 from app import cache, widgets
 from app.sidebar import current
+from timesformer import shipped
 
 st.title("Explore")
 ctx = current()
@@ -16,7 +17,7 @@ views = ctx.need_clip()
 cfg = model.config
 T, Hp, Wp = ctx.grid
 st.caption(f"{ctx.model_label} · {cfg.attention_type} · clip {ctx.clip_label} sampled as {T} frames of "
-           f"{views.shape[-1]}² → a {T}×{Hp}×{Wp} patch grid")
+           f"{views.shape[-1]}² → a {T}×{Hp}×{Wp} patch grid" + (f" · {shipped.summary(ctx.card)}" if ctx.card else ""))
 
 # ---- predictions
 preds = cache.predictions(ctx.mkey, ctx.ckey)
@@ -73,9 +74,10 @@ if step not in maps:
     st.error(f"No {step!r} attention was recorded in layer {layer}.")
     st.stop()
 frames = widgets.display(ctx.frames)
-over = overlay(frames, maps[step])
-if query == "cls" and step == "time":
-    st.info("cls takes no part in the time step (it is skipped there, as in the official code): pick a patch query.")
+if maps[step] is None:  # no such map exists: show the frames alone and say why
+    st.info(f"cls takes no part in the {step} step (it is neither query nor key there, as in the official code), "
+            "so it has no attention to show: pick a patch query, or click a patch below.")
+over = frames if maps[step] is None else overlay(frames, maps[step])
 
 # ---- the overlay, clickable: one marker per patch
 pad, columns = 2, min(T, 8)
@@ -90,9 +92,10 @@ st.caption("Click a patch to make it the query. Colours are scaled over the whol
 
 tab_anim, tab_frames = st.tabs(["Animation", "Sampled frames"])
 with tab_anim:
-    st.image(animation_bytes(over, "gif"), caption=f"attention over the {T} frames",
-             width=min(384, 2 * frames.shape[2]))
-    widgets.download_frames(over, image, f"attention_l{layer}_{step}", "explore_dl_overlay")
+    if maps[step] is not None:
+        st.image(animation_bytes(over, "gif"), caption=f"attention over the {T} frames",
+                 width=min(384, 2 * frames.shape[2]))
+        widgets.download_frames(over, image, f"attention_l{layer}_{step}", "explore_dl_overlay")
 with tab_frames:
     plain = grid_image(frames, columns=columns, pad=pad)
     st.image(plain, caption=f"frames {ctx.info['indices']} of {ctx.info['num_frames']}", width="stretch")

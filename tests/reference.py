@@ -2,7 +2,9 @@
 
 It reads the model's parameters but none of its code paths: every scheme is written out as explicit
 reshapes of a (B, T, H, W, D) patch tensor, in the style of the official code, with a plain softmax
-attention. Local windows and stride-2 subsets are written for even sizes only.
+attention. Local windows and stride-2 subsets are written for even sizes only. With `conservative=True` it
+is the LRP graph of `analysis.lrp` written from the rules themselves (softmax and LayerNorm scale detached,
+GELU by the identity rule), for `reference_relevance`.
 """
 
 from __future__ import annotations
@@ -11,12 +13,28 @@ import torch
 import torch.nn.functional as F
 
 
-def _attn(mod, x, heads):
+def _attn(mod, x, heads, conservative=False):
     # x (S, L, D) → (S, L, D), plain softmax attention, then the output projection
     S, L, D = x.shape
     q, k, v = mod.qkv(x).reshape(S, L, 3, heads, D // heads).permute(2, 0, 3, 1, 4)
     a = ((q @ k.transpose(-2, -1)) * (D // heads) ** -0.5).softmax(-1)
+    if conservative:
+        a = a.detach()
     return mod.proj((a @ v).transpose(1, 2).reshape(S, L, D))
+
+
+def _norm(mod, x, conservative=False):
+    if not conservative:
+        return mod(x)
+    sd = (x.var(-1, unbiased=False, keepdim=True) + mod.eps).sqrt().detach()
+    return (x - x.mean(-1, keepdim=True)) / sd * mod.weight + mod.bias
+
+
+def _mlp(mod, x, conservative=False):
+    h = mod.fc1(x)
+    if conservative:  # identity rule: GELU(h) = h · (GELU(h)/h) with the ratio constant
+        return mod.fc2(h * (F.gelu(h) / h).detach())
+    return mod.fc2(F.gelu(h))
 
 
 def _regroup(name, x5):
@@ -58,6 +76,20 @@ STEPS = {
 
 @torch.no_grad()
 def reference_logits(model, video):
+    return _forward(model, video)[0]
+
+
+def reference_relevance(model, video, target):
+    """(patch relevance (B, T, H, W), cls relevance (B,)) of class `target` (B,) by gradient × input at the
+    embedded tokens of the conservative graph."""
+    with torch.enable_grad():
+        logits, x0, cls0 = _forward(model, video, conservative=True)
+        gx, gc = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), [x0, cls0])
+    return (x0 * gx).sum(-1).detach(), (cls0 * gc).sum((-1, -2)).detach()
+
+
+def _forward(model, video, conservative=False):
+    """(logits, embedded patches (B, T, H, W, D), embedded cls (B, C, D))."""
     cfg = model.config
     B, _, T, Hpx, Wpx = video.shape
     P, D, heads = cfg.patch_size, cfg.embed_dim, cfg.num_heads
@@ -73,6 +105,9 @@ def reference_logits(model, video):
         te = F.interpolate(model.time_embed.transpose(1, 2), size=T, mode="nearest")[0].T  # (T, D)
         x = x + te[None, :, None, None]
     cls = (model.cls_token[0, 0] + model.pos_embed[0, 0]).expand(B, T if per_frame_cls else 1, D)
+    if conservative:
+        x, cls = x.detach().requires_grad_(), cls.detach().requires_grad_()
+    x0, cls0 = x, cls
     for blk in model.blocks:
         for name, with_cls, prefix in STEPS[cfg.attention_type]:
             norm, attn = getattr(blk, prefix + "norm1"), getattr(blk, prefix + "attn")
@@ -82,7 +117,8 @@ def reference_logits(model, video):
             if with_cls:
                 c = cls if per_frame_cls else cls.expand(B, G, D)
                 seq = torch.cat([c[:, :, None], seq], dim=2)
-            out = _attn(attn, norm(seq.reshape(B * G, -1, D)), heads).reshape(B, G, -1, D)
+            out = _attn(attn, _norm(norm, seq.reshape(B * G, -1, D), conservative), heads, conservative)
+            out = out.reshape(B, G, -1, D)
             if fc is not None:
                 out = fc(out)
             if with_cls:
@@ -90,7 +126,7 @@ def reference_logits(model, video):
                 cls = cls + (c_out if per_frame_cls else c_out.mean(1, keepdim=True))
             x = x + inverse(out)
         tokens = torch.cat([cls, x.reshape(B, -1, D)], dim=1)
-        tokens = tokens + blk.mlp(blk.norm2(tokens))
+        tokens = tokens + _mlp(blk.mlp, _norm(blk.norm2, tokens, conservative), conservative)
         C = cls.shape[1]
         cls, x = tokens[:, :C], tokens[:, C:].reshape(B, T, H, W, D)
-    return model.head(model.norm(cls.mean(1)))
+    return model.head(_norm(model.norm, cls.mean(1), conservative)), x0, cls0

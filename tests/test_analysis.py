@@ -305,10 +305,38 @@ def test_cli_writes_pictures_and_numbers(tmp_path):
     for name in ("frames.png", "attention_local.png", "attention_global.mp4", "rollout.png", "rollout.mp4",
                  "pattern_axial.svg", "pattern_sparse_local_global.png"):
         assert (out / name).stat().st_size > 0, name
+    assert report["not_drawn"] == {} and "temporal" not in report
     from timesformer.video import read_clip
 
     clip, info = read_clip(out / "rollout.mp4", num_frames=4, size=32)
     assert info.num_frames == 4  # one overlay frame per model frame
+
+
+def test_cli_explanations_and_time_evidence(tmp_path, capsys):
+    """--methods draws registry explanations for --target; cls has no time-step map, and the report says so."""
+    import json
+
+    from analysis.report import main
+    from timesformer import save_model
+    from timesformer.video import write_video
+
+    model = small_model("divided_space_time", num_classes=3, class_names=["up", "down", "still"])
+    save_model(model, tmp_path / "model")
+    write_video(tmp_path / "clip.mp4", np.random.default_rng(1).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    rc = main([str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(out),
+               "--methods", "gae", "lrp", "--target", "down", "--temporal"])
+    assert rc == 0
+    report = json.loads((out / "predictions.json").read_text())
+    assert set(report["not_drawn"]) == {"attention_time"} and not (out / "attention_time.png").exists()
+    assert (out / "attention_space.png").exists() and (out / "explain_gae.gif").exists()
+    assert (out / "explain_lrp.png").exists()
+    assert report["temporal"]["target"] == "down"
+    assert set(report["temporal"]["order_effects"]) == {"original", "reversed", "shuffled", "frozen"}
+    assert {r["step"] for r in report["temporal"]["step_shares"]} == {"time", "space"}
+    rc = main([str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(out),
+               "--methods", "gae", "--target", "sideways"])
+    assert rc == 2 and "neither a class" in capsys.readouterr().err
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):

@@ -1,8 +1,8 @@
 """The Streamlit app through Streamlit's AppTest: every page, uploads, bad input, page switches.
 
-The app runs on the shipped default model and sample clips (assets/) when they exist, else on a tiny
-model and a SynthMotion clip built here. Caches are shared between AppTest instances in one process,
-so the model loads once for the whole file.
+The app runs on the shipped models and sample clips (assets/) when they exist, else on tiny untrained models
+of every scheme (with model cards) and a SynthMotion clip built here. Caches are shared between AppTest
+instances in one process, so each model loads once for the whole file.
 """
 
 from __future__ import annotations
@@ -18,37 +18,43 @@ import pytest
 import torch
 
 from app import settings, uploads
-from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig, load_model, save_model
+from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig, load_model, save_model, shipped
 from timesformer.synthmotion import SynthMotion
 from timesformer.video import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = "../app/main.py"  # AppTest resolves it against this file
-SHIPPED_MODEL = ROOT / "assets" / "default_model"
-SHIPPED_SAMPLES = ROOT / "assets" / "samples"
+SHIPPED_MODEL, SHIPPED_SAMPLES, SHIPPED_MODELS = shipped.DEFAULT_MODEL, shipped.SAMPLES, shipped.MODELS
 TIMEOUT = 120
 
 
 def _shipped() -> bool:
-    return (SHIPPED_MODEL / "config.json").is_file() and any(SHIPPED_SAMPLES.glob("*.mp4"))
+    return ((SHIPPED_MODEL / "config.json").is_file() and any(SHIPPED_SAMPLES.glob("*.mp4"))
+            and len(shipped.scheme_models(folder=SHIPPED_MODELS)) == len(ATTENTION_TYPES))
 
 
-def build_assets(root: Path) -> tuple[Path, Path]:
-    """A tiny model (8 frames of 32², 4 named classes) and a 16-frame SynthMotion clip, as the shipped ones."""
-    torch.manual_seed(0)
-    cfg = TimeSformerConfig.tiny(img_size=32, num_classes=4, class_names=["left", "right", "there", "back"])
-    model_dir = save_model(TimeSformer(cfg), root / "default_model")
+def build_assets(root: Path) -> tuple[Path, Path, Path]:
+    """(default model, samples, models folder) as the shipped ones: a tiny untrained model of every scheme (8
+    frames of 32², 4 named classes) with a model card, the divided one the default, and a 16-frame clip."""
+    models = root / "models"
+    for scheme in ATTENTION_TYPES:
+        torch.manual_seed(0)
+        cfg = TimeSformerConfig.tiny(img_size=32, num_classes=4, class_names=["left", "right", "there", "back"],
+                                     attention_type=scheme)
+        folder = save_model(TimeSformer(cfg), models / f"tiny-{scheme}")
+        (folder / "README.md").write_text(f"---\nname: tiny-{scheme}\ntask: {shipped.TEMPORAL}\nattention_type: "
+                                          f"{scheme}\nheld_out: {{accuracy: 0.25, clips: 16}}\n---\n# untrained\n")
     samples = root / "samples"
     samples.mkdir(parents=True, exist_ok=True)
     frames, _ = SynthMotion("temporal", num_frames=16, size=48).frames(0)
     write_video(samples / "motion.mp4", frames)
-    return model_dir, samples
+    return models / "tiny-divided_space_time", samples, models
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     if _shipped() and not os.environ.get("TSLAB_TEST_FIXTURE_ASSETS"):
-        return SHIPPED_MODEL, SHIPPED_SAMPLES
+        return SHIPPED_MODEL, SHIPPED_SAMPLES, SHIPPED_MODELS
     return build_assets(tmp_path_factory.mktemp("assets"))
 
 
@@ -59,6 +65,7 @@ def app(assets, monkeypatch, tmp_path):
 
     monkeypatch.setattr(settings, "DEFAULT_MODEL", assets[0])
     monkeypatch.setattr(settings, "SAMPLES", assets[1])
+    monkeypatch.setattr(settings, "MODELS", assets[2])
     monkeypatch.setattr(settings, "RUNS", tmp_path / "runs")
     return AppTest.from_file(MAIN, default_timeout=TIMEOUT)
 
@@ -77,6 +84,10 @@ def ok(at):
 
 def charts(at) -> dict:
     return {c.key: c for c in at.get("plotly_chart")}
+
+
+def image_captions(at) -> list[str]:
+    return [img.caption for i in at.get("image") for img in i.proto.imgs]
 
 
 def page(at, name: str):
@@ -131,6 +142,20 @@ def test_explore_controls(app):
     assert json.loads(title)["data"][2]["marker"]["symbol"] == "square-open"
 
 
+def test_explore_says_why_cls_has_no_time_map(app, tmp_path):
+    """cls takes no part in time steps: Explore says so and draws no heatmap, instead of a uniform one."""
+    torch.manual_seed(0)
+    model_dir = save_model(TimeSformer(TimeSformerConfig.tiny(img_size=32, attention_type="divided_space_time")),
+                           tmp_path / "divided")
+    at = app.run().radio(key="model_kind").set_value("Local path").run()
+    at = ok(at.text_input(key="model_path").input(str(model_dir)).run())
+    at = ok(at.selectbox(key="k_explore_step").select("time").run())
+    assert any("takes no part in the time step" in i.value for i in at.info)
+    assert len(at.get("image")) == 1  # the sampled frames only: no attention animation
+    at = ok(at.radio(key="k_explore_query").set_value("patch").run())
+    assert not any("takes no part" in i.value for i in at.info) and len(at.get("image")) == 2
+
+
 def test_explore_picks_query_from_a_click(app):
     """A click on the heatmap arrives as the chart's selection; the page turns it into the query."""
     at = ok(app.run())
@@ -171,6 +196,19 @@ def test_upload_clip(app, clip_bytes):
     upload.upload("my clip.mp4", clip_bytes, "video/mp4")
     at = ok(at.run())
     assert any("my clip.mp4" in c.value for c in at.sidebar.caption)
+    assert "explore_pick" in charts(at)
+
+
+def test_upload_avi_with_dropped_frames(app, tmp_path):
+    """68 Cinepak frames over 29.6 s in 444 index slots: read as 68 frames, sampled over the whole time line."""
+    from tests.test_video import dropped_frame_avi
+
+    avi = dropped_frame_avi(tmp_path / "dropped.avi")
+    at = ok(ok(app.run()).radio(key="clip_kind").set_value("Upload").run())
+    next(u for u in at.get("file_uploader") if u.key == "clip_upload").upload("dropped.avi", avi.read_bytes(),
+                                                                             "video/x-msvideo")
+    at = ok(at.run())
+    assert any(c.value.startswith("dropped.avi: 68 frames, 64×48, 15.0 fps") for c in at.sidebar.caption)
     assert "explore_pick" in charts(at)
 
 
@@ -240,12 +278,29 @@ def test_resample_when_sampling_differs_from_the_model(app):
 # Models
 
 
-def test_missing_default_model(app, monkeypatch, tmp_path):
+def test_missing_shipped_models(app, monkeypatch, tmp_path):
     monkeypatch.setattr(settings, "DEFAULT_MODEL", tmp_path / "nowhere")
+    monkeypatch.setattr(settings, "MODELS", tmp_path / "nowhere")
     at = app.run()
     assert not at.exception
-    assert any("is not there yet" in e.value for e in at.sidebar.error)
+    assert any("are not there yet" in e.value for e in at.sidebar.error)
     assert at.main.error  # the page stops with the reason
+
+
+def test_explore_switches_between_the_shipped_models(app, assets):
+    """The sidebar lists every shipped model, opens on the default, and Explore follows the choice."""
+    at = ok(app.run())
+    box = at.selectbox(key="model_shipped")
+    assert box.value == assets[0].name and set(shipped.models(assets[2])) <= set(box.options)
+    assert any("held-out accuracy" in c.value for c in at.sidebar.caption)  # from its model card
+    axial = next(n for n, p in shipped.models(assets[2]).items() if load_model(p).config.attention_type == "axial")
+    at = ok(box.select(axial).run())
+    assert any(c.value.startswith(f"{axial}: axial") for c in at.sidebar.caption)
+    assert at.selectbox(key="k_explore_step").options == ["time", "width", "height"]
+    assert "explore_pick" in charts(at)
+    at = ok(page(at, "schemes"))
+    at = ok(page(at, "explore"))
+    assert at.selectbox(key="model_shipped").value == axial  # kept across pages
 
 
 def test_local_path_errors(app, tmp_path):
@@ -323,28 +378,88 @@ def test_upload_checkpoint(app, assets):
     assert "explore_pick" in charts(at)
 
 
+def test_mmaction2_and_image_vit_checkpoints(app, tmp_path):
+    """Uploads of an mmaction2 .pth, a timm ViT as .bin, .pt and .safetensors and a zipped HuggingFace ViT folder,
+    and that folder by path: each opens in Explore (a ViT as space_only, one ViT per frame)."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save as safetensors_bytes
+
+    from tests.test_formats import mmaction_state, timm_state
+    from tests.test_model import small_model
+
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=1,
+                                 num_attention_heads=1, intermediate_size=128, num_labels=3)
+    transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
+    timm = timm_state(tmp_path / "vit", depth=1)
+    mm, vit_bin, vit_pt, zipped = io.BytesIO(), io.BytesIO(), io.BytesIO(), io.BytesIO()
+    torch.save({"meta": {}, "state_dict": mmaction_state(small_model("divided_space_time", embed_dim=64))}, mm)
+    torch.save({"model": timm}, vit_bin)
+    torch.save(timm, vit_pt)
+    with zipfile.ZipFile(zipped, "w") as z:
+        for f in (tmp_path / "vit").iterdir():
+            z.write(f, f"vit/{f.name}")
+    uploads_ = [("timesformer_mm.pth", mm.getvalue(), "divided_space_time, 4×32²"),
+                ("pytorch_model.bin", vit_bin.getvalue(), "space_only, 8×32²"),
+                ("vit.pt", vit_pt.getvalue(), "space_only, 8×32²"),
+                ("vit.safetensors", safetensors_bytes({k: v.contiguous() for k, v in timm.items()}), "space_only"),
+                ("vit.zip", zipped.getvalue(), "space_only, 8×32²")]
+    at = ok(app.run().radio(key="model_kind").set_value("Upload").run())
+    for name, data, caption in uploads_:
+        next(u for u in at.get("file_uploader") if u.key == "model_upload").upload(
+            name, data, "application/octet-stream")
+        at = ok(at.run())
+        assert any(c.value.startswith(f"{name}: {caption}") for c in at.sidebar.caption), name
+        assert "explore_pick" in charts(at)
+    at = ok(at.radio(key="model_kind").set_value("Local path").run())
+    at = ok(at.text_input(key="model_path").input(str(tmp_path / "vit")).run())
+    assert at.dataframe[0].value["class"][0] in ("LABEL_0", "LABEL_1", "LABEL_2")
+
+
 # --------------------------------------------------------------------------------------------------
 # The other pages
 
 
-def test_schemes(app):
+def test_schemes_trained_models_side_by_side(app):
+    """The shipped model of each scheme on the clip: prediction, card accuracy, attention and rollout."""
     at = ok(page(app.run(), "schemes"))
     assert at.title[0].value == "Schemes"
     ch = charts(at)
     assert {f"schemes_pattern_{s}" for s in ATTENTION_TYPES} <= set(ch)
     assert "schemes_summary" in ch
-    # the current model's scheme is labelled as such, the others as derived
-    captions = " ".join(c.value for c in at.main.caption)
-    assert "the current model" in captions and "derived from the current weights" in captions
+    assert at.radio(key="k_schemes_source").value == "trained models (shipped)"
+    captions = [c.value for c in at.main.caption]
+    assert sum("held-out accuracy" in c for c in captions) == len(ATTENTION_TYPES)  # each model's card
+    assert len(at.get("image")) == 2 * len(ATTENTION_TYPES)  # attention of the chosen step + rollout, each
+    assert {at.selectbox(key=f"k_schemes_step_{s}").value for s in ATTENTION_TYPES} == {
+        "space", "joint", "global", "height"}  # each scheme's last step by default
+    assert set(at.dataframe[0].value["scheme"]) == set(ATTENTION_TYPES)  # the summary table: every trained model
+    # cls takes no part in a time step: the page says so instead of drawing a map
+    at = ok(at.selectbox(key="k_schemes_step_divided_space_time").select("time").run())
+    assert any("cls takes no part in the time step" in i.value for i in at.info)
+    assert len(at.get("image")) == 2 * len(ATTENTION_TYPES) - 1
+    at = ok(at.radio(key="k_schemes_query").set_value("patch").run())  # the patch picked for the diagrams
+    assert len(at.get("image")) == 2 * len(ATTENTION_TYPES)
+    assert any("time step, query patch" in c for c in image_captions(at))
+    at = ok(at.selectbox(key="k_schemes_layer").select(0).run())
     at.number_input(key="k_schemes_t").set_value(0)
     at.radio(key="k_schemes_view").set_value("receptive field")
     at = ok(at.run())
     at = ok(at.selectbox(key="k_schemes_metric").select("distance_time").run())
 
 
+def test_schemes_derived_models(app):
+    """The derived view: the current model's weights regrouped by each scheme, labelled as untrained."""
+    at = ok(page(app.run(), "schemes"))
+    at = ok(at.radio(key="k_schemes_source").set_value("derived from the current model").run())
+    captions = " ".join(c.value for c in at.main.caption)
+    assert "the current model" in captions and "derived from the current weights" in captions
+    assert "schemes_summary" in charts(at)
+
+
 def test_schemes_waits_for_a_button_on_large_models(app, monkeypatch):
     monkeypatch.setattr(settings, "HEAVY_PARAMS", 0)
     at = ok(page(app.run(), "schemes"))
+    at = ok(at.radio(key="k_schemes_source").set_value("derived from the current model").run())
     assert "schemes_summary" not in charts(at)
     assert any("Press the button" in i.value for i in at.info)
     at = ok(at.button(key="schemes_run").click().run())
@@ -353,22 +468,40 @@ def test_schemes_waits_for_a_button_on_large_models(app, monkeypatch):
     assert "schemes_summary" in charts(at)
 
 
-def test_attribution(app):
+def test_attribution(app, monkeypatch, tmp_path):
+    from analysis import EXPLANATIONS
+
+    # benchmark scores of a shipped model, as `tslab bench explain` writes them
+    results = {"models": {"synthmotion-distractor-divided_space_time": {
+        "gae": {"signal_share": 0.91, "pointing": 0.8, "mass": 0.7, "sanity_pass": True},
+        "saliency": {"signal_share": 0.6, "pointing": 0.3, "mass": 0.4, "sanity_pass": False}}}}
+    (tmp_path / "explain.json").write_text(json.dumps(results))
+    monkeypatch.setattr(settings, "EXPLAIN_RESULTS", tmp_path / "explain.json")
     at = ok(page(app.run(), "attribution"))
     assert at.dataframe  # the cost estimate before running
-    methods = ["rollout", "grad_rollout", "saliency", "integrated_gradients", "occlusion", "ablation_frames",
-               "ablation_tubes", "gradient_x_activation"]
+    methods = list(EXPLANATIONS)
     at.multiselect(key="k_attr_methods").set_value(methods)
     at.number_input(key="k_attr_steps").set_value(2)
     at.number_input(key="k_attr_curve_steps").set_value(4)
+    at.selectbox(key="k_attr_baseline").select("blur")
     at = ok(at.run())
-    assert len(at.dataframe[0].value) == len(methods)
+    table = at.dataframe[0].value
+    assert len(table) == len(methods)
+    row = lambda name: table[table["method"] == EXPLANATIONS[name].label].iloc[0]
+    assert row("gae")["bench: signal share"] == 0.91 and row("gae")["sanity check"] == "passes"
+    assert row("saliency")["sanity check"] == "FAILS"
+    assert any("synthmotion-distractor-divided_space_time" in c.value for c in at.caption)
     at = ok(at.button(key="attr_run").click().run())
     assert len(at.get("image")) == len(methods)
-    assert {"attr_deletion", "attr_insertion"} <= set(charts(at))
+    assert {"attr_deletion", "attr_insertion", "attr_order", "attr_frames"} <= set(charts(at))
+    divided = load_model(settings.DEFAULT_MODEL).config.attention_type == "divided_space_time"
+    assert ("attr_steps" in charts(at)) == divided  # relevance through time vs space steps
     # results are kept: a rerun shows them without pressing Run
     at = ok(at.run())
     assert len(at.get("image")) == len(methods)
+    monkeypatch.setattr(settings, "EXPLAIN_RESULTS", tmp_path / "missing.json")
+    at = ok(at.run())
+    assert any("No benchmark results" in c.value for c in at.caption)
 
 
 def test_cost(app):

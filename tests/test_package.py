@@ -43,6 +43,13 @@ def test_tslab_bench_names_the_scripts_and_refuses_unknown_ones():
     assert bad.returncode == 2 and "no benchmark 'nonexistent'" in bad.stderr
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "bench").glob("*.py")))
+def test_every_benchmark_explains_itself_without_running(name, tmp_path):
+    """`tslab bench NAME --help` prints the script's usage and returns at once (no benchmark starts on --help)."""
+    proc = run(TSLAB, "bench", name, "--help", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage:"), (proc.stdout[:500], proc.stderr[-2000:])
+
+
 @pytest.mark.parametrize("cmd", [
     ["timesformer/train.py", "--help"],
     ["timesformer/evaluate.py", "--help"],

@@ -1,0 +1,107 @@
+"""The explanation benchmark: every method of `analysis.EXPLANATIONS` scored on held-out SynthMotion clips,
+whose evidence has a known place (`SynthMotion.object_masks`). For each method: agreement with the ground
+truth (`analysis.grounding`), faithfulness (deletion and insertion AUC, `analysis.faithfulness`), the
+model-randomisation sanity check (`analysis.sanity`) and the cost (clip evaluations and milliseconds per clip);
+a random map is the row every method must beat. `tslab bench explain` runs it on the shipped models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from analysis.explanations import EXPLANATIONS, explain
+from analysis.faithfulness import deletion_insertion, random_map
+from analysis.grounding import grounding_scores, object_cells
+from analysis.sanity import PASS_BELOW, cascading_randomisation, similarity_curve
+
+# options that keep every method affordable on a CPU for a benchmark (the defaults otherwise)
+BENCH_OPTIONS = {"integrated_gradients": {"n_steps": 32}, "occlusion": {"window": (1, 1)}}
+# methods that replace what they remove are also scored with the video baselines, as rows "method|baseline"
+VIDEO_BASELINES = ("temporal_mean", "blur", "frozen_frame")
+
+
+def rows_of(method: str) -> list[str]:
+    """The benchmark rows of a method: itself, and one per video baseline where it takes a baseline."""
+    if "baseline" not in EXPLANATIONS[method].options:
+        return [method]
+    return [method] + [f"{method}|{b}" for b in VIDEO_BASELINES]
+
+
+def _split(row: str) -> tuple[str, dict]:
+    """A benchmark row → (method, its options)."""
+    method, _, baseline = row.partition("|")
+    options = dict(BENCH_OPTIONS.get(method, {}))
+    if baseline:
+        options["baseline"] = baseline
+    return method, options
+
+
+def clips(dataset, count: int) -> tuple[torch.Tensor, list[dict[str, np.ndarray]], torch.Tensor]:
+    """(videos (count, 3, T, S, S), per-clip {object: bool (T, H_p, W_p) cells}, labels) of a SynthMotion set."""
+    videos, cells, labels = [], [], []
+    for i in range(count):
+        video, label, _ = dataset[i]
+        videos.append(video[0])
+        cells.append(dataset.object_masks(i))
+        labels.append(label)
+    return torch.stack(videos), cells, torch.tensor(labels)
+
+
+def score_method(model, videos: torch.Tensor, masks: list[dict], row: str, target: torch.Tensor,
+                 batch: int = 8, curve_steps: int = 16, sanity_clips: int = 8, seed: int = 0,
+                 curve_baseline="temporal_mean") -> dict:
+    """Mean scores of a benchmark row (a method, "method|baseline", or "random" for random maps) over the
+    clips, explaining `target` (B,). Every row's deletion and insertion curves remove patches into the same
+    `curve_baseline`, so that their AUCs compare."""
+    patch = model.config.patch_size
+    grid = model.grid_of(videos[:1])
+    method, options = _split(row)
+    maps, seconds = [], 0.0
+    for i in range(0, len(videos), batch):
+        t0 = time.perf_counter()
+        if method == "random":
+            maps.append(torch.cat([random_map(grid, seed + i + j) for j in range(len(videos[i : i + batch]))]))
+        else:
+            maps.append(explain(model, videos[i : i + batch], method, target=target[i : i + batch], **options))
+        seconds += time.perf_counter() - t0
+    maps = torch.cat(maps)
+    rows = []
+    for i in range(len(videos)):
+        cells = object_cells(masks[i], patch)
+        row = grounding_scores(maps[i], cells["signal"], cells.get("distractor"))
+        curves = deletion_insertion(model, videos[i : i + 1], maps[i], target=int(target[i]), steps=curve_steps,
+                                    baseline=curve_baseline)
+        row.update(auc_deletion=curves.auc_deletion, auc_insertion=curves.auc_insertion)
+        rows.append(row)
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out["ms_per_clip"] = 1000 * seconds / len(videos)
+    if method != "random":
+        cost = EXPLANATIONS[method].estimate(grid, **options)
+        out.update(forwards=cost.forwards, backwards=cost.backwards)
+        sub, sub_target = videos[:sanity_clips], target[:sanity_clips]
+        stages = cascading_randomisation(model, lambda m: explain(m, sub, method, target=sub_target, **options),
+                                         seed=seed)
+        curve = similarity_curve(stages)
+        out["randomisation"] = [{"stage": s, "spearman": v} for s, v in curve]
+        out["sanity_pass"] = bool(curve[-1][1] < PASS_BELOW)
+    return out
+
+
+def benchmark(model, dataset, count: int = 32, methods=None, progress: Callable[[str], None] | None = None,
+              **kwargs) -> dict[str, dict]:
+    """{row: mean scores} for `methods` (default: every registered one; `rows_of` each) and "random", on the
+    first `count` clips of a SynthMotion `dataset`, explaining the model's predicted classes."""
+    videos, masks, labels = clips(dataset, count)
+    with torch.no_grad():
+        predicted = model(videos).argmax(-1)
+    results = {"_model": {"clips": count, "accuracy": float((predicted == labels).float().mean())}}
+    rows = [row for method in (methods or EXPLANATIONS) for row in rows_of(method)] + ["random"]
+    for row in rows:
+        if progress is not None:
+            progress(row)
+        results[row] = score_method(model, videos, masks, row, predicted, **kwargs)
+    return results

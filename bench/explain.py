@@ -1,0 +1,199 @@
+"""The explanation benchmark: every explanation method on every shipped model, scored against ground truth.
+
+    tslab bench explain [--models NAME_OR_PATH ...] [--clips 32] [--methods gae lrp ...]
+    tslab bench explain --report     # rewrite bench/results/explain.md from explain.json
+
+For each model, on held-out SynthMotion clips of its task (`test` split, a seed never trained on): pointing,
+path pointing, mass and rank accuracy on the object that carries the class, the share against the distractor
+(distractor task), deletion and insertion AUC (patches removed into the clip's temporal mean), the
+model-randomisation sanity check, and the cost; methods that take a baseline are scored with the constant one
+and with each video baseline; a random map is the row to beat. Also the temporal evidence: the target's
+probability with the frames reversed, shuffled and frozen, the share of LRP relevance through each kind of
+attention step, layer by layer, and the vacancy test (is where the object has just been evidence too?).
+Writes bench/results/explain.json (read by the app) and bench/results/explain.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from analysis.benchmark import benchmark, clips
+from analysis.explanations import EXPLANATIONS
+from analysis.lrp import relevance
+from analysis.sanity import PASS_BELOW
+from analysis.temporal import order_effects, step_shares
+from timesformer import load_model
+from timesformer.shipped import models
+from timesformer.synthmotion import TASKS, SynthMotion
+from timesformer.video import transform_frames
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COLUMNS = [("pointing", "pointing ↑"), ("path_pointing", "path pointing ↑"), ("mass", "mass ↑"),
+           ("rank_accuracy", "rank acc. ↑"), ("signal_share", "signal share ↑"), ("auc_deletion", "deletion AUC ↓"),
+           ("auc_insertion", "insertion AUC ↑"), ("sanity", "sanity check"), ("ms_per_clip", "ms / clip"),
+           ("cost", "forwards + backwards")]
+
+
+def task_of(name: str, default: str) -> str:
+    found = re.match(r"synthmotion-(\w+?)-", Path(name).name)
+    return found.group(1) if found and found.group(1) in TASKS else default
+
+
+@torch.no_grad()
+def vacancy_test(model, data, count: int) -> dict:
+    """Is where the signal object has just been evidence too? In every frame, paint the object back on the
+    pixels it covered one frame earlier and has left, or — the control — the same shape at a random empty
+    place of the frame; the mean drop of the target logit for each."""
+    drops = {"vacated": [], "elsewhere": []}
+    for i in range(count):
+        frames, label = data.frames(i)
+        masks = data.object_masks(i)
+        sig, occupied = masks["signal"], np.logical_or.reduce(list(masks.values()))
+        colour = frames[sig][0]
+        base = model(transform_frames(frames, data.size))[0, label].item()
+        rng = np.random.default_rng(i)
+        for t in range(1, len(frames)):
+            vacated = sig[t - 1] & ~sig[t]
+            if vacated.sum() < 8:
+                continue
+            for _ in range(50):  # the control: the same shape, shifted to where no object is in frame t
+                shifted = np.roll(vacated, tuple(rng.integers(-data.size // 3, data.size // 3 + 1, 2)), axis=(0, 1))
+                if not (shifted & (occupied[t] | vacated)).any():
+                    break
+            else:
+                continue
+            for kind, where in (("vacated", vacated), ("elsewhere", shifted)):
+                painted = frames.copy()
+                painted[t][where] = colour
+                drops[kind].append(base - model(transform_frames(painted, data.size))[0, label].item())
+    return {k: float(np.mean(v)) for k, v in drops.items()} | {"frames": len(drops["vacated"])}
+
+
+def temporal_evidence(model, videos: torch.Tensor) -> dict:
+    effects = order_effects(model, videos)
+    out = {"order_effects": {k: float(v.mean()) for k, v in effects.items()}}
+    if any(s.name == "time" for s in model.blocks[0].steps):
+        out["step_shares"] = step_shares(relevance(model, videos))
+    return out
+
+
+def cell(text: str) -> str:
+    """A method row name ("occlusion|blur") as a markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def table(name: str, result: dict) -> str:
+    have = [(k, label) for k, label in COLUMNS if k in ("sanity", "cost") or any(k in r for r in result.values())]
+    info = result["_model"]
+    lines = [f"**{name}** ({info['clips']} held-out clips, accuracy {info['accuracy']:.1%})", "",
+             "| method | " + " | ".join(label for _, label in have) + " |", "|---" * (len(have) + 1) + "|"]
+    for method, r in result.items():
+        if method.startswith("_"):
+            continue
+        cells = []
+        for key, _ in have:
+            if key == "sanity":
+                cells.append("" if "sanity_pass" not in r else
+                             f"{'pass' if r['sanity_pass'] else 'FAIL'} ({r['randomisation'][-1]['spearman']:.2f})")
+            elif key == "cost":
+                cells.append(f"{r['forwards']} + {r['backwards']}" if "forwards" in r else "")
+            elif key == "ms_per_clip":
+                cells.append(f"{r[key]:.1f}")
+            else:
+                cells.append(f"{r[key]:.3f}" if key in r else "")
+        lines.append(f"| {cell(method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="tslab bench explain", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="*", help="shipped model names or checkpoint paths (default: every shipped model)")
+    p.add_argument("--task", default="temporal", help="SynthMotion task of models whose name does not say it")
+    p.add_argument("--clips", type=int, default=32)
+    p.add_argument("--methods", nargs="*", choices=list(EXPLANATIONS), help="default: all")
+    p.add_argument("--seed", type=int, default=31337, help="SynthMotion seed of the held-out clips")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=RESULTS / "explain.json")
+    p.add_argument("--report", action="store_true", help="only rewrite the .md beside --out from its JSON, and exit")
+    a = p.parse_args(argv)
+    if a.report:
+        if not a.out.is_file():
+            p.error(f"no results at {a.out}: run the benchmark first")
+        write(json.loads(a.out.read_text()), a.out)
+        print(f"wrote {a.out.with_suffix('.md')}")
+        return None
+    torch.set_num_threads(a.threads)
+    names = a.models or list(models())
+    if not names:
+        p.error("no shipped models found: give --models")
+    report = {"clips": a.clips, "seed": a.seed, "pass_below": PASS_BELOW, "models": {}}
+    for name in names:
+        model = load_model(name)
+        cfg = model.config
+        task = task_of(name, a.task)
+        data = SynthMotion(task, "test", a.clips, cfg.num_frames, cfg.img_size, seed=a.seed)
+        t0 = time.perf_counter()
+        result = benchmark(model, data, a.clips, a.methods,
+                           progress=lambda m, n=name: print(f"{n}: {m}", flush=True))
+        result["_model"].update(task=task, attention_type=cfg.attention_type, seconds=time.perf_counter() - t0)
+        result["_temporal"] = temporal_evidence(model, clips(data, a.clips)[0])
+        if task in ("temporal", "distractor"):
+            result["_temporal"]["vacancy"] = vacancy_test(model, data, a.clips)
+        report["models"][Path(name).name] = result
+        print(table(Path(name).name, result), flush=True)
+        write(report, a.out)  # after every model: a long run that is stopped keeps what it finished
+    print(f"wrote {a.out} and {a.out.with_suffix('.md')}")
+    return report
+
+
+SUMMARY_METHODS = ("attention", "rollout", "grad_rollout", "gae", "lrp", "saliency",
+                   "integrated_gradients|temporal_mean", "ablation_tubes|temporal_mean", "random")
+
+
+def summary(models: dict) -> str:
+    """One row per model: mass on the signal object (and the share against the distractor, where there is one)
+    for the interactive methods, the best perturbation ones and the random map; then the evidence about time."""
+    lines = ["| model | " + " | ".join(map(cell, SUMMARY_METHODS)) + " |", "|---" * (len(SUMMARY_METHODS) + 1) + "|"]
+    for name, result in models.items():
+        cells = []
+        for m in SUMMARY_METHODS:
+            r = result.get(m, {})
+            mass = f"{r['mass']:.2f}" if "mass" in r else ""
+            cells.append(mass + (f" ({r['signal_share']:.2f})" if "signal_share" in r else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | p(target): as is | reversed | shuffled | frozen | relevance through time steps, "
+              "blocks 0→3 | vacancy: logit drop, vacated / elsewhere |", "|---|---|---|---|---|---|---|"]
+    for name, result in models.items():
+        t = result.get("_temporal", {})
+        o = t.get("order_effects", {})
+        shares = " / ".join(f"{r['share']:.2f}" for r in t.get("step_shares", []) if r["step"] == "time") or "—"
+        v = t.get("vacancy")
+        vac = f"{v['vacated']:.2f} / {v['elsewhere']:.2f} ({v['frames']} frames)" if v else "—"
+        probs = [f"{o[k]:.3f}" if k in o else "—" for k in ("original", "reversed", "shuffled", "frozen")]
+        lines.append(f"| {name} | " + " | ".join(probs) + f" | {shares} | {vac} |")
+    return "\n".join(lines)
+
+
+def write(report: dict, out: Path) -> None:
+    """Merge into `out`: models benchmarked earlier on the same clips are kept (two runs may share a file)."""
+    merged = dict(report, models={})
+    if out.exists():
+        old = json.loads(out.read_text())
+        if (old.get("clips"), old.get("seed")) == (report["clips"], report["seed"]):
+            merged["models"] = old["models"]
+    merged["models"].update(report["models"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=1))
+    tables = [table(n, r) for n, r in merged["models"].items()]
+    out.with_suffix(".md").write_text("\n\n".join([summary(merged["models"]), *tables]) + "\n")
+
+
+if __name__ == "__main__":
+    main()
