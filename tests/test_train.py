@@ -174,6 +174,13 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
     assert "over 4 clips" in text
     res = E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8)
     assert res["clip"]["clips"] == 8 and res["video"]["clips"] == 8
+    with_workers = E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8, workers=2)
+    for view in ("clip", "video"):  # loader processes change nothing but speed
+        assert {k: v for k, v in with_workers[view].items() if k != "seconds"} == \
+            pytest.approx({k: v for k, v in res[view].items() if k != "seconds"})
+    with pytest.raises(SystemExit):
+        E.main([str(out / "checkpoint-last"), "synthmotion-temporal", "--workers", "-1"])
+    assert "expected auto or a number ≥ 0, got '-1'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no such file or folder"):
         E.main([str(out / "checkpoint-last"), str(tmp_path / "nothing")])
     with pytest.raises(SystemExit, match="not SynthMotion appearance's"):

@@ -8,6 +8,7 @@ skipped ones and counts them, so one broken file never ends an epoch.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from .video import VIDEO_EXTENSIONS, VideoError, read_clip
 
 __all__ = ["APPEARANCE_CLASSES", "TASKS", "TEMPORAL_CLASSES", "SynthMotion", "export_synthmotion", "Skipped",
            "collate", "ClipDataset", "VideoListDataset", "video_folder", "video_csv", "Relabeled",
-           "synthmotion_task", "open_split", "build_datasets", "auto_workers", "EpochBatches", "AtEpoch"]
+           "synthmotion_task", "open_split", "build_datasets", "auto_workers", "workers_arg", "EpochBatches",
+           "AtEpoch"]
 
 
 @dataclass
@@ -173,6 +175,19 @@ def auto_workers(device: torch.device, processes_per_node: int = 1) -> int:
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(MAX_AUTO_WORKERS, cores // max(1, processes_per_node) - 1))
+
+
+def workers_arg(value: str) -> int | str:
+    """argparse type of `--workers`: "auto" or a number ≥ 0."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a number ≥ 0, got {value!r}")
+    return n
 
 
 class EpochBatches(Sampler):

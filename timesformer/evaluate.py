@@ -18,16 +18,19 @@ import time
 import torch
 
 from timesformer.checkpoints import load_model
-from timesformer.data import open_split, synthmotion_task
+from timesformer.data import auto_workers, open_split, synthmotion_task, workers_arg
 from timesformer.distributed import resolve_device
 from timesformer.engine import eval_loader, evaluate
 
 
 def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_frames: int | None = None,
         size: int | None = None, sampling_rate: int = 32, num_clips: int = 512, seed: int = 12345,
-        device: str = "cpu", workers: int = 0) -> dict:
-    """{'clip': metrics with 1 view, 'video': metrics with 3 crops averaged} (loss, acc1, [acc5], clips)."""
+        device: str = "cpu", workers: int | str = "auto") -> dict:
+    """{'clip': metrics with 1 view, 'video': metrics with 3 crops averaged} (loss, acc1, [acc5], clips).
+    `workers`: loader processes, or "auto" (as `tslab train`: none on the CPU, the free cores on a GPU)."""
     device = resolve_device(device)
+    if workers == "auto":
+        workers = auto_workers(device)
     model = load_model(checkpoint).to(device).eval()
     cfg = model.config
     num_frames, size = num_frames or cfg.num_frames, size or cfg.img_size
@@ -41,7 +44,8 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(str(e)) from None
         t0 = time.time()
-        out[name] = evaluate(model, eval_loader(ds, batch_size, workers), device)
+        loader = eval_loader(ds, batch_size, workers, pin_memory=device.type == "cuda")
+        out[name] = evaluate(model, loader, device)
         out[name]["seconds"] = round(time.time() - t0, 2)
     return out
 
@@ -58,7 +62,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--num-clips", type=int, default=512, help="SynthMotion test clips")
     p.add_argument("--seed", type=int, default=12345, help="SynthMotion seed (differs from training's by default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=workers_arg, default="auto",
+                   help="data loader processes, or auto: none on the CPU, the free cores on a GPU (default)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     return p
 

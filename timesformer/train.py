@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from timesformer.checkpoints import IMAGE_FORMATS, from_checkpoint, read_checkpoint
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
-from timesformer.data import AtEpoch, EpochBatches, auto_workers, build_datasets, collate
+from timesformer.data import AtEpoch, EpochBatches, auto_workers, build_datasets, collate, workers_arg
 from timesformer.distributed import Dist
 from timesformer.engine import (
     Trainer,
@@ -63,7 +63,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--train-clips", type=int, default=2048, help="SynthMotion clips per epoch")
     g.add_argument("--val-clips", type=int, default=512, help="SynthMotion validation clips")
     g.add_argument("--sampling-rate", type=int, default=32, help="frame stride of a clip (real videos)")
-    g.add_argument("--workers", type=_workers, default="auto",
+    g.add_argument("--workers", type=workers_arg, default="auto",
                    help="DataLoader worker processes; auto: on a GPU, the cores this process may use (shared with "
                         "the other processes of its node) minus one for the loop, at most 16; on the CPU, 0")
     g.add_argument("--prefetch", type=int, default=4, help="batches each worker prepares ahead")
@@ -129,18 +129,6 @@ def parse_args(argv=None, prog: str | None = None) -> argparse.Namespace:
             parser.error(f"{pre.config}: unknown keys {', '.join(unknown)}")
         parser.set_defaults(**values)
     return parser.parse_args(argv)
-
-
-def _workers(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected auto or a number ≥ 0, got {value!r}")
-    return n
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
