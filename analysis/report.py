@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 
 from analysis.explanations import EXPLANATIONS, explain
-from analysis.lrp import relevance
 from analysis.maps import query_map, recorded_forward, summary_table, takes_part
 from analysis.media import grid_image, overlay, png_bytes, save_pattern, upscale, write_animation
 from analysis.rollout import rollout
-from analysis.temporal import order_effects, step_shares
+from analysis.temporal import temporal_evidence
 from timesformer import ATTENTION_TYPES, CheckpointError, load_model
 from timesformer.engine import predict
 from timesformer.shipped import DEFAULT_MODEL
@@ -128,11 +127,10 @@ def run(args) -> dict:
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if args.temporal:
-        r = relevance(model, centre, target)
-        effects = order_effects(model, centre, target)
-        report["temporal"] = {"target": model.class_names[int(r.target[0])],
-                              "order_effects": {k: float(v[0]) for k, v in effects.items()},
-                              "step_shares": step_shares(r)}
+        e = temporal_evidence(model, centre, target)
+        report["temporal"] = {"target": model.class_names[int(e["target"][0])],
+                              "order_effects": {k: float(v[0]) for k, v in e["order_effects"].items()},
+                              "step_shares": e["step_shares"]}
     (out / "predictions.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -146,8 +146,7 @@ def gae_flow(maps: list[AttentionMap], grads: dict, query="cls") -> torch.Tensor
     v = torch.zeros(B, 1, 1 + T * H * W, device=maps[0].probs.device)
     v[:, 0, query_index(query, grid)] = 1
     for m in reversed(maps):
-        a = (m.probs.detach().float() * grads[(m.layer, m.step)].float()).clamp(min=0).mean(2)  # (B, G, L, L)
-        v = v + _times(v, a, m.grouping, cls_mean=False)
+        v = v + _times(v, fused_probs(m, "mean", grads[(m.layer, m.step)]), m.grouping, cls_mean=False)
     return v[:, 0, 1:].reshape(B, T, H, W)
 
 

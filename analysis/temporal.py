@@ -6,14 +6,16 @@
   does not;
 - `step_shares(relevance)`: for schemes with a time step, the share of the relevance flowing through each
   kind of attention step (time, space, width, …) rather than another, block by block, from LRP
-  (`analysis.lrp.relevance`): how much of the decision went through attention across frames.
+  (`analysis.lrp.relevance`): how much of the decision went through attention across frames;
+- `temporal_evidence(model, video)`: the last two together, as the app, `tslab explain --temporal` and the
+  benchmark report them.
 """
 
 from __future__ import annotations
 
 import torch
 
-from analysis.lrp import Relevance
+from analysis.lrp import Relevance, relevance
 from analysis.maps import target_classes
 
 
@@ -61,3 +63,13 @@ def step_shares(r: Relevance) -> list[dict]:
         rows += [{"layer": layer, "step": step, "relevance": v, "share": abs(v) / total if total else 0.0}
                  for step, v in steps.items()]
     return rows
+
+
+def temporal_evidence(model, video: torch.Tensor, target=None) -> dict:
+    """{"target": (B,) the explained classes (default: the predicted ones), "order_effects": `order_effects`,
+    "step_shares": `step_shares` of the LRP relevance (over the batch), or [] for a scheme without a time step}."""
+    with torch.no_grad():
+        target = target_classes(model(video), target)
+    has_time = any(step.name == "time" for step in model.blocks[0].steps)
+    return {"target": target, "order_effects": order_effects(model, video, target),
+            "step_shares": step_shares(relevance(model, video, target)) if has_time else []}

@@ -20,10 +20,9 @@ import torch
 
 from analysis.attribution import timed_forward
 from analysis.complexity import sweep
-from analysis.lrp import relevance
 from analysis.maps import query_map, recorded_forward, summary_table, takes_part
 from analysis.rollout import rollout
-from analysis.temporal import order_effects, step_shares
+from analysis.temporal import temporal_evidence as evidence_about_time
 from app import settings
 from timesformer import TimeSformer, TimeSformerConfig, load_model, shipped, transfer
 from timesformer.engine import predict
@@ -239,10 +238,6 @@ def _benchmark(path: str, stamp: float) -> dict:
 def temporal_evidence(mkey, ckey: ClipKey, target: int | None) -> dict:
     """The target's probability with the frames reversed, shuffled and frozen, and (for schemes with a time
     step) the share of LRP relevance through each attention step, layer by layer."""
-    model = get_model(mkey)
-    centre = _centre(ckey)[1]
-    effects = order_effects(model, centre, target)
-    r = relevance(model, centre, target)
-    has_time = any(s.name == "time" for s in model.blocks[0].steps)
-    return {"target": int(r.target[0]), "order_effects": {k: float(v[0]) for k, v in effects.items()},
-            "step_shares": step_shares(r) if has_time else []}
+    e = evidence_about_time(get_model(mkey), _centre(ckey)[1], target)
+    return {"target": int(e["target"][0]), "order_effects": {k: float(v[0]) for k, v in e["order_effects"].items()},
+            "step_shares": e["step_shares"]}

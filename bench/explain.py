@@ -26,9 +26,8 @@ import torch
 
 from analysis.benchmark import benchmark, clips
 from analysis.explanations import EXPLANATIONS
-from analysis.lrp import relevance
 from analysis.sanity import PASS_BELOW
-from analysis.temporal import order_effects, step_shares
+from analysis.temporal import temporal_evidence
 from timesformer import load_model
 from timesformer.shipped import models
 from timesformer.synthmotion import TASKS, SynthMotion
@@ -74,14 +73,6 @@ def vacancy_test(model, data, count: int) -> dict:
                 painted[t][where] = colour
                 drops[kind].append(base - model(transform_frames(painted, data.size))[0, label].item())
     return {k: float(np.mean(v)) for k, v in drops.items()} | {"frames": len(drops["vacated"])}
-
-
-def temporal_evidence(model, videos: torch.Tensor) -> dict:
-    effects = order_effects(model, videos)
-    out = {"order_effects": {k: float(v.mean()) for k, v in effects.items()}}
-    if any(s.name == "time" for s in model.blocks[0].steps):
-        out["step_shares"] = step_shares(relevance(model, videos))
-    return out
 
 
 def cell(text: str) -> str:
@@ -143,7 +134,9 @@ def main(argv=None):
         result = benchmark(model, data, a.clips, a.methods,
                            progress=lambda m, n=name: print(f"{n}: {m}", flush=True))
         result["_model"].update(task=task, attention_type=cfg.attention_type, seconds=time.perf_counter() - t0)
-        result["_temporal"] = temporal_evidence(model, clips(data, a.clips)[0])
+        e = temporal_evidence(model, clips(data, a.clips)[0])
+        result["_temporal"] = {"order_effects": {k: float(v.mean()) for k, v in e["order_effects"].items()},
+                               "step_shares": e["step_shares"]}
         if task in ("temporal", "distractor"):
             result["_temporal"]["vacancy"] = vacancy_test(model, data, a.clips)
         report["models"][Path(name).name] = result
