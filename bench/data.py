@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from table1 import cpu_name
 
 from timesformer.data import AtEpoch, EpochBatches, VideoListDataset, collate
 from timesformer.synthmotion import SynthMotion
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    result = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    result = {"cpu": cpu_name(), "cores": os.cpu_count(),
               "torch": torch.__version__, "per_core": {}, "loader": {}}
     for size in a.sizes:
         ds = SynthMotion("temporal", "train", 1_000_000, 8, size, 0)

@@ -56,10 +56,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from gpu import models  # bench/ is the script's folder, so its scripts import each other
     from transformers import TimesformerConfig
 
     # ViT-B/16, 8×224, divided; the same construction as the GPU benchmark's
-    pair = _sibling("gpu").models(None, TimesformerConfig(num_labels=400), torch.device("cpu"))
+    pair = models(None, TimesformerConfig(num_labels=400))
     hf, ours = pair["huggingface"].eval(), pair["ours"].eval()
     assert ours.config.attention_type == "divided_space_time" and ours.config.grid == TimeSformerConfig.base().grid
 
@@ -115,16 +116,6 @@ def main(argv=None):
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result
-
-
-def _sibling(name: str):
-    """Another script of bench/ as a module (bench/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _autocast(model, video):

@@ -39,19 +39,22 @@ RECIPE = ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--train-
           "--epochs", "4", "--batch-size", "16", "--lr", "1e-3", "--threads", "1", "--no-progress"]
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware() -> str:
     """The CPU (model name, logical cores) and torch build a run used."""
     import torch
 
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores; torch {torch.__version__}; 1 thread per run"
+    return f"{cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; 1 thread per run"
 
 
 def train(args: list[str], out: Path) -> dict:
