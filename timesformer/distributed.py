@@ -62,12 +62,13 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
-    def all(self, flag: torch.Tensor) -> bool:
-        """Whether the boolean `flag` holds on every process (so that all of them stop together)."""
-        flag = flag.float()
-        if self.ddp:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return flag.item() >= 1
+    def all(self, flag: bool) -> bool:
+        """Whether `flag` holds on every process (so that all of them stop together)."""
+        if not self.ddp:
+            return bool(flag)
+        t = torch.tensor(float(flag), device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t.item() >= 1
 
     def close(self) -> None:
         if self.ddp and dist.is_initialized():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -104,11 +105,10 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
                 t.scaler.scale(loss / t.accum_steps).backward()
             # the one wait for the GPU per micro-batch; a non-finite loss stops every process before its
             # optimizer step, so no weight ever takes a bad update
-            if not t.dist.all(torch.isfinite(loss.detach())):
-                raise TrainingDiverged(f"the loss became {loss.item()} at step {state.step} (epoch "
-                                       f"{state.epoch})")
-            n = label.shape[0]
             loss_value, correct = torch.stack([loss.detach().float(), (logits.argmax(1) == label).sum()]).tolist()
+            if not t.dist.all(math.isfinite(loss_value)):
+                raise TrainingDiverged(f"the loss became {loss_value} at step {state.step} (epoch {state.epoch})")
+            n = label.shape[0]
             state.loss_sum += loss_value * n
             state.correct += correct
             state.count += n
@@ -173,9 +173,8 @@ def _on_device(loader, device: torch.device, waited: list[float]):
 
 def check_finite(model: nn.Module, state: TrainState) -> None:
     """Raise TrainingDiverged when a weight is NaN or infinite (DDP keeps the ranks equal, so all stop)."""
-    for p in model.parameters():
-        if not torch.isfinite(p).all():
-            raise TrainingDiverged(f"the weights became non-finite at step {state.step}")
+    if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():  # one wait, not one per tensor
+        raise TrainingDiverged(f"the weights became non-finite at step {state.step}")
 
 
 @torch.no_grad()
@@ -194,10 +193,10 @@ def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = N
             logits = model(video.flatten(0, 1))  # (B·V, K)
         probs = logits.float().softmax(-1).reshape(B, V, -1).mean(1)  # (B, K): the paper's view averaging
         num_classes = probs.shape[1]
-        loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), label, reduction="sum").item()
         top = probs.topk(min(5, num_classes), dim=1).indices
-        correct1 += (top[:, 0] == label).sum().item()
-        correct5 += (top == label[:, None]).any(1).sum().item()
+        nll, c1, c5 = torch.stack([F.nll_loss(probs.clamp_min(1e-12).log(), label, reduction="sum"),
+                                   (top[:, 0] == label).sum(), (top == label[:, None]).any(1).sum()]).tolist()
+        loss_sum, correct1, correct5 = loss_sum + nll, correct1 + c1, correct5 + c5
         count += B
     if dist is not None:
         loss_sum, correct1, correct5, count, skipped = dist.sum([loss_sum, correct1, correct5, count, skipped])
