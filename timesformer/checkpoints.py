@@ -22,15 +22,15 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from .attention import SCHEMES
 from .config import ATTENTION_TYPES, TimeSformerConfig
 from .files import atomic_folder
 from .formats import huggingface, mmaction
 from .formats.common import Checkpoint, CheckpointError, make_config, read_json, safetensors_load, torch_load
 from .formats.official import fields_from_tensors, unwrap
 from .formats.vit import init_from_image
-from .model import TimeSformer
+from .model import TimeSformer, resize_positions, resize_times
 from .shipped import find_model
 
 __all__ = ["FORMATS", "IMAGE_FORMATS", "Checkpoint", "CheckpointError", "from_checkpoint", "load_model",
@@ -61,15 +61,20 @@ def save_model(model: TimeSformer, path) -> Path:
     The folder is written next to its destination and renamed into place, so a crash never leaves
     a half-written checkpoint under `path`.
     """
+    path = Path(path)
+    with atomic_folder(path) as tmp:
+        write_model(model, tmp)
+    return path
+
+
+def write_model(model: TimeSformer, folder: Path) -> None:
+    """The files of `save_model` into an existing `folder` (for a caller that already writes atomically)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
     config = {"format": FORMAT, "version": 1, "config": model.config.to_dict()}
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with atomic_folder(path) as tmp:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "config": json.dumps(config)})
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    return path
+    save_file(state, str(folder / WEIGHTS), metadata={"format": FORMAT, "config": json.dumps(config)})
+    (folder / CONFIG).write_text(json.dumps(config, indent=2))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,15 +155,14 @@ def fit_embeddings(state: dict, config: TimeSformerConfig) -> tuple[dict, list[s
     T, gh, gw = config.grid
     # a width cannot be interpolated: a tensor of another width is left for the strict check to name
     fits = [t is not None and t.dim() == 3 and t.shape[2] == config.embed_dim for t in (te, pe)]
-    if fits[0] and te.shape[1] != T and config.attention_type != "space_only":
-        resized = F.interpolate(te.float().transpose(1, 2), size=T, mode="nearest")  # (1, D, T)
-        out["time_embed"] = resized.transpose(1, 2).to(te.dtype)  # (1, T, D)
+    # a model with one cls per frame has no time embedding: the strict check names a file's
+    if fits[0] and te.shape[1] != T and not SCHEMES[config.attention_type].cls_per_frame:
+        out["time_embed"] = resize_times(te.float(), T).to(te.dtype)
         changes.append(f"time_embed from {te.shape[1]} to {T} frames")
     n = pe.shape[1] - 1 if fits[1] else gh * gw
     side = math.isqrt(n)
     if n != gh * gw and side * side == n:
-        grid = pe[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, side, side)
-        grid = F.interpolate(grid, size=(gh, gw), mode="nearest").flatten(2).transpose(1, 2)  # (1, gh·gw, D)
+        grid = resize_positions(pe[:, 1:].float(), (side, side), (gh, gw))
         out["pos_embed"] = torch.cat([pe[:, :1], grid.to(pe.dtype)], dim=1)  # cls position kept
         changes.append(f"pos_embed from {side}×{side} to {gh}×{gw} patches")
     return out, changes

@@ -141,6 +141,22 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def resize_positions(pos: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """(1, gh·gw, D) patch position embeddings of a gh×gw grid → (1, H·W, D) for `size` = (H, W),
+    interpolated in 2-D (nearest, as the official code); `checkpoints` resizes loaded weights the same way."""
+    if tuple(size) == tuple(grid):
+        return pos
+    pos = pos.reshape(1, *grid, -1).permute(0, 3, 1, 2)  # (1, D, gh, gw)
+    return F.interpolate(pos, size=tuple(size), mode="nearest").flatten(2).transpose(1, 2)
+
+
+def resize_times(time_embed: torch.Tensor, T: int) -> torch.Tensor:
+    """(1, T0, D) time embeddings → (1, T, D), interpolated over frames (nearest, as the official code)."""
+    if T == time_embed.shape[1]:
+        return time_embed
+    return F.interpolate(time_embed.transpose(1, 2), size=T, mode="nearest").transpose(1, 2)
+
+
 class TimeSformer(nn.Module):
     """`TimeSformer(config)(video)`: video (B, 3, T, H, W) → logits (B, num_classes)."""
 
@@ -216,19 +232,12 @@ class TimeSformer(nn.Module):
         return T, H // P, W // P
 
     def _pos_embed(self, H: int, W: int) -> torch.Tensor:
-        """(1, H·W, D) patch position embeddings, interpolated in 2-D (nearest, as the official code)."""
-        pos = self.pos_embed[:, 1:]
-        _, gh, gw = self.config.grid
-        if (H, W) == (gh, gw):
-            return pos
-        pos = pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)  # (1, D, gh, gw)
-        return F.interpolate(pos, size=(H, W), mode="nearest").flatten(2).transpose(1, 2)
+        """(1, H·W, D) patch position embeddings for an H×W patch grid."""
+        return resize_positions(self.pos_embed[:, 1:], self.config.grid[1:], (H, W))
 
     def _time_embed(self, T: int) -> torch.Tensor:
-        """(1, T, D) time embeddings, interpolated over frames (nearest, as the official code)."""
-        if T == self.time_embed.shape[1]:
-            return self.time_embed
-        return F.interpolate(self.time_embed.transpose(1, 2), size=T, mode="nearest").transpose(1, 2)
+        """(1, T, D) time embeddings for T frames."""
+        return resize_times(self.time_embed, T)
 
     def embed(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Tokens (B, C + T·N, D) in frame-major order, and the grid (T, H_p, W_p)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from timesformer.checkpoints import load_model, save_model
+from timesformer.checkpoints import load_model, write_model
 from timesformer.distributed import Dist
 from timesformer.engine import Trainer, TrainState
 from timesformer.files import atomic_folder
@@ -131,7 +131,7 @@ def save_checkpoint(run: Path, name: str, model: TimeSformer, train_state: dict,
     run = Path(run)
     # an existing `name` is a stale checkpoint from before a resume, never the one checkpoint-last points at
     with atomic_folder(run / name) as tmp:
-        save_model(model, tmp)  # replaces the empty `tmp` by the model folder
+        write_model(model, tmp)
         torch.save(train_state, tmp / STATE)
     link = run / f".{LAST}-{os.getpid()}"
     if link.is_symlink() or link.exists():

@@ -362,11 +362,12 @@ def _train_loader(args, train_ds, *, pin_memory: bool) -> tuple[DataLoader, Epoc
 
 def _train_row(trainer: Trainer, state: TrainState, dist: Dist) -> dict:
     """The epoch's `train` metrics row: running averages summed over all processes."""
-    loss_sum, correct, count, skipped = dist.sum([state.loss_sum, state.correct, state.count, state.skipped])
+    loss_sum, correct, count, skipped, wait = dist.sum([state.loss_sum, state.correct, state.count, state.skipped,
+                                                        state.data_wait])
     row = {"epoch": state.epoch, "step": state.step, "split": "train", "loss": loss_sum / max(count, 1),
            "acc1": correct / max(count, 1), "clips": int(count), "lr": trainer.lr_at(max(0, state.step - 1)),
            "clips_per_s": state.clips_per_s, "wall_s": state.wall,
-           "data_wait": dist.sum([state.data_wait])[0] / dist.world}  # the share of the epoch, mean of processes
+           "data_wait": wait / dist.world}  # the share of the epoch, mean of processes
     if skipped:
         row["skipped"] = int(skipped)
     return row
