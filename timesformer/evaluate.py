@@ -15,8 +15,6 @@ import argparse
 import json
 import time
 
-import torch
-
 from timesformer.checkpoints import load_model
 from timesformer.data import auto_workers, open_split, synthmotion_task, workers_arg
 from timesformer.distributed import resolve_device
@@ -61,7 +59,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--sampling-rate", type=int, default=32)
     p.add_argument("--num-clips", type=int, default=512, help="SynthMotion test clips")
     p.add_argument("--seed", type=int, default=12345, help="SynthMotion seed (differs from training's by default)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA where available, else the CPU), cpu, cuda:1, ...")
     p.add_argument("--workers", type=workers_arg, default="auto",
                    help="data loader processes, or auto: none on the CPU, the free cores on a GPU (default)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")

@@ -31,6 +31,7 @@ sees a padding slot and no group is ever empty.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -260,9 +261,12 @@ class Grouping:
         else:
             patches = patches + y.reshape(B, -1, D)[:, self.inverse]  # (B, T·N, D)
         if self.with_cls:
-            cls_out = y[:, :, 0]  # (B, G, D)
-            cls = cls + (cls_out.mean(1, keepdim=True) if self.num_cls == 1 else cls_out)
+            cls = self.add_cls(cls, y[:, :, 0])
         return cls, patches, None
+
+    def add_cls(self, cls: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """cls + the step's cls outputs `out` (B, G, D): averaged over the groups for one cls, else per group."""
+        return cls + (out.mean(1, keepdim=True) if self.num_cls == 1 else out)
 
 
 def _build_grouping(step: Step, grid: tuple[int, int, int], num_cls: int, split: _Split) -> Grouping:
@@ -319,8 +323,8 @@ def scheme_groupings(
     with torch.inference_mode(False), torch.no_grad():
         for step in scheme.steps:
             g = _build_grouping(step, tuple(grid), num_cls, _Split(local_split, global_stride))
-            out.append(Grouping(g.step, g.grid, g.num_cls, g.with_cls, _to(g.index, device), _to(g.valid, device),
-                                _to(g.inverse, device), g.layout, _to(g.patch_index, device)))
+            out.append(dataclasses.replace(g, index=_to(g.index, device), valid=_to(g.valid, device),
+                                           inverse=_to(g.inverse, device), patch_index=_to(g.patch_index, device)))
     return tuple(out)
 
 

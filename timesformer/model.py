@@ -134,7 +134,7 @@ class Block(nn.Module):
                 if fc is not None:  # official order: drop_path, then temporal_fc
                     y = fc(y)
             if only:  # y: (B, G, D), the cls outputs
-                cls = cls + (y.mean(1, keepdim=True) if C == 1 else y)
+                cls = grouping.add_cls(cls, y)
                 return cls + self.drop_path(self.mlp(self.norm2(cls)))
             cls, patches, whole = grouping.add_back(cls, patches, y, whole)
         x = whole if whole is not None else torch.cat([cls, patches], dim=1)  # (B, C + T·N, D)
