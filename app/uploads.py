@@ -78,13 +78,15 @@ def uploaded(where, label: str, types: list[str], key: str, **kwargs) -> tuple[P
     state, because `st.switch_page` (Training runs → Explore) starts a run without the uploader's value."""
     slot = f"_{key}_file"
     up = where.file_uploader(label, type=types, key=key, on_change=_forget, args=(slot,), **kwargs)
-    if up is not None:
+    kept = st.session_state.get(slot)
+    stored = bool(kept) and Path(kept[0]).exists()
+    if up is not None and not stored:  # hashed and stored once per upload (`_forget` empties the slot on a change)
         data = up.getvalue()
         if len(data) > max_upload_bytes():
             return None, up.name, (f"{up.name} is {len(data) / 2**20:.1f} MB, over the upload limit of "
                                    f"{max_upload_bytes() >> 20} MB: trim or compress it.")
-        st.session_state[slot] = (str(store_upload(up.name, data)), up.name)
-    kept = st.session_state.get(slot)
-    if kept and Path(kept[0]).exists():
+        kept = st.session_state[slot] = (str(store_upload(up.name, data)), up.name)
+        stored = True
+    if stored:
         return Path(kept[0]), kept[1], None
     return None, "", None
