@@ -178,10 +178,13 @@ def check_finite(model: nn.Module, state: TrainState) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = None) -> dict:
-    """Loss and top-1/top-5 accuracy; a clip's views (spatial crops) are averaged as softmax scores."""
+def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = None, view: int | None = None) -> dict:
+    """Loss and top-1/top-5 accuracy; a clip's views (spatial crops) are averaged as softmax scores. With
+    `view`, also the metrics of that view alone, under "view", from the same forwards."""
     model.eval()
-    loss_sum = correct1 = correct5 = count = skipped = 0.0
+    scored = 2 if view is not None else 1  # the average of the views, and the one view
+    sums = [0.0] * (3 * scored)  # per scoring: nll, top-1 and top-5 hits
+    count = skipped = 0.0
     num_classes = None
     for batch in loader:
         skipped += len(batch["skipped"])
@@ -191,15 +194,29 @@ def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = N
         B, V = video.shape[:2]
         with autocast(device, dtype):
             logits = model(video.flatten(0, 1))  # (B·V, K)
-        probs = logits.float().softmax(-1).reshape(B, V, -1).mean(1)  # (B, K): the paper's view averaging
-        num_classes = probs.shape[1]
-        top = probs.topk(min(5, num_classes), dim=1).indices
-        nll, c1, c5 = torch.stack([F.nll_loss(probs.clamp_min(1e-12).log(), label, reduction="sum"),
-                                   (top[:, 0] == label).sum(), (top == label[:, None]).any(1).sum()]).tolist()
-        loss_sum, correct1, correct5 = loss_sum + nll, correct1 + c1, correct5 + c5
+        probs = logits.float().softmax(-1).reshape(B, V, -1)
+        num_classes = probs.shape[2]
+        chosen = [probs.mean(1)] + ([probs[:, view]] if view is not None else [])  # the paper's view averaging
+        hits = torch.stack([s for p in chosen for s in _hits(p, label)]).tolist()  # one wait per batch
+        sums = [a + b for a, b in zip(sums, hits)]
         count += B
     if dist is not None:
-        loss_sum, correct1, correct5, count, skipped = dist.sum([loss_sum, correct1, correct5, count, skipped])
+        *sums, count, skipped = dist.sum([*sums, count, skipped])
+    out = _metrics(sums[:3], count, num_classes, skipped)
+    if view is not None:
+        out["view"] = _metrics(sums[3:], count, num_classes, skipped)
+    return out
+
+
+def _hits(probs: torch.Tensor, label: torch.Tensor) -> list[torch.Tensor]:
+    """Summed nll, top-1 and top-5 hits of (B, K) class probabilities."""
+    top = probs.topk(min(5, probs.shape[1]), dim=1).indices
+    return [F.nll_loss(probs.clamp_min(1e-12).log(), label, reduction="sum"), (top[:, 0] == label).sum(),
+            (top == label[:, None]).any(1).sum()]
+
+
+def _metrics(sums: list[float], count: float, num_classes: int | None, skipped: float) -> dict:
+    loss_sum, correct1, correct5 = sums
     out = {"loss": loss_sum / max(count, 1), "acc1": correct1 / max(count, 1), "clips": int(count)}
     if num_classes is not None and num_classes >= 5:
         out["acc5"] = correct5 / max(count, 1)
