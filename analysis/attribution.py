@@ -27,6 +27,7 @@ BASELINES = {
     "blur": "each frame blurred (Gaussian, σ = 1/16 of the frame side): the layout stays, the detail goes",
     "temporal_mean": "the clip's mean over time in every frame: what stays still stays, what moves fades",
     "frozen_frame": "the middle frame in every frame: the scene without its motion",
+    "temporal_median": "the clip's median over time in every frame: the still background, without what moves",
 }
 Progress = Callable[[int, int], None]
 
@@ -90,6 +91,8 @@ def baseline_clip(video: torch.Tensor, baseline=0.0) -> torch.Tensor:
         return torch.full_like(video, float(baseline))
     if baseline == "temporal_mean":
         return video.mean(2, keepdim=True).expand_as(video).contiguous()
+    if baseline == "temporal_median":
+        return video.quantile(0.5, dim=2, keepdim=True).expand_as(video).contiguous()
     if baseline == "frozen_frame":
         return video[:, :, video.shape[2] // 2 :][:, :, :1].expand_as(video).contiguous()
     if baseline == "blur":

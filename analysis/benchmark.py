@@ -15,13 +15,15 @@ import torch
 
 from analysis.explanations import EXPLANATIONS, explain
 from analysis.faithfulness import deletion_insertion, random_map
-from analysis.grounding import grounding_scores, object_cells
+from analysis.grounding import grounding_scores, object_cells, used_frames
 from analysis.sanity import PASS_BELOW, cascading_randomisation, similarity_curve
 
 # options that keep every method affordable on a CPU for a benchmark (the defaults otherwise)
 BENCH_OPTIONS = {"integrated_gradients": {"n_steps": 32}, "occlusion": {"window": (1, 1)}}
 # methods that replace what they remove are also scored with the video baselines, as rows "method|baseline"
-VIDEO_BASELINES = ("temporal_mean", "blur", "frozen_frame")
+VIDEO_BASELINES = ("temporal_mean", "temporal_median", "blur", "frozen_frame")
+# a frame is removed into this baseline to find the frames a model uses (`analysis.grounding.used_frames`)
+FRAME_BASELINE = "temporal_median"
 
 
 def rows_of(method: str) -> list[str]:
@@ -51,11 +53,20 @@ def clips(dataset, count: int) -> tuple[torch.Tensor, list[dict[str, np.ndarray]
     return torch.stack(videos), cells, torch.tensor(labels)
 
 
+def frame_drops(model, videos: torch.Tensor, target: torch.Tensor, batch: int = 8) -> np.ndarray:
+    """(B, T) drop of the target's logit when one frame is removed into FRAME_BASELINE."""
+    drops = [explain(model, videos[i : i + batch], "ablation_frames", target=target[i : i + batch],
+                     baseline=FRAME_BASELINE)[:, :, 0, 0] for i in range(0, len(videos), batch)]
+    patch = model.config.patch_size
+    return torch.cat(drops).numpy() / (3 * patch * patch)  # the map sums the drop over a cell's pixels
+
+
 def score_method(model, videos: torch.Tensor, masks: list[dict], row: str, target: torch.Tensor,
                  batch: int = 8, curve_steps: int = 16, sanity_clips: int = 8, seed: int = 0,
-                 curve_baseline="temporal_mean") -> dict:
+                 curve_baseline="temporal_mean", frames: np.ndarray | None = None) -> dict:
     """Mean scores of a benchmark row (a method, "method|baseline", or "random" for random maps) over the
-    clips, explaining `target` (B,). Every row's deletion and insertion curves remove patches into the same
+    clips, explaining `target` (B,); `frames`: bool (B, T), the frames the model uses in each clip (for the
+    pointing in used frames). Every row's deletion and insertion curves remove patches into the same
     `curve_baseline`, so that their AUCs compare."""
     patch = model.config.patch_size
     grid = model.grid_of(videos[:1])
@@ -72,12 +83,18 @@ def score_method(model, videos: torch.Tensor, masks: list[dict], row: str, targe
     rows = []
     for i in range(len(videos)):
         cells = object_cells(masks[i], patch)
-        row = grounding_scores(maps[i], cells["signal"], cells.get("distractor"))
+        row = grounding_scores(maps[i], cells["signal"], cells.get("distractor"),
+                               None if frames is None else frames[i])
         curves = deletion_insertion(model, videos[i : i + 1], maps[i], target=int(target[i]), steps=curve_steps,
                                     baseline=curve_baseline)
         row.update(auc_deletion=curves.auc_deletion, auc_insertion=curves.auc_insertion)
         rows.append(row)
-    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    keys = dict.fromkeys(k for r in rows for k in r)  # a clip without used frames has no used pointing
+    values = {k: [r[k] for r in rows if k in r] for k in keys}
+    out = {k: float(np.mean(v)) for k, v in values.items()}
+    # the standard error of each mean over clips (clips are independent draws; a clip's frames are not)
+    out["stderr"] = {k: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+                     for k, v in values.items()}
     out["ms_per_clip"] = 1000 * seconds / len(videos)
     if method != "random":
         cost = EXPLANATIONS[method].estimate(grid, **options)
@@ -94,11 +111,15 @@ def score_method(model, videos: torch.Tensor, masks: list[dict], row: str, targe
 def benchmark(model, dataset, count: int = 32, methods=None, progress: Callable[[str], None] | None = None,
               **kwargs) -> dict[str, dict]:
     """{row: mean scores} for `methods` (default: every registered one; `rows_of` each) and "random", on the
-    first `count` clips of a SynthMotion `dataset`, explaining the model's predicted classes."""
+    first `count` clips of a SynthMotion `dataset`, explaining the model's predicted classes; "_model" holds
+    the accuracy and each frame's mean logit drop when it is removed (`frame_drops`)."""
     videos, masks, labels = clips(dataset, count)
     with torch.no_grad():
         predicted = model(videos).argmax(-1)
-    results = {"_model": {"clips": count, "accuracy": float((predicted == labels).float().mean())}}
+    drops = frame_drops(model, videos, predicted)
+    kwargs["frames"] = np.stack([used_frames(d) for d in drops])
+    results = {"_model": {"clips": count, "accuracy": float((predicted == labels).float().mean()),
+                          "frame_drop": drops.mean(0).tolist(), "used_frames": float(kwargs["frames"].mean())}}
     rows = [row for method in (methods or EXPLANATIONS) for row in rows_of(method)] + ["random"]
     for row in rows:
         if progress is not None:

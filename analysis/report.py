@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from analysis.attribution import BASELINES
 from analysis.explanations import EXPLANATIONS, explain
 from analysis.maps import query_map, recorded_forward, summary_table, takes_part
 from analysis.media import grid_image, overlay, png_bytes, save_pattern, upscale, write_animation
@@ -42,6 +43,17 @@ def parse_query(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"query must be 'cls' or t,h,w (e.g. 3,4,4), got {text!r}") from None
     return (t, h, w)
+
+
+def parse_baseline(text: str):
+    """A number (normalised units; 0 = the dataset's mean colour) or a name in BASELINES."""
+    if text in BASELINES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"baseline must be a number or one of {', '.join(BASELINES)}, "
+                                         f"got {text!r}") from None
 
 
 def parse_head(text: str):
@@ -67,6 +79,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--methods", nargs="+", choices=list(EXPLANATIONS), default=[],
                     help="also draw these explanations of --target (e.g. gae lrp)")
     ap.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
+    ap.add_argument("--baseline", type=parse_baseline, default="temporal_median",
+                    help="what a removed patch becomes, for --methods that remove or interpolate: a number "
+                         f"(0 = the mean colour) or one of {', '.join(BASELINES)} (default temporal_median)")
     ap.add_argument("--temporal", action="store_true", help="also measure the evidence about time")
     return ap
 
@@ -95,7 +110,8 @@ def run(args) -> dict:
     maps["rollout"] = rollout(rec, discard_ratio=args.discard_ratio, query=args.query)[0]
     target = _target(args.target, model.class_names)
     for method in args.methods:
-        maps[f"explain_{method}"] = explain(model, centre, method, target=target)[0]
+        options = EXPLANATIONS[method].pick({"baseline": args.baseline})
+        maps[f"explain_{method}"] = explain(model, centre, method, target=target, **options)[0]
     written = ["frames.png"]
     for name, grid_map in maps.items():
         over = overlay(frames, grid_map)
@@ -123,6 +139,7 @@ def run(args) -> dict:
         "logits": logits[0].tolist(),
         "summary": summary_table(rec),
         "not_drawn": not_drawn,
+        "baseline": args.baseline,
         "files": written + ["predictions.json"],
         "seconds": round(time.perf_counter() - t0, 3),
     }

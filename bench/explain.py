@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis.benchmark import benchmark, clips
+from analysis.benchmark import benchmark, clips, rows_of
 from analysis.explanations import EXPLANATIONS
 from analysis.sanity import PASS_BELOW
 from analysis.temporal import temporal_evidence
@@ -34,10 +34,12 @@ from timesformer.synthmotion import TASKS, SynthMotion
 from timesformer.video import transform_frames
 
 RESULTS = Path(__file__).resolve().parent / "results"
-COLUMNS = [("pointing", "pointing ↑"), ("path_pointing", "path pointing ↑"), ("mass", "mass ↑"),
+COLUMNS = [("pointing", "pointing ↑"), ("used_pointing", "pointing, used frames ↑"),
+           ("path_pointing", "path pointing ↑"), ("mass", "mass ↑"),
            ("rank_accuracy", "rank acc. ↑"), ("signal_share", "signal share ↑"), ("auc_deletion", "deletion AUC ↓"),
            ("auc_insertion", "insertion AUC ↑"), ("sanity", "sanity check"), ("ms_per_clip", "ms / clip"),
            ("cost", "forwards + backwards")]
+WITH_INTERVAL = ("pointing", "used_pointing")  # shown with ± 1.96 standard errors over clips
 
 
 def task_of(name: str, default: str) -> str:
@@ -97,6 +99,8 @@ def table(name: str, result: dict) -> str:
                 cells.append(f"{r['forwards']} + {r['backwards']}" if "forwards" in r else "")
             elif key == "ms_per_clip":
                 cells.append(f"{r[key]:.1f}")
+            elif key in WITH_INTERVAL and key in r.get("stderr", {}):
+                cells.append(f"{r[key]:.3f} ± {1.96 * r['stderr'][key]:.3f}")
             else:
                 cells.append(f"{r[key]:.3f}" if key in r else "")
         lines.append(f"| {cell(method)} | " + " | ".join(cells) + " |")
@@ -147,7 +151,8 @@ def main(argv=None):
 
 
 SUMMARY_METHODS = ("attention", "rollout", "grad_rollout", "gae", "lrp", "saliency",
-                   "integrated_gradients|temporal_mean", "ablation_tubes|temporal_mean", "random")
+                   "integrated_gradients|temporal_mean", "occlusion|temporal_median", "ablation_tubes|temporal_mean",
+                   "random")
 
 
 def summary(models: dict) -> str:
@@ -162,7 +167,8 @@ def summary(models: dict) -> str:
             cells.append(mass + (f" ({r['signal_share']:.2f})" if "signal_share" in r else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| model | p(target): as is | reversed | shuffled | frozen | relevance through time steps, "
-              "blocks 0→3 | vacancy: logit drop, vacated / elsewhere |", "|---|---|---|---|---|---|---|"]
+              "blocks 0→3 | vacancy: logit drop, vacated / elsewhere | frame removed: logit drop, frames 0→T−1 "
+              "(share of frames used) |", "|---|---|---|---|---|---|---|---|"]
     for name, result in models.items():
         t = result.get("_temporal", {})
         o = t.get("order_effects", {})
@@ -170,18 +176,26 @@ def summary(models: dict) -> str:
         v = t.get("vacancy")
         vac = f"{v['vacated']:.2f} / {v['elsewhere']:.2f} ({v['frames']} frames)" if v else "—"
         probs = [f"{o[k]:.3f}" if k in o else "—" for k in ("original", "reversed", "shuffled", "frozen")]
-        lines.append(f"| {name} | " + " | ".join(probs) + f" | {shares} | {vac} |")
+        info = result.get("_model", {})
+        used = (" / ".join(f"{d:.2f}" for d in info["frame_drop"]) + f" ({info['used_frames']:.2f})"
+                if "frame_drop" in info else "—")
+        lines.append(f"| {name} | " + " | ".join(probs) + f" | {shares} | {vac} | {used} |")
     return "\n".join(lines)
 
 
 def write(report: dict, out: Path) -> None:
-    """Merge into `out`: models benchmarked earlier on the same clips are kept (two runs may share a file)."""
+    """Merge into `out`: models benchmarked earlier on the same clips are kept (two runs may share a file), and
+    so are a model's rows that this run did not compute (a run with --methods updates only those)."""
     merged = dict(report, models={})
     if out.exists():
         old = json.loads(out.read_text())
         if (old.get("clips"), old.get("seed")) == (report["clips"], report["seed"]):
             merged["models"] = old["models"]
-    merged["models"].update(report["models"])
+    order = ["_model", "_temporal", *(row for m in EXPLANATIONS for row in rows_of(m)), "random"]
+    for name, result in report["models"].items():
+        rows = {**merged["models"].get(name, {}), **result}
+        merged["models"][name] = {k: rows[k] for k in sorted(rows, key=lambda k: order.index(k) if k in order
+                                                              else len(order))}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(merged, indent=1))
     tables = [table(n, r) for n, r in merged["models"].items()]

@@ -70,7 +70,8 @@ for m in methods:
            "backwards": cst.backwards, "estimated seconds": round(seconds, 2)}
     # the benchmark row of this method with the chosen baseline, where the method takes one
     s = scores.get(f"{m}|{baseline}" if "baseline" in EXPLANATIONS[m].options and baseline != "constant" else m, {})
-    for key, label in (("signal_share", "signal share"), ("pointing", "pointing"), ("mass", "mass")):
+    for key, label in (("signal_share", "signal share"), ("pointing", "pointing"),
+                       ("used_pointing", "pointing, used frames"), ("mass", "mass")):
         row[f"bench: {label}"] = round(s[key], 3) if key in s else None
     row["sanity check"] = ("passes" if s["sanity_pass"] else "FAILS") if "sanity_pass" in s else None
     rows.append(row)
@@ -79,7 +80,8 @@ st.caption(f"One forward of this clip takes {fwd * 1000:.0f} ms on the app's mac
            f"that. {'Curves add 2 × (points + 1) + 1 forwards per method. ' if curves else ''}"
            + (f"Benchmark columns: `tslab bench explain` on the shipped model **{bench_model}** (held-out clips "
               "with known object masks: share of positive relevance on the object that decides the class "
-              "rather than the distractor, frames whose top cell is on it, relevance mass on it; the sanity "
+              "rather than the distractor, frames whose top cell is on it — of all frames, and of the frames the "
+              "model's decision depends on — relevance mass on it; the sanity "
               "check randomises the weights top-down and fails a method whose maps stay the same). See "
               "docs/analysis.md." if bench_model else "No benchmark results found (`tslab bench explain`)."))
 

@@ -337,6 +337,17 @@ def test_cli_explanations_and_time_evidence(tmp_path, capsys):
     rc = main([str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(out),
                "--methods", "gae", "--target", "sideways"])
     assert rc == 2 and "neither a class" in capsys.readouterr().err
+    # methods that remove patches take --baseline (default: the temporal median); a bad one is one line
+    maps = {}
+    for baseline in ("temporal_median", "0"):
+        assert main([str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(out),
+                     "--methods", "ablation_tubes", "--baseline", baseline]) == 0
+        assert json.loads((out / "predictions.json").read_text())["baseline"] == {"0": 0.0}.get(baseline, baseline)
+        maps[baseline] = (out / "explain_ablation_tubes.png").read_bytes()
+    assert maps["temporal_median"] != maps["0"]
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "clip.mp4"), "--out", str(out), "--baseline", "noise"])
+    assert "baseline must be a number or one of" in capsys.readouterr().err
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):

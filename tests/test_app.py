@@ -473,7 +473,7 @@ def test_attribution(app, monkeypatch, tmp_path):
 
     # benchmark scores of a shipped model, as `tslab bench explain` writes them
     results = {"models": {"synthmotion-distractor-divided_space_time": {
-        "gae": {"signal_share": 0.91, "pointing": 0.8, "mass": 0.7, "sanity_pass": True},
+        "gae": {"signal_share": 0.91, "pointing": 0.8, "used_pointing": 0.95, "mass": 0.7, "sanity_pass": True},
         "saliency": {"signal_share": 0.6, "pointing": 0.3, "mass": 0.4, "sanity_pass": False}}}}
     (tmp_path / "explain.json").write_text(json.dumps(results))
     monkeypatch.setattr(settings, "EXPLAIN_RESULTS", tmp_path / "explain.json")
@@ -489,6 +489,7 @@ def test_attribution(app, monkeypatch, tmp_path):
     assert len(table) == len(methods)
     row = lambda name: table[table["method"] == EXPLANATIONS[name].label].iloc[0]
     assert row("gae")["bench: signal share"] == 0.91 and row("gae")["sanity check"] == "passes"
+    assert row("gae")["bench: pointing, used frames"] == 0.95
     assert row("saliency")["sanity check"] == "FAILS"
     assert any("synthmotion-distractor-divided_space_time" in c.value for c in at.caption)
     at = ok(at.button(key="attr_run").click().run())

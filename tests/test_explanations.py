@@ -8,7 +8,7 @@ import torch
 import analysis
 from analysis.attribution import BASELINES, baseline_clip
 from analysis.faithfulness import deletion_insertion, random_map
-from analysis.grounding import cell_cover, grounding_scores, object_cells
+from analysis.grounding import cell_cover, grounding_scores, object_cells, used_frames
 from analysis.lrp import relevance
 from analysis.rollout import attention_gradients, gae_flow
 from analysis.sanity import cascading_randomisation, similarity_curve, spearman
@@ -114,6 +114,14 @@ def test_video_baselines():
     assert blur.shape == video.shape and blur.std() < 0.6 * video.std()
     assert (blur.mean((3, 4)) - video.mean((3, 4))).abs().max() < 0.1  # blurring keeps each frame's level
     assert torch.equal(baseline_clip(video, 0.5), torch.full_like(video, 0.5))
+    # the temporal median is the still background: a square that covers each pixel in fewer than half of the
+    # frames is gone from it, where the temporal mean leaves its ghost along the path
+    still = torch.randn(1, 3, 1, 16, 16, generator=torch.Generator().manual_seed(6)).expand(1, 3, 5, 16, 16)
+    moving = still.clone()
+    for t in range(5):
+        moving[:, :, t, 4:8, 2 * t : 2 * t + 4] = 3.0
+    assert torch.equal(baseline_clip(moving, "temporal_median")[:, :, 0], still[:, :, 0])
+    assert (baseline_clip(moving, "temporal_mean")[:, :, 0] - still[:, :, 0]).abs().max() > 0.5
     with pytest.raises(ValueError, match="baseline must be"):
         baseline_clip(video, "noise")
     model = small_model("joint_space_time")
@@ -141,6 +149,12 @@ def test_grounding_scores_on_known_maps():
     assert wrong["pointing"] == 0 and wrong["signal_share"] == 0 and wrong["distractor_pointing"] == 1
     uniform = grounding_scores(torch.ones(2, 4, 4), signal, distractor)
     assert uniform["mass"] == pytest.approx(4 / 32) and uniform["signal_share"] == pytest.approx(2 / 3)
+    assert "used_pointing" not in behind
+    # over the frames the model uses only: frame 0, where the map is right
+    assert grounding_scores(torch.from_numpy(signal.astype(np.float32)), moved,
+                            frames=np.array([True, False]))["used_pointing"] == 1.0
+    assert used_frames(np.array([2.0, 0.1, 0.5, -1.0])).tolist() == [True, False, True, False]
+    assert not used_frames(np.array([0.0, -0.5])).any()  # no frame matters: none is used
     negative = grounding_scores(-torch.from_numpy(signal * 1.0), signal)  # only positive evidence counts
     assert negative["mass"] == 0.0
     mask = np.zeros((1, 16, 16), bool)
@@ -218,11 +232,20 @@ def test_benchmark_command_scores_a_model(tmp_path):
                 "sanity_pass", "randomisation", "forwards", "backwards", "ms_per_clip"} <= set(row)
         assert [s["stage"] for s in row["randomisation"]] == ["trained", "head", "block 1", "block 0"]
     assert "signal_share" in report["random"] and "sanity_pass" not in report["random"]
+    assert len(report["_model"]["frame_drop"]) == 8 and 0 <= report["_model"]["used_frames"] <= 1
+    assert report["lrp"]["stderr"]["pointing"] >= 0 and set(report["lrp"]["stderr"]) >= {"pointing", "mass"}
     assert {r["step"] for r in report["_temporal"]["step_shares"]} == {"time", "space"}
     assert json.loads(out.read_text())["models"]["earlier-model"] == earlier
     md = out.with_suffix(".md")
-    assert "| lrp |" in md.read_text() and "| earlier-model |" in md.read_text()
+    assert "| lrp |" in md.read_text() and "| earlier-model |" in md.read_text() and " ± " in md.read_text()
     md.unlink()
     again = subprocess.run([str(tslab), "bench", "explain", "--report", "--out", str(out)],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "| synthmotion-distractor-tiny |" in md.read_text(), again.stderr[-2000:]
+    # a run of some methods updates their rows and keeps the others, in the registry's order
+    more = subprocess.run([str(tslab), "bench", "explain", "--models", str(tmp_path / "synthmotion-distractor-tiny"),
+                           "--clips", "2", "--methods", "gae", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert more.returncode == 0, more.stderr[-2000:]
+    report = json.loads(out.read_text())["models"]["synthmotion-distractor-tiny"]
+    assert list(report) == ["_model", "_temporal", "rollout", "gae", "lrp", "random"]
