@@ -5,8 +5,9 @@ A patch cell belongs to an object when the object covers at least `min_cover` of
 and one map (positive relevance only, as evidence *for* the class):
 - pointing: the share of frames whose highest cell lies on the signal object in that frame;
 - pointing in used frames: the same, over only the frames the model's decision depends on (`used_frames`:
-  removing such a frame lowers the target's logit). A model may read its class from a few frames and ignore
-  the rest, where no faithful map has anything to point at;
+  removing such a frame lowers the target's logit by at least a tenth of the most important frame's drop, and
+  by at least 0.01). A model may read its class from a few frames and ignore the rest, where no faithful map
+  has anything to point at;
 - path pointing: the share of frames whose highest cell lies on the signal's path, a cell the object covers
   in some frame. A model that reads motion takes evidence from where the object is *not* as well as from
   where it is: a cell it has just left, compared over time with the frames it was there, says where it went
@@ -58,11 +59,11 @@ def grounding_scores(saliency, signal: np.ndarray, distractor: np.ndarray | None
     return scores
 
 
-def used_frames(drops: np.ndarray, share: float = 0.1) -> np.ndarray:
+def used_frames(drops: np.ndarray, share: float = 0.1, floor: float = 0.01) -> np.ndarray:
     """bool (T,): the frames whose removal lowers the target's logit by at least `share` of the largest drop of
-    the clip — `drops` (T,) as `ablation_frames` gives them (every cell of a frame holds the frame's drop)."""
-    top = drops.max()
-    return drops >= share * top if top > 0 else np.zeros(drops.shape, bool)
+    the clip and by at least `floor` — `drops` (T,), one per frame (as `ablation_frames` gives them). A model
+    whose output hardly depends on the clip uses no frame."""
+    return (drops >= share * drops.max()) & (drops >= floor)
 
 
 def object_cells(masks: dict[str, np.ndarray], patch: int, min_cover: float = 0.2) -> dict[str, np.ndarray]:

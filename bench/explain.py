@@ -3,13 +3,16 @@
     tslab bench explain [--models NAME_OR_PATH ...] [--clips 32] [--methods gae lrp ...]
     tslab bench explain --report     # rewrite bench/results/explain.md from explain.json
 
-For each model, on held-out SynthMotion clips of its task (`test` split, a seed never trained on): pointing,
-path pointing, mass and rank accuracy on the object that carries the class, the share against the distractor
+For each model, on held-out SynthMotion clips of its task (`test` split, a seed never trained on): pointing
+(in all frames, and in the frames the model uses: those whose removal into the temporal median costs at least
+a tenth of the largest frame's logit drop; each ± 1.96 standard errors over clips), path pointing, mass and
+rank accuracy on the object that carries the class, the share against the distractor
 (distractor task), deletion and insertion AUC (patches removed into the clip's temporal mean), the
 model-randomisation sanity check, and the cost; methods that take a baseline are scored with the constant one
 and with each video baseline; a random map is the row to beat. Also the temporal evidence: the target's
 probability with the frames reversed, shuffled and frozen, the share of LRP relevance through each kind of
-attention step, layer by layer, and the vacancy test (is where the object has just been evidence too?).
+attention step, layer by layer, the vacancy test (is where the object has just been evidence too?) and the
+logit drop when each frame is removed (which frames the decision rests on).
 Writes bench/results/explain.json (read by the app) and bench/results/explain.md.
 """
 

@@ -155,6 +155,7 @@ def test_grounding_scores_on_known_maps():
                             frames=np.array([True, False]))["used_pointing"] == 1.0
     assert used_frames(np.array([2.0, 0.1, 0.5, -1.0])).tolist() == [True, False, True, False]
     assert not used_frames(np.array([0.0, -0.5])).any()  # no frame matters: none is used
+    assert not used_frames(np.array([0.004, 0.001])).any()  # nor when the output hardly depends on the clip
     negative = grounding_scores(-torch.from_numpy(signal * 1.0), signal)  # only positive evidence counts
     assert negative["mass"] == 0.0
     mask = np.zeros((1, 16, 16), bool)
