@@ -29,7 +29,7 @@ BASELINE_LABELS = {"constant": "constant: the mean colour", **{k: f"{k.replace('
 # ---- choices
 for key, value in (("k_attr_methods", ["rollout", "gae", "lrp"]), ("k_attr_target", -1), ("k_attr_steps", 16),
                    ("k_attr_window_t", 2), ("k_attr_window_p", 2), ("k_attr_batch", 4), ("k_attr_curves", True),
-                   ("k_attr_curve_steps", 16), ("k_attr_discard", 0.0), ("k_attr_baseline", "constant"),
+                   ("k_attr_curve_steps", 16), ("k_attr_discard", 0.0), ("k_attr_baseline", "temporal_median"),
                    ("k_attr_temporal", True)):
     st.session_state.setdefault(key, value)
 widgets.sanitize("k_attr_target", range(-1, cfg.num_classes))

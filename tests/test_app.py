@@ -483,6 +483,7 @@ def test_attribution(app, monkeypatch, tmp_path):
     at.multiselect(key="k_attr_methods").set_value(methods)
     at.number_input(key="k_attr_steps").set_value(2)
     at.number_input(key="k_attr_curve_steps").set_value(4)
+    assert at.selectbox(key="k_attr_baseline").value == "temporal_median"  # the benchmark's best, by default
     at.selectbox(key="k_attr_baseline").select("blur")
     at = ok(at.run())
     table = at.dataframe[0].value
