@@ -26,11 +26,18 @@ VIDEO_BASELINES = ("temporal_mean", "temporal_median", "blur", "frozen_frame")
 FRAME_BASELINE = "temporal_median"
 
 
+def row_name(method: str, baseline=None) -> str:
+    """The benchmark row of `method` run with `baseline`: "method|baseline" for a named (video) baseline of a
+    method that takes one, else the method itself (a number or None: the constant baseline)."""
+    takes = "baseline" in EXPLANATIONS[method].options
+    return f"{method}|{baseline}" if takes and isinstance(baseline, str) else method
+
+
 def rows_of(method: str) -> list[str]:
     """The benchmark rows of a method: itself, and one per video baseline where it takes a baseline."""
     if "baseline" not in EXPLANATIONS[method].options:
         return [method]
-    return [method] + [f"{method}|{b}" for b in VIDEO_BASELINES]
+    return [method] + [row_name(method, b) for b in VIDEO_BASELINES]
 
 
 def _split(row: str) -> tuple[str, dict]:

@@ -8,6 +8,7 @@ import torch
 
 from analysis import EXPLANATIONS, explain
 from analysis.attribution import BASELINES
+from analysis.benchmark import row_name
 from analysis.faithfulness import curves_cost, deletion_insertion, random_map
 from analysis.figures import curves_figure, frame_importance_figure, order_effects_figure, step_share_figure
 from analysis.media import grid_image, overlay
@@ -68,8 +69,7 @@ for m in methods:
     seconds = cst.seconds(fwd) + (curves_cost(int(curve_steps)).seconds(fwd) if curves else 0)
     row = {"method": LABELS[m], "family": EXPLANATIONS[m].family, "forwards": cst.forwards,
            "backwards": cst.backwards, "estimated seconds": round(seconds, 2)}
-    # the benchmark row of this method with the chosen baseline, where the method takes one
-    s = scores.get(f"{m}|{baseline}" if "baseline" in EXPLANATIONS[m].options and baseline != "constant" else m, {})
+    s = scores.get(row_name(m, base), {})  # the benchmark row of this method with the chosen baseline
     for key, label in (("signal_share", "signal share"), ("pointing", "pointing"),
                        ("used_pointing", "pointing, used frames"), ("mass", "mass")):
         row[f"bench: {label}"] = round(s[key], 3) if key in s else None
