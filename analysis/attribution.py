@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from analysis.maps import target_classes
+from timesformer.video import temporal_median
 
 METHODS = ("integrated_gradients", "saliency", "occlusion", "ablation_frames", "ablation_tubes",
            "gradient_x_activation")
@@ -92,7 +93,7 @@ def baseline_clip(video: torch.Tensor, baseline=0.0) -> torch.Tensor:
     if baseline == "temporal_mean":
         return video.mean(2, keepdim=True).expand_as(video).contiguous()
     if baseline == "temporal_median":
-        return video.quantile(0.5, dim=2, keepdim=True).expand_as(video).contiguous()
+        return temporal_median(video).expand_as(video).contiguous()
     if baseline == "frozen_frame":
         return video[:, :, video.shape[2] // 2 :][:, :, :1].expand_as(video).contiguous()
     if baseline == "blur":

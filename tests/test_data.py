@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from timesformer.data import Relabeled, Skipped, build_datasets, collate, open_split, video_csv, video_folder
+from timesformer.data import FrameDrop, Relabeled, Skipped, build_datasets, collate, open_split, video_csv, video_folder
 from timesformer.synthmotion import (
     APPEARANCE_CLASSES,
     TEMPORAL_CLASSES,
@@ -12,7 +12,7 @@ from timesformer.synthmotion import (
     export_synthmotion,
     motion_order,
 )
-from timesformer.video import read_clip, transform_frames
+from timesformer.video import read_clip, temporal_median, transform_frames
 
 
 def test_synthmotion_is_deterministic_by_seed_and_split():
@@ -135,6 +135,43 @@ def test_unreadable_clips_are_skipped_and_counted(tmp_path):
     batch = collate(items)
     assert batch["video"].shape == (4, 1, 3, 4, 32, 32) and len(batch["skipped"]) == 1
     assert collate([bad[0]])["video"] is None
+
+
+def test_frame_drop_replaces_whole_frames_by_the_still_background():
+    ds = SynthMotion("distractor", "train", 16, num_frames=8, size=32, seed=0)
+    dropper = FrameDrop(ds, 0.5, seed=1)
+    assert dropper.classes == ds.classes and len(dropper) == 16
+    counts = []
+    for i in range(16):
+        (video, label, index), (clean, label0, _) = dropper[i], ds[i]
+        assert (label, index) == (label0, i)
+        drop = dropper.dropped(i, 8)
+        counts.append(drop.sum())
+        background = temporal_median(clean)
+        assert torch.equal(video[:, :, ~drop], clean[:, :, ~drop])  # kept frames are untouched
+        assert torch.equal(video[:, :, drop], background.expand_as(clean)[:, :, drop])
+    assert 0 < np.mean(counts) < 8 and max(counts) < 8
+    # the median frame holds neither disc where it covers a pixel in fewer than half of the frames. Red (R 220)
+    # and blue (B 230) are far above the background's channels (at most ≈ 70 + 4σ of texture and noise)
+    frames, _ = ds.frames(0)
+    still = temporal_median(torch.from_numpy(frames).float(), dim=0)[0].numpy()  # (S, S, 3)
+    masks = ds.object_masks(0)
+    assert (frames[..., 0][masks["signal"]] > 150).mean() > 0.9
+    for name, channel in (("signal", 0), ("distractor", 2)):
+        passed = (masks[name].sum(0) > 0) & (masks[name].sum(0) < 4)
+        assert passed.sum() > 20 and still[..., channel][passed].max() < 150
+    # the draw depends on (seed, epoch, index) alone, never on the order items are asked for
+    again = FrameDrop(ds, 0.5, seed=1)
+    assert torch.equal(again[5][0], dropper[5][0])
+    dropper.set_epoch(1)
+    assert [dropper.dropped(i, 8).tolist() for i in range(16)] != [again.dropped(i, 8).tolist() for i in range(16)]
+    # never every frame, even at a high rate
+    assert all(FrameDrop(ds, 0.99, seed=s).dropped(0, 8).sum() == 7 for s in range(20))
+    broken = Relabeled([Skipped(0, "x.mp4", "broken")], [0])
+    broken.classes = ["a"]
+    assert isinstance(FrameDrop(broken, 0.5)[0], Skipped)  # unreadable clips pass through to be counted
+    with pytest.raises(ValueError, match="frame-drop"):
+        FrameDrop(ds, 1.0)
 
 
 def test_csv_lists(tmp_path):

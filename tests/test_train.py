@@ -187,6 +187,17 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
         E.run(out / "checkpoint-last", "synthmotion-appearance", num_clips=8)
 
 
+def test_frame_drop_flag(tmp_path):
+    T.main(toy_args(tmp_path / "plain", epochs=1))
+    T.main(toy_args(tmp_path / "drop", "--frame-drop", "0.5", epochs=1))
+    plain, drop = rows(tmp_path / "plain"), rows(tmp_path / "drop")
+    assert plain[0]["loss"] != drop[0]["loss"]  # other training clips, from the same start
+    assert "frame_drop: 0.5" in (tmp_path / "drop" / "train_config.yaml").read_text()
+    for bad in ("1", "-0.1"):
+        with pytest.raises(SystemExit, match="--frame-drop is a probability below 1"):
+            T.main(toy_args(tmp_path / "bad", "--frame-drop", bad))
+
+
 def test_recipes_and_schedules():
     args = T.resolve(T.parse_args(["--preset", "base", "--epochs", "15"]))
     assert (args.optimizer, args.lr, args.weight_decay, args.schedule, args.clip_grad) == (

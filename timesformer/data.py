@@ -19,12 +19,12 @@ import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
 from .synthmotion import APPEARANCE_CLASSES, TASKS, TEMPORAL_CLASSES, SynthMotion, export_synthmotion
-from .video import VIDEO_EXTENSIONS, VideoError, read_clip
+from .video import VIDEO_EXTENSIONS, VideoError, read_clip, temporal_median
 
 __all__ = ["APPEARANCE_CLASSES", "TASKS", "TEMPORAL_CLASSES", "SynthMotion", "export_synthmotion", "Skipped",
            "collate", "ClipDataset", "VideoListDataset", "video_folder", "video_csv", "Relabeled",
            "synthmotion_task", "open_split", "build_datasets", "auto_workers", "workers_arg", "EpochBatches",
-           "AtEpoch"]
+           "AtEpoch", "FrameDrop"]
 
 
 @dataclass
@@ -224,6 +224,50 @@ class AtEpoch(Dataset):
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
         return self.dataset[index]
+
+
+class FrameDrop(Dataset):
+    """Training augmentation (`--frame-drop P`): each frame of a clip becomes, with probability `p`, the clip's
+    per-pixel median over time (`temporal_median`: the still background, without what moves), so the
+    evidence in that frame is gone. A model trained so cannot rest its decision on a few fixed frames while
+    ignoring the rest. At least one frame is always kept; the draw depends on (seed, epoch, index) only, so
+    a resumed run and any number of workers see the same clips."""
+
+    def __init__(self, dataset, p: float, seed: int = 0):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"--frame-drop must be at least 0 and below 1, got {p}")
+        self.dataset, self.p, self.seed, self.epoch = dataset, p, seed, 0
+        self.classes = dataset.classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def dropped(self, index: int, num_frames: int) -> np.ndarray:
+        """bool (T,): the frames of clip `index` that this epoch replaces."""
+        rng = np.random.default_rng([self.seed, self.epoch, index, 0xF4D])
+        drop = rng.random(num_frames) < self.p
+        if drop.all():
+            drop[rng.integers(num_frames)] = False
+        return drop
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        if isinstance(item, Skipped):
+            return item
+        video, label, idx = item  # video (views, 3, T, S, S)
+        drop = torch.from_numpy(self.dropped(index, video.shape[2]))
+        if drop.any():
+            video = torch.where(drop[:, None, None], temporal_median(video), video)
+        return video, label, idx
 
 
 # ---------------------------------------------------------------------------------------------

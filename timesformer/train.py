@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from timesformer.checkpoints import IMAGE_FORMATS, from_checkpoint, read_checkpoint
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
-from timesformer.data import AtEpoch, EpochBatches, auto_workers, build_datasets, collate, workers_arg
+from timesformer.data import AtEpoch, EpochBatches, FrameDrop, auto_workers, build_datasets, collate, workers_arg
 from timesformer.distributed import Dist
 from timesformer.engine import (
     Trainer,
@@ -67,6 +67,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="DataLoader worker processes; auto: on a GPU, the cores this process may use (shared with "
                         "the other processes of its node) minus one for the loop, at most 16; on the CPU, 0")
     g.add_argument("--prefetch", type=int, default=4, help="batches each worker prepares ahead")
+    g.add_argument("--frame-drop", type=float, default=0.0, metavar="P",
+                   help="replace each training frame, with probability P, by the clip's median over time "
+                        "(what moves is gone from it), so the model learns to use every frame (default 0)")
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="tiny", choices=PRESETS)
     g.add_argument("--attention", default="divided_space_time", choices=ATTENTION_TYPES)
@@ -146,6 +149,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.clip_grad = 1.0
     if args.accum_steps < 1 or args.batch_size < 1 or args.epochs < 1 or args.prefetch < 1:
         raise SystemExit("--batch-size, --accum-steps, --epochs and --prefetch must be at least 1")
+    if not 0.0 <= args.frame_drop < 1.0:
+        raise SystemExit(f"--frame-drop is a probability below 1 (0: off), got {args.frame_drop}")
     return args
 
 
@@ -234,6 +239,8 @@ def _train(args, dist: Dist, run: Run) -> dict:
         args.data, num_frames=num_frames, size=size, sampling_rate=args.sampling_rate, seed=args.seed,
         train_clips=args.train_clips, val_clips=args.val_clips, val_data=args.val_data,
         spatial_crops=args.eval_crops)
+    if args.frame_drop:
+        train_ds = FrameDrop(train_ds, args.frame_drop, seed=args.seed)
 
     # seeded after loading checkpoints (which draw while building their model): new weights and the
     # training stream depend on --seed alone

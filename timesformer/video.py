@@ -118,6 +118,13 @@ def denormalize(video: torch.Tensor, mean: float = MEAN, std: float = STD) -> np
     return x.round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
 
 
+def temporal_median(video: torch.Tensor, dim: int = 2) -> torch.Tensor:
+    """The per-pixel median over time (`dim`, kept as size 1): the still background of a clip, without what
+    moves — an object that covers a pixel in fewer than half of the frames is gone from it. Normalising is
+    affine per channel, so the median of normalised frames is the normalised median."""
+    return video.quantile(0.5, dim=dim, keepdim=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # input sniffing: name what a file is before a decoder gives a cryptic error about it
 _IMAGE_MAGIC = [
