@@ -57,16 +57,21 @@ def hardware() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; 1 thread per run"
 
 
+def command(args: list[str], out: Path) -> str:
+    """The `tslab train` command line of a run, as one types it in the repository (recorded in bench.json)."""
+    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    return " ".join(["tslab train", *args, "--out", str(shown)])
+
+
 def train(args: list[str], out: Path) -> dict:
     """Run `python -m timesformer.train ARGS --out OUT` on one thread; writes OUT/bench.json (the command,
     wall time, hardware) and returns it, with the last val/train metrics rows, or an `error`."""
-    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out  # the command as one types it in the repo
+    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
     cmd = [sys.executable, "-m", "timesformer.train", *args, "--out", str(shown)]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    info = {"command": "tslab train " + " ".join(cmd[3:]), "wall_s": round(time.time() - t0, 1),
-            "hardware": hardware()}
+    info = {"command": command(args, out), "wall_s": round(time.time() - t0, 1), "hardware": hardware()}
     if proc.returncode != 0:
         return {**info, "error": proc.stderr[-800:]}
     (out / "bench.json").write_text(json.dumps(info, indent=2))
