@@ -134,8 +134,8 @@ def card_text(meta: dict) -> str:
              + (f"Training started from the shipped `{t['init']}` model (a curriculum: one object first, then two). "
                 if t.get("init") else "Trained from scratch. ")
              + (f"Each training frame was replaced, with probability {t['frame_drop']}, by the clip's median over "
-                f"time (`--frame-drop`: the disc is gone from it), so that its decision cannot rest on a few fixed frames. "
-                if t.get("frame_drop") else "")
+                "time (`--frame-drop`: the discs are gone from it), so that its decision cannot rest on a few fixed "
+                "frames. " if t.get("frame_drop") else "")
              + "It shows what its attention scheme does; it knows SynthMotion only, not real videos.")
     held = (f"Held out: **{h['accuracy']:.1%}** (95% interval {lo:.1%}–{hi:.1%}) on {h['clips']:,} fresh clips of "
             f"the `test` split, seed {h['seed']}, which neither training nor validation draws from: `{h['command']}` "

@@ -57,17 +57,20 @@ def hardware() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; 1 thread per run"
 
 
+def shown(out: Path) -> str:
+    """A run folder as one types it in the repository: relative to it where inside."""
+    return str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out)
+
+
 def command(args: list[str], out: Path) -> str:
-    """The `tslab train` command line of a run, as one types it in the repository (recorded in bench.json)."""
-    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
-    return " ".join(["tslab train", *args, "--out", str(shown)])
+    """The `tslab train` command line of a run (recorded in its bench.json)."""
+    return " ".join(["tslab train", *args, "--out", shown(out)])
 
 
 def train(args: list[str], out: Path) -> dict:
     """Run `python -m timesformer.train ARGS --out OUT` on one thread; writes OUT/bench.json (the command,
     wall time, hardware) and returns it, with the last val/train metrics rows, or an `error`."""
-    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
-    cmd = [sys.executable, "-m", "timesformer.train", *args, "--out", str(shown)]
+    cmd = [sys.executable, "-m", "timesformer.train", *args, "--out", shown(out)]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -133,9 +136,8 @@ def held_out(r: dict, runs: Path = RUNS) -> dict:
     ds = open_split(f"synthmotion-{r['task']}", "test", model.class_names, num_frames=model.config.num_frames,
                     size=model.config.img_size, sampling_rate=32, seed=HELD_OUT_SEED, num_clips=HELD_OUT_CLIPS)
     ev = evaluate(model, eval_loader(ds, 64, 0), torch.device("cpu"))
-    shown = ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else ckpt
     return {**r, "test_acc1": ev["acc1"], "test_loss": ev["loss"], "test_clips": ev["clips"],
-            "test_command": f"tslab evaluate {shown} synthmotion-{r['task']} --num-clips {HELD_OUT_CLIPS} "
+            "test_command": f"tslab evaluate {shown(ckpt)} synthmotion-{r['task']} --num-clips {HELD_OUT_CLIPS} "
                             f"--seed {HELD_OUT_SEED}"}
 
 
