@@ -154,8 +154,8 @@ def main(argv=None):
 
 
 SUMMARY_METHODS = ("attention", "rollout", "grad_rollout", "gae", "lrp", "saliency",
-                   "integrated_gradients|temporal_mean", "occlusion|temporal_median", "ablation_tubes|temporal_mean",
-                   "random")
+                   "integrated_gradients|temporal_mean", "integrated_gradients|temporal_median",
+                   "occlusion|temporal_median", "ablation_tubes|temporal_mean", "random")
 
 
 def summary(models: dict) -> str:
