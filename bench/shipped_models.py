@@ -125,7 +125,7 @@ def card_text(meta: dict) -> str:
                         "model that ignores frame order is at 25% by construction",
             "distractor": "the visiting order of the red disc (4 classes, as in `temporal`) while a blue disc in the "
                           "other half of the frame follows a random order of its own"}[task]
-    chance = (" This is chance: `space_only` averages per-frame predictions, so it cannot see the order that "
+    chance = (" This is chance: `space_only` averages per-frame features, so it cannot see the order that "
               "carries the class — the paper's point in miniature." if scheme == "space_only" else "")
     lo, hi = h["interval95"]
     intro = (f"A tiny TimeSformer ({meta['parameters'] / 1e6:.2f}M parameters, `{scheme}` attention, 4 blocks of "

@@ -6,7 +6,7 @@
   moving left, right and back, left and back), like Something-Something. The four orders are permutations
   of the same frames: for any clip of one class, the same random draw gives a clip of every other class made
   of exactly the same multiset of frames. A model that ignores frame order therefore cannot beat chance
-  (25%), by construction — and `space_only`, which averages per-frame predictions, is such a model;
+  (25%), by construction — and `space_only`, which averages per-frame features, is such a model;
 - `distractor`: two discs, a red one whose visiting order is the class (as in `temporal`) and a blue one that
   follows a random order of its own, in the other half of the frame: evidence with a known place, for
   scoring explanations (`object_masks` gives both objects' pixels).
