@@ -52,17 +52,17 @@ def specs() -> dict[str, dict]:
     return out
 
 
+def recorded_command(run: Path) -> str | None:
+    """The `tslab train` command a run folder was trained with (its bench.json), or None."""
+    info = run / "bench.json"
+    return json.loads(info.read_text())["command"] if info.is_file() else None
+
+
 def finished(run: Path, args: list[str]) -> bool:
     """A run folder of this recipe (`args`) whose training ended (its last checkpoint is an end-of-epoch one of
-    the final step). A run of another recipe is moved aside to RUN.old, to be trained again."""
+    the final step)."""
     cfg = run / "train_config.yaml"
-    if not (run / "bench.json").is_file() or not cfg.is_file() or not (run / "checkpoint-last").exists():
-        return False
-    if json.loads((run / "bench.json").read_text())["command"] != command(args, run):
-        old = run.with_name(run.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        run.rename(old)
-        print(f"{run}: trained with another recipe, moved to {old}", flush=True)
+    if recorded_command(run) != command(args, run) or not cfg.is_file() or not (run / "checkpoint-last").exists():
         return False
     import yaml
 
@@ -194,8 +194,14 @@ def main(argv=None):
     for name, spec in todo.items():
         if not finished(spec["run"], spec["args"]):
             if a.skip_train:
-                raise SystemExit(f"{name}: no finished run in {spec['run']}; run without --skip-train")
-            r = train(spec["args"], spec["run"])
+                raise SystemExit(f"{name}: no finished run of this recipe in {spec['run']}; run without --skip-train")
+            run = spec["run"]
+            if recorded_command(run) not in (None, command(spec["args"], run)):  # kept, not trained over
+                old = run.with_name(run.name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                run.rename(old)
+                print(f"{run}: trained with another recipe, moved to {old}", flush=True)
+            r = train(spec["args"], run)
             if "error" in r:
                 raise SystemExit(f"{name}: training failed: {r['error']}")
         summary["models"][name] = export(name, spec)

@@ -68,8 +68,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "the other processes of its node) minus one for the loop, at most 16; on the CPU, 0")
     g.add_argument("--prefetch", type=int, default=4, help="batches each worker prepares ahead")
     g.add_argument("--frame-drop", type=float, default=0.0, metavar="P",
-                   help="replace each training frame, with probability P, by the clip's median over time "
-                        "(what moves is gone from it), so the model learns to use every frame (default 0)")
+                   help="replace each training frame, with probability P, by the clip's median over time (what "
+                        "moves is gone from it), so the model cannot rest its decision on a few frames (default 0)")
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="tiny", choices=PRESETS)
     g.add_argument("--attention", default="divided_space_time", choices=ATTENTION_TYPES)
