@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from tests.reference import reference_logits
-from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig, attention_pattern, record_attention
+from timesformer import (
+    ATTENTION_TYPES,
+    TimeSformer,
+    TimeSformerConfig,
+    attention_pattern,
+    compile_model,
+    record_attention,
+)
 from timesformer.attention import SCHEMES, full_recording_bytes
 
 SMALL = dict(img_size=32, patch_size=8, num_frames=4, embed_dim=32, depth=2, num_heads=4, num_classes=5,
@@ -350,7 +357,7 @@ def test_compiled_model_gives_the_same_logits_and_gradients(attention_type):
     model = small_model(attention_type, depth=1, embed_dim=16, num_heads=2).train()
     video = torch.randn(2, 3, 2, 16, 24)
     grads = []
-    for run in (model, torch.compile(model)):
+    for run in (model, compile_model(model)):
         model.zero_grad()
         out = run(video)
         out.pow(2).sum().backward()
@@ -361,4 +368,4 @@ def test_compiled_model_gives_the_same_logits_and_gradients(attention_type):
         assert torch.allclose(eager, compiled, atol=1e-5)
     model.eval()
     with torch.no_grad():  # inference: proj and fc unfolded in the graph, the same logits
-        assert torch.allclose(torch.compile(model)(video), model(video), atol=1e-5)
+        assert torch.allclose(compile_model(model)(video), model(video), atol=1e-5)

@@ -299,3 +299,17 @@ class TimeSformer(nn.Module):
     def class_names(self) -> list[str]:
         names = self.config.class_names
         return list(names) if names else [str(i) for i in range(self.config.num_classes)]
+
+
+def compile_model(module: nn.Module) -> nn.Module:
+    """`torch.compile(module)` (inductor), the one way this project compiles a model.
+
+    Inductor's coalescing-tiling analysis is switched off: on CUDA it fails with a bare AssertionError
+    ("not expr.has(ModularIndexing)") on the nested index expressions of the permuted regroupings, which kills
+    the whole compile (seen with torch 2.11 on an H200; pytorch/pytorch#191603). It only chooses a tiling
+    heuristic, so the compiled code computes the same either way.
+    """
+    from torch._inductor import config
+
+    off = {"triton.coalesce_tiling_analysis": False} if hasattr(config.triton, "coalesce_tiling_analysis") else None
+    return torch.compile(module, options=off)

@@ -42,7 +42,7 @@ from timesformer.engine import (
     evaluate,
     train_one_epoch,
 )
-from timesformer.model import TimeSformer
+from timesformer.model import TimeSformer, compile_model
 from timesformer.optim import amp_dtype, build_optimizer, lr_at
 from timesformer.runs import LAST, Resume, Run, find_resume
 
@@ -338,7 +338,7 @@ def _build_trainer(args, dist: Dist, model: TimeSformer, total_steps: int, steps
         ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:  # the DDP wrapper inside, so that its buckets split the graph and overlap the backward
-        ddp_model = torch.compile(ddp_model)
+        ddp_model = compile_model(ddp_model)
     dtype = amp_dtype(args, device)
     return Trainer(
         model, ddp_model, build_optimizer(args, model),
