@@ -94,6 +94,31 @@ def test_train_rows_report_the_share_of_time_waiting_for_data(tmp_path):
     assert fast.data_wait < state.data_wait
 
 
+def test_the_next_batch_is_taken_while_the_step_is_queued():
+    """The loader is asked for batch k+1 after step k's backward is queued and before its optimizer step (the
+    loop's one wait for the GPU), so that making and copying the batch overlap the step on a GPU."""
+    torch.manual_seed(0)
+    model = TimeSformer(TimeSformerConfig.tiny(depth=1, embed_dim=16, num_heads=2, img_size=16, num_frames=2,
+                                               num_classes=2))
+    counts = {"forward": 0, "backward": 0, "step": 0}
+    model.register_forward_pre_hook(lambda *_: counts.__setitem__("forward", counts["forward"] + 1))
+    model.head.weight.register_hook(lambda g: counts.__setitem__("backward", counts["backward"] + 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.register_step_pre_hook(lambda *_: counts.__setitem__("step", counts["step"] + 1))
+    seen = []
+
+    def loader(n):
+        for _ in range(n):
+            seen.append(tuple(counts.values()))
+            yield collate([(torch.randn(1, 3, 2, 16, 16), 0, 0)] * 2)
+
+    trainer = Trainer(model, model, optimizer, torch.amp.GradScaler("cpu", enabled=False), Dist("cpu"),
+                      lambda step: 0.1, total_steps=4)
+    train_one_epoch(trainer, loader(4), TrainState())
+    # (forwards, backwards, optimizer steps) when batch j was taken: after step j-1's backward, before its update
+    assert seen == [(0, 0, 0), (1, 1, 0), (2, 2, 1), (3, 3, 2)]
+
+
 @pytest.mark.slow
 def test_compile_flag_trains_like_eager(tmp_path):
     from tests.test_model import _inductor_missing

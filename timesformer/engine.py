@@ -79,15 +79,15 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
     a resume); stops early at `trainer.total_steps`. `after_step(state)` runs after every optimizer step.
 
     Sets `state.data_wait`, the share of the epoch spent waiting for batches. The loop waits for the GPU once
-    per micro-batch (reading the loss after the backward is queued), and asks for the next batch just before
-    queueing a step, whose inputs were copied while the previous step ran: a wait for data is time the GPU
-    had nothing to do.
+    per micro-batch (reading the loss after the backward is queued); before that wait it takes the next batch
+    from the loader and starts its copy, so both overlap the step on the GPU.
     """
     t, device = trainer, trainer.dist.device
     t.ddp_model.train()
     t0, clips_seen, waited = time.perf_counter(), 0, [0.0]
     micro = state.micro
-    for batch in _on_device(loader, device, waited):
+    batches = _OnDevice(loader, device, waited)
+    for batch in batches:
         if state.step >= t.total_steps:
             break
         state.skipped += len(batch["skipped"])
@@ -103,6 +103,7 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
                     logits = t.ddp_model(video)
                     loss = F.cross_entropy(logits.float(), label)
                 t.scaler.scale(loss / t.accum_steps).backward()
+            batches.prefetch()  # while the GPU works through the queued step
             # the one wait for the GPU per micro-batch; a non-finite loss stops every process before its
             # optimizer step, so no weight ever takes a bad update
             loss_value, correct = torch.stack([loss.detach().float(), (logits.argmax(1) == label).sum()]).tolist()
@@ -139,36 +140,49 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
     state.data_wait = waited[0] / elapsed
 
 
-def _on_device(loader, device: torch.device, waited: list[float]):
+class _OnDevice:
     """The batches of `loader` with their training view `video` (B, 3, T, S, S) and `label` on `device`.
 
-    Batch k+1 is taken from the loader, and on a GPU copied on a side stream, before batch k is handed out,
-    so its copy overlaps step k; `waited[0]` adds up the seconds spent waiting for the loader.
+    `prefetch()` takes the next batch from the loader and, on a GPU, starts copying it on a side stream; the
+    training loop calls it once a step is queued and before it waits for the GPU, so that the loader and the
+    copy overlap the step. Iterating prefetches by itself where the loop did not. `waited[0]` adds up the
+    seconds spent waiting for the loader.
     """
-    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-    batches = iter(loader)
 
-    def load():
+    def __init__(self, loader, device: torch.device, waited: list[float]):
+        self.device, self.waited = device, waited
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.batches = iter(loader)
+        self.upcoming, self.done = None, False
+
+    def prefetch(self) -> None:
+        if self.upcoming is not None or self.done:
+            return
         start = time.perf_counter()
-        batch = next(batches, None)
-        waited[0] += time.perf_counter() - start
-        if batch is not None and batch["video"] is not None:
-            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                batch["video"] = batch["video"][:, 0].to(device, non_blocking=True)
-                batch["label"] = batch["label"].to(device, non_blocking=True)
-        return batch
+        batch = next(self.batches, None)
+        self.waited[0] += time.perf_counter() - start
+        if batch is None:
+            self.done = True
+            return
+        if batch["video"] is not None:
+            with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+                batch["video"] = batch["video"][:, 0].to(self.device, non_blocking=True)
+                batch["label"] = batch["label"].to(self.device, non_blocking=True)
+        self.upcoming = batch
 
-    upcoming = load()
-    while upcoming is not None:
-        batch = upcoming
-        if stream is not None and batch["video"] is not None:
-            # the step's stream waits for the copy; the allocator keeps the tensors until the step is done
-            current = torch.cuda.current_stream(device)
-            current.wait_stream(stream)
-            batch["video"].record_stream(current)
-            batch["label"].record_stream(current)
-        upcoming = load()
-        yield batch
+    def __iter__(self):
+        while True:
+            self.prefetch()
+            if self.upcoming is None:
+                return
+            batch, self.upcoming = self.upcoming, None
+            if self.stream is not None and batch["video"] is not None:
+                # the step's stream waits for the copy; the allocator keeps the tensors until the step is done
+                current = torch.cuda.current_stream(self.device)
+                current.wait_stream(self.stream)
+                batch["video"].record_stream(current)
+                batch["label"].record_stream(current)
+            yield batch
 
 
 def check_finite(model: nn.Module, state: TrainState) -> None:
