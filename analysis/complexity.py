@@ -16,16 +16,25 @@ from __future__ import annotations
 import sys
 
 from analysis.cost.cli import build_parser, main, write_png
-from analysis.cost.estimate import DTYPES, OPTIMIZERS, Estimate, GiB, count_params, estimate, max_batch_size
+from analysis.cost.estimate import (
+    DTYPES,
+    OPTIMIZERS,
+    OVERHEAD_BYTES,
+    Estimate,
+    GiB,
+    count_params,
+    estimate,
+    max_batch_size,
+)
 from analysis.cost.measure import Measurement, measure
 from analysis.cost.references import OFFICIAL_GFLOPS, PAPER_TFLOPS, references
 from analysis.cost.shapes import StepShape, step_shapes
 from analysis.cost.sweep import IMPLEMENTATIONS, sweep
 
 __all__ = [
-    "DTYPES", "OPTIMIZERS", "GiB", "Estimate", "StepShape", "count_params", "estimate", "max_batch_size",
-    "step_shapes", "Measurement", "measure", "IMPLEMENTATIONS", "sweep", "OFFICIAL_GFLOPS", "PAPER_TFLOPS",
-    "references", "build_parser", "main", "write_png",
+    "DTYPES", "OPTIMIZERS", "OVERHEAD_BYTES", "GiB", "Estimate", "StepShape", "count_params", "estimate",
+    "max_batch_size", "step_shapes", "Measurement", "measure", "IMPLEMENTATIONS", "sweep", "OFFICIAL_GFLOPS",
+    "PAPER_TFLOPS", "references", "build_parser", "main", "write_png",
 ]
 
 if __name__ == "__main__":

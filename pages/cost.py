@@ -64,8 +64,8 @@ fig = cost_figure(rows, gpu * GiB, title=f"{base_name}: {base.num_frames} frames
 st.plotly_chart(fig, key="cost_curves", width="stretch")
 widgets.download_figure(fig, "cost_curves", "cost_dl_curves")
 st.caption("GFLOPs follow fvcore's convention (one multiply-add = one FLOP), per view. Memory is one training step "
-           "(weights, gradients, optimizer state, activations, workspace) for the batch; the shaded band is over "
-           "the GPU's memory. See docs/complexity.md for the formulas and their checks.")
+           "at its peak (weights, gradients, optimizer state, activations, workspace) for the batch; the shaded band "
+           "is over the GPU's memory. See docs/complexity.md for the formulas and their checks.")
 
 # ---- will my run fit
 st.subheader("Will my run fit?")

@@ -26,6 +26,11 @@ DTYPES = {"fp32": 4, "bf16": 2}  # bytes of the low-precision values under autoc
 OPTIMIZERS = {"sgd": 1, "adamw": 2}  # fp32 state tensors per parameter: SGD momentum buffer; AdamW m and v
 INDEX_BYTES = 8  # int64 gather indices of the groupings
 FP32 = 4  # the residual stream, LayerNorm statistics, softmax under CUDA autocast, weights and their state
+# What a CUDA training step holds that no term itemises, measured on an H200 (torch 2.11, bench/gpu.py's memory
+# breakdown, ViT-B/16 8×224, all five schemes, batches 4-16): 66 MiB held before the forward besides weights,
+# AdamW state and the clip (cuBLAS/cuBLASLt workspaces, indices, labels), and up to 93 MiB more saved by the
+# forward than the terms below count. 159 MiB, rounded up.
+OVERHEAD_BYTES = 192 * 2**20
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,10 @@ class Estimate:
     activation_bytes: int  # saved for backward by one training forward of the batch
     inference_peak_bytes: int  # weights + input + the largest working set of a no-grad forward
     weight_bytes: int
-    gradient_bytes: int
+    gradient_bytes: int  # the gradients allocated at the peak (all of them only if they outlive the step)
     optimizer_bytes: int
-    workspace_bytes: int  # transient tensors of the worst backward step, on top of the saved ones
-    training_bytes: int  # weights + gradients + optimizer state + activations + workspace
+    workspace_bytes: int  # the backward's transient tensors at the peak, the clip, OVERHEAD_BYTES
+    training_bytes: int  # the peak: weights + gradients + optimizer state + activations + workspace
     flops: dict[str, float] = field(default_factory=dict)  # GFLOPs per term, per view
     activations: dict[str, int] = field(default_factory=dict)  # bytes per term, per batch
 
@@ -97,6 +102,12 @@ class Estimate:
 
 def count_params(config: TimeSformerConfig) -> int:
     """Parameters of `TimeSformer(config)`, term by term as the model builds them."""
+    embed, block, top = _param_parts(config)
+    return embed + config.depth * block + top
+
+
+def _param_parts(config: TimeSformerConfig) -> tuple[int, int, int]:
+    """Parameters of the embeddings, of one block, and of the final norm and head."""
     z = _Sizes.of(config)
     D, M = z.D, z.M
     linear = lambda i, o, bias=True: i * o + (o if bias else 0)
@@ -108,7 +119,7 @@ def count_params(config: TimeSformerConfig) -> int:
     embed = linear(config.in_chans * config.patch_size**2, D) + D + (1 + z.N) * D  # patch_embed, cls, pos_embed
     if not SCHEMES[config.attention_type].cls_per_frame:
         embed += z.T * D  # time_embed (space_only has none, as in the official code)
-    return embed + config.depth * block + norm + linear(D, config.num_classes)
+    return embed, block, norm + linear(D, config.num_classes)
 
 
 def estimate(
@@ -121,6 +132,7 @@ def estimate(
     softmax_saves_input: bool = False,
     official: bool = False,
     autocast_device: str = "cuda",
+    grads_freed: bool = True,
 ) -> Estimate:
     """Closed-form FLOPs, parameters and memory of `TimeSformer(config)` on clips of the config's size.
 
@@ -138,6 +150,10 @@ def estimate(
     official: count the divided space step as the official code runs it, with cls copied into all T
         frames *before* norm1/qkv/proj (T·(1+N) tokens instead of 1+T·N). This model runs every step with
         cls that way, so the count is the same either way; kept for callers (docs/complexity.md).
+    grads_freed: the gradients are freed at every step (`zero_grad(set_to_none=True)`, PyTorch ≥ 2.0's
+        default and this project's training loop), so at the peak — the start of the backward, with every
+        activation still saved — only the last block's and the head's exist; False: they stay allocated
+        between steps (`zero_grad()` before PyTorch 2.0, as the official code ran), all of them at the peak.
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -151,14 +167,18 @@ def estimate(
 
     flops = _flops(config, z, shapes, official)
     params = count_params(config)
-    weight_bytes = gradient_bytes = FP32 * params
+    weight_bytes = FP32 * params
     optimizer_bytes = FP32 * params * OPTIMIZERS[optimizer]
     saved = _saved_for_backward(config, z, shapes, B, itemsize, fused, softmax_saves_input, autocast_device)
-    workspace = _backward_workspace(z, shapes, B, fused)
+    workspace = _backward_workspace(config, z, shapes, B, itemsize, fused)
     if checkpointing:
         saved, recomputed = _checkpointed(saved, config, z, B, itemsize)
         workspace += recomputed  # one block's activations, rebuilt during its backward
     activation_bytes = sum(saved.values())
+    gradient_bytes = FP32 * params
+    if grads_freed:  # the peak is the start of the backward, or its end if the gradients outweigh the rest
+        first = FP32 * sum(_param_parts(config)[1:])  # the last block's, the final norm's and the head's
+        gradient_bytes = max(first, FP32 * params + OVERHEAD_BYTES - activation_bytes - workspace)
     training = weight_bytes + gradient_bytes + optimizer_bytes + activation_bytes + workspace
     return Estimate(
         attention_type=config.attention_type, num_frames=z.T, img_size=config.img_size,
@@ -234,9 +254,26 @@ def _saved_for_backward(config: TimeSformerConfig, z: _Sizes, shapes: tuple[Step
     rates = torch.linspace(0, config.drop_path_rate, depth).tolist()
     a["drop_path"] += B * sum(r > 0 for r in rates) * (len(shapes) + 1) * lo
     a["embed"] += B * T * config.in_chans * config.img_size**2 * lo  # the frames the conv keeps
+    last = shapes[-1]
+    if fused and last.with_cls:
+        # The classifier's last block runs its last step's attention output (one cls query per group), its
+        # projection (and fc) and the MLP for the C cls tokens alone (`TimeSformer.forward`); its norm, qkv,
+        # keys and values still cover every token. Materialised attention models the official code, which
+        # runs every token to the end.
+        tokens, G = z.seen_by(last), last.groups
+        a["attn_out"] -= B * (tokens - G) * D * lo
+        a["attn_lse"] -= B * G * z.h * (last.length - 1) * FP32
+        if last.extra:
+            a["fc_in"] -= B * (tokens - G) * D * lo
+        a["residual"] -= B * (S - z.C) * D * FP32
+        a["norm_stats"] -= B * 2 * (S - z.C) * FP32
+        a["mlp_in"] -= B * (S - z.C) * D * lo
+        a["mlp_hidden"] -= B * (S - z.C) * M * 2 * lo
+        final_rows = B  # the final norm sees one (pooled) cls row per clip
+    else:
+        final_rows = B * (1 + T * N)
     # final norm: its input and statistics; the head keeps the cls row of the norm's output (a view
     # that keeps the whole output alive), or under autocast a bf16 copy of just that row
-    final_rows = B * (1 + T * N)
     a["final"] += final_rows * (D + 2) * FP32 + (final_rows * D * FP32 if lo == FP32 else B * D * lo)
     if lo != FP32:  # autocast caches a bf16 copy of every matmul weight for the backward
         a["weight_copies"] += (depth * _block_weights(z, shapes) + _outside_weights(config, z)) * lo
@@ -269,16 +306,21 @@ def _checkpointed(saved: dict[str, int], config: TimeSformerConfig, z: _Sizes, B
     return kept, one_block
 
 
-def _backward_workspace(z: _Sizes, shapes: tuple[StepShape, ...], B: int, fused: bool) -> int:
-    """Transient bytes of the worst backward step on top of the saved tensors (modelled, not measured)."""
-    # Backward of one step holds the gradients of its largest tensors while its inputs are still
-    # saved: two L×L score gradients (dP, dS) for a materialised step, qkv and output gradients for
-    # a fused one, two hidden-size gradients in the MLP.
-    work = [2 * B * z.S * z.M * FP32]
+def _backward_workspace(config: TimeSformerConfig, z: _Sizes, shapes: tuple[StepShape, ...], B: int, itemsize: int,
+                        fused: bool) -> int:
+    """What the step holds at its peak besides weights, gradients, optimizer state and saved activations."""
+    # The peak is the start of the backward: the first steps' transient gradients are alive on top of every
+    # saved tensor — two L×L score gradients (dP, dS, fp32) for a materialised step, the qkv and output
+    # gradients for any step, and two hidden-size gradients in the MLP, which the classifier runs for cls
+    # alone in its last block (fused: see `_saved_for_backward`); plus the residual gradient in and out.
+    lo = itemsize
+    work = [] if fused and shapes[-1].with_cls else [2 * B * z.S * z.M * lo]
     for s in shapes:
-        qkv_and_out = B * s.groups * s.length * 4 * z.D * FP32
+        qkv_and_out = B * s.groups * s.length * 4 * z.D * lo
         work.append(qkv_and_out if fused else 2 * B * z.scores(s) * FP32 + qkv_and_out)
-    return max(work) + 2 * B * z.S * z.D * FP32  # + the residual gradient in and out
+    # under autocast the conv saves a low-precision copy of the clip, and the caller still holds the clip
+    clip = B * z.T * config.in_chans * config.img_size**2 * FP32 if lo != FP32 else 0
+    return max(work) + 2 * B * z.S * z.D * FP32 + clip + OVERHEAD_BYTES
 
 
 def _inference_peak(config: TimeSformerConfig, z: _Sizes, shapes: tuple[StepShape, ...], B: int, itemsize: int,
@@ -299,14 +341,17 @@ def _inference_peak(config: TimeSformerConfig, z: _Sizes, shapes: tuple[StepShap
 def max_batch_size(config: TimeSformerConfig, gpu_memory: float, **kwargs) -> int:
     """The largest batch whose training step fits in `gpu_memory` bytes (0 if not even one clip).
 
-    Memory is affine in the batch size (everything but weights, gradients, optimizer state and the
-    shared indices scales with it), so two estimates give the answer exactly.
+    The estimate grows with the batch (affinely once the activations outweigh the gradients), so a doubling
+    then a bisection finds the answer in a few dozen estimates.
     """
     kwargs.pop("batch_size", None)
-    one = estimate(config, batch_size=1, **kwargs).training_bytes
-    two = estimate(config, batch_size=2, **kwargs).training_bytes
-    per_clip = two - one
-    fixed = one - per_clip
-    if gpu_memory < one:
+    fits = lambda b: estimate(config, batch_size=b, **kwargs).training_bytes <= gpu_memory
+    if not fits(1):
         return 0
-    return int((gpu_memory - fixed) // per_clip)
+    low, high = 1, 2
+    while fits(high):
+        low, high = high, 2 * high
+    while high - low > 1:  # fits(low), not fits(high)
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low

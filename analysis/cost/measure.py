@@ -69,9 +69,10 @@ def measure(
 ) -> Measurement:
     """Run the real model and count FLOPs, parameters and the bytes saved for backward.
 
-    FLOPs: one eval forward under `torch.utils.flop_counter.FlopCounterMode` (2 FLOPs per multiply-add,
-    halved; LayerNorm and the CPU flash-attention kernel get the rules above). Activations: one
-    training forward (train mode, bf16 autocast if asked) under `saved_tensors_hooks`, adding the
+    FLOPs: one eval forward of every token through every block (as fvcore counts) under
+    `torch.utils.flop_counter.FlopCounterMode` (2 FLOPs per multiply-add, halved; LayerNorm and the CPU
+    flash-attention kernel get the rules above). Activations: one training forward, `model(video)`, whose
+    last block runs for cls alone (train mode, bf16 autocast if asked) under `saved_tensors_hooks`, adding the
     storage size of every saved tensor once (by storage pointer; parameters excluded, their autocast
     copies included). With `fused=False` the model materialises its attention (through
     `record_attention`, the model's own switch). On CUDA, also the peak allocated memory of a full
@@ -91,7 +92,7 @@ def measure(
                 else contextlib.nullcontext())
     materialise = (lambda: contextlib.nullcontext()) if fused else (lambda: record_attention(model))
 
-    def full(v):  # every token through every block: model(v) runs the last block for cls alone
+    def full(v):  # every token through every block, as fvcore counts: model(v) runs the last block for cls alone
         return model.forward_head(model.forward_features(v))
 
     # FLOPs of one forward
@@ -116,7 +117,7 @@ def measure(
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast, materialise():
-        out = full(video)
+        out = model(video)  # the training forward
     activation_bytes = sum(s.nbytes() for s in saved.values())
     saved.clear()
     del out
@@ -129,7 +130,7 @@ def measure(
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             with autocast, materialise():
-                loss = full(video).float().logsumexp(-1).mean()
+                loss = model(video).float().logsumexp(-1).mean()
             loss.backward()
             opt.step()
             torch.cuda.synchronize(device)

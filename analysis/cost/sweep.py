@@ -8,7 +8,8 @@ from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
 # The three ways of running attention whose training memory a sweep reports (analysis.figures draws
 # each with its IMPLEMENTATION_STYLES entry): estimate() options for each.
 IMPLEMENTATIONS = {
-    "paper": dict(fused=False, softmax_saves_input=True),  # materialised on PyTorch ≤ 1.9, as the paper ran
+    # materialised on PyTorch ≤ 1.9, as the paper ran: softmax kept its input, zero_grad() kept the gradients
+    "paper": dict(fused=False, softmax_saves_input=True, grads_freed=False),
     "materialised": dict(fused=False, softmax_saves_input=False),
     "fused": dict(fused=True, softmax_saves_input=False),
 }
