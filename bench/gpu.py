@@ -3,6 +3,8 @@
     python bench/gpu.py                          # = tslab bench gpu: ViT-B/16 8×224 on the GPU it finds
     python bench/gpu.py --schemes divided_space_time --batch 16 --compile-schemes
     python bench/gpu.py --device cpu --smoke     # seconds on a CPU: every path at toy size (the test runs it)
+    python bench/gpu.py --profile divided_space_time    # the profiler's kernel table of one training step
+    python bench/gpu.py --reestimate bench/results/gpu-nvidia-h200*.json  # today's estimate, stored peaks
 
 For the device it runs on it prints and writes (bench/results/gpu-<card>.json, or --json):
 - the bf16 GEMM rate it measures (an n×n×n matmul, n = 8192) — the denominator of MFU;
@@ -14,6 +16,8 @@ For the device it runs on it prints and writes (bench/results/gpu-<card>.json, o
   HuggingFace's divided model in the same loop, its weights copied into ours through `load_model`
   (bench/forward.py does the same on a CPU);
 - per scheme, bf16 inference clips/s (inference mode, batch --infer-batch), ours and HuggingFace's;
+- per scheme and batch size in --memory-batches (CUDA only), what a bf16 AdamW training step holds: the bytes
+  before the forward, those the forward saves for backward, and the peak, each against `estimate`;
 - `tslab train` end to end on SynthMotion at the model's size with default flags (its second epoch, so that
   worker start-up is not counted) against the bare loop of the same model, batch, optimizer and precision.
 Only torch, transformers, numpy and this repository are imported: decord, PyAV, captum, streamlit and plotly
@@ -34,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig, attention, load_model
+from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig, attention, compile_model, load_model
 from timesformer.attention import scheme_groupings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +116,26 @@ def _compiled(model):
     import torch._dynamo
 
     torch._dynamo.reset()
-    return torch.compile(model)
+    return compile_model(model)
+
+
+def random_clips(cfg: TimeSformerConfig, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of random clips at the model's size and labels, on the device."""
+    video = torch.randn(batch, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device=device)
+    return video, torch.randint(0, min(4, cfg.num_classes), (batch,), device=device)
+
+
+def adamw(model, device) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+
+
+def training_step(name, run, video, label, opt, dtype: torch.dtype | None = torch.bfloat16) -> None:
+    """Forward under autocast to `dtype` (None: none), cross-entropy, backward, optimizer step."""
+    with torch.autocast(video.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        loss = F.cross_entropy(logits_of(name, run, video).float(), label)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def train_rate(name, model, cfg, device, batch, warmup, steps, compiled=False, opt=None,
@@ -121,30 +144,44 @@ def train_rate(name, model, cfg, device, batch, warmup, steps, compiled=False, o
     random clips already on the device, and the peak allocated bytes on CUDA."""
     model.train()
     run = _compiled(model) if compiled else model
-    opt = opt or torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-    video = torch.randn(batch, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device=device)
-    label = torch.randint(0, min(4, cfg.num_classes), (batch,), device=device)
+    opt = opt or adamw(model, device)
+    video, label = random_clips(cfg, batch, device)
     clock = Clock(device)
     for i in range(warmup + steps):
         if i == warmup:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             start = clock()
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = F.cross_entropy(logits_of(name, run, video).float(), label)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        training_step(name, run, video, label, opt, dtype)
     rate = batch * steps / (clock() - start)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     del opt
     return rate, peak
 
 
+def profile_step(model, cfg, device, batch, warmup: int = 5, steps: int = 3, rows: int = 35) -> str:
+    """The PyTorch profiler's table, by self device time, of `steps` bare training steps after `warmup`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.train()
+    opt, (video, label), clock = adamw(model, device), random_clips(cfg, batch, device), Clock(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for i in range(warmup + steps):
+        if i == warmup:
+            clock()  # synchronises: the profile holds the profiled steps alone
+            prof = profile(activities=activities)
+            prof.start()
+        training_step("ours", model, video, label, opt)
+    clock()
+    prof.stop()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=90)
+
+
 def infer_rate(name, model, cfg, device, batch, warmup, steps, compiled=False) -> float:
     model.eval()
     run = _compiled(model) if compiled else model
-    video = torch.randn(batch, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device=device)
+    video, _ = random_clips(cfg, batch, device)
     clock = Clock(device)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
         for i in range(warmup + steps):
@@ -152,6 +189,67 @@ def infer_rate(name, model, cfg, device, batch, warmup, steps, compiled=False) -
                 start = clock()
             logits_of(name, run, video)
     return batch * steps / (clock() - start)
+
+
+def estimated(cfg: TimeSformerConfig, batch: int, peak: int, saved: int | None = None) -> dict:
+    """The estimate's columns of a measured peak (and of the bytes the forward saved): bf16, AdamW."""
+    from analysis.cost.estimate import estimate
+
+    est = estimate(cfg, batch_size=batch, dtype="bf16", optimizer="adamw")
+    row = {"estimated_training_bytes": est.training_bytes, "estimate_over_peak": est.training_bytes / peak}
+    if saved is not None:
+        row.update(estimated_activation_bytes=est.activation_bytes,
+                   estimated_activations_over_saved=est.activation_bytes / saved)
+    return row
+
+
+def memory_rows(model, cfg, device, batches) -> dict[int, dict]:
+    """Per batch size, what one bf16 AdamW training step holds on the device, against the estimate: the bytes
+    held before the forward (weights, AdamW state, the clip), those the forward adds (saved for backward), and
+    the step's peak. Measured on the second step, once AdamW's state exists."""
+    model.train()
+    opt, rows = adamw(model, device), {}
+    for b in batches:
+        video, label = random_clips(cfg, b, device)
+        for _ in range(2):
+            held = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(video).float(), label)
+            saved = torch.cuda.memory_allocated(device) - held
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            del loss
+            peak = torch.cuda.max_memory_allocated(device)
+        rows[b] = {"held_before_forward": held, "saved_by_forward": saved, "peak_bytes": peak,
+                   **estimated(cfg, b, peak, saved)}
+        del video, label
+    del opt
+    return rows
+
+
+def reestimate(path: Path) -> list[tuple[str, int, float]]:
+    """Recompute the estimate columns of a results file with today's `analysis.cost.estimate` (the measured
+    bytes stay), write it back, and return (scheme, batch, estimate ÷ peak) of every measured peak."""
+    result = json.loads(path.read_text())
+    out = []
+    for scheme, rows in result["schemes"].items():
+        cfg = configs(result["smoke"], scheme)[0]
+        for label, row in rows.items():  # only the default model is compared with the estimate
+            if label != "ours" and isinstance(row, dict):
+                row.pop("estimate_over_peak", None)
+        ours = rows.get("ours")
+        if ours and ours.get("peak_bytes"):
+            rows["estimated_training_bytes"] = estimated(cfg, result["batch"], ours["peak_bytes"])[
+                "estimated_training_bytes"]
+            ours["estimate_over_peak"] = rows["estimated_training_bytes"] / ours["peak_bytes"]
+            out.append((scheme, result["batch"], ours["estimate_over_peak"]))
+        for b, m in rows.get("memory", {}).items():
+            m.update(estimated(cfg, int(b), m["peak_bytes"], m["saved_by_forward"]))
+            out.append((scheme, int(b), m["estimate_over_peak"]))
+    path.write_text(json.dumps(result, indent=2))
+    return out
 
 
 def end_to_end(args, device, out: Path) -> dict:
@@ -209,10 +307,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--e2e-steps", type=int, default=128, help="steps per epoch of the tslab train run (0: skip)")
+    ap.add_argument("--memory-batches", type=int, nargs="*", default=[4, 8, 16],
+                    help="batch sizes of the memory breakdown per scheme (CUDA only; none: skip)")
+    ap.add_argument("--no-speed", action="store_true", help="skip the clips/s timings (memory and e2e only)")
     ap.add_argument("--gemm-n", type=int, default=8192)
     ap.add_argument("--smoke", action="store_true", help="toy sizes: exercises every path in seconds")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", nargs="+", choices=ATTENTION_TYPES, metavar="SCHEME",
+                    help="print the profiler's table of these schemes' training step (batch --batch) and exit")
+    ap.add_argument("--reestimate", type=Path, nargs="+", metavar="RESULTS",
+                    help="recompute the estimate columns of these results files (measured elsewhere) and exit")
     args = ap.parse_args(argv)
+    if args.reestimate:
+        for path in args.reestimate:
+            for scheme, batch, ratio in reestimate(path):
+                print(f"{path.name}: {scheme:22s} batch {batch:3d}: estimate ÷ peak {ratio:.3f}")
+        return {}
     if args.smoke:
         args.batch, args.infer_batch, args.steps, args.warmup = 2, 2, 2, 1
         args.gemm_n, args.e2e_steps = min(args.gemm_n, 256), min(args.e2e_steps, 2)
@@ -226,6 +336,12 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     card = card_name(device)
+    if args.profile:
+        for scheme in args.profile:
+            cfg = configs(args.smoke, scheme)[0]
+            print(f"===== {scheme} on {card}: batch {args.batch}, bf16, AdamW (fused on CUDA) =====", flush=True)
+            print(profile_step(models(cfg, None)["ours"].to(device), cfg, device, args.batch), flush=True)
+        return {}
     gemm = gemm_rate(device, args.gemm_n)
     result = {"card": card, "torch": torch.__version__, "cuda": torch.version.cuda, "smoke": args.smoke,
               "batch": args.batch, "infer_batch": args.infer_batch, "gemm_bf16_tflop_s": gemm / 1e12, "schemes": {}}
@@ -239,6 +355,19 @@ def main(argv=None) -> dict:
         rows = result["schemes"][scheme] = {"forward_gflop_per_clip": flop_per_clip / 1e9,
                                             "estimated_training_bytes": est}
         short = min(g.index.shape[1] for g in scheme_groupings(scheme, cfg.grid)) <= args.math_below
+        if args.memory_batches and device.type == "cuda":
+            model = TimeSformer(cfg).to(device)
+            mem = rows["memory"] = memory_rows(model, cfg, device, args.memory_batches)
+            del model
+            torch.cuda.empty_cache()
+            for b, m in mem.items():
+                gib = {k: v / 2**30 for k, v in m.items() if not k.endswith("_over_peak")}
+                print(f"{scheme:22s} memory, batch {b:3d}: held {gib['held_before_forward']:.2f} GiB, forward saves "
+                      f"{gib['saved_by_forward']:.2f} (est. {gib['estimated_activation_bytes']:.2f}), peak "
+                      f"{gib['peak_bytes']:.2f} (est. {gib['estimated_training_bytes']:.2f}, "
+                      f"{m['estimate_over_peak']:.3f}×)", flush=True)
+        if args.no_speed:
+            continue
         for name, model in models(cfg, hf_cfg).items():
             model.to(device)  # alone on the device while timed: its peak memory holds no other model
             ours = name == "ours"
@@ -251,7 +380,7 @@ def main(argv=None) -> dict:
                 attention.MATH_BELOW = 0
                 row = rows[label] = {"train_clips_per_s": train, "mfu": 3 * flop_per_clip * train / gemm,
                                      "peak_bytes": peak, "infer_clips_per_s": infer}
-                if peak and name == "ours":
+                if peak and label == "ours":  # the model as it runs by default: eager, fused attention
                     row["estimate_over_peak"] = est / peak
                 gib, ratio = peak / 2**30 if peak else float("nan"), row.get("estimate_over_peak", float("nan"))
                 print(f"{scheme:22s} {label:28s} {train:13.1f} {row['mfu']:6.1%} {gib:9.2f} {ratio:8.3f} "

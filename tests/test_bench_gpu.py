@@ -39,3 +39,35 @@ def test_tslab_bench_lists_gpu_and_data():
 
     found = benchmarks()
     assert "gpu" in found and found["gpu"].startswith("GPU benchmark") and "data" in found
+
+
+def test_the_memory_estimate_against_the_peaks_measured_on_an_h200(tmp_path):
+    """The peaks and saved bytes `tslab bench gpu` measured on an NVIDIA H200 (ViT-B/16 8×224, bf16, AdamW, all
+    five schemes, batches 4, 8 and 16), re-estimated with today's `analysis.cost.estimate`: the estimate of
+    the peak is never under it and at most 5% over; the saved activations within 3%."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    ratios = []
+    for name in ("gpu-nvidia-h200.json", "gpu-nvidia-h200-memory.json"):
+        copy = tmp_path / name
+        copy.write_text((ROOT / "bench" / "results" / name).read_text())
+        ratios += gpu.reestimate(copy)
+        for rows in json.loads(copy.read_text())["schemes"].values():
+            for m in rows.get("memory", {}).values():
+                assert 0.97 < m["estimated_activations_over_saved"] < 1.03
+    assert len(ratios) == 5 + 15
+    assert all(1.0 <= r <= 1.05 for _, _, r in ratios), ratios
+
+
+def test_the_profile_mode_prints_the_kernels_of_a_training_step(capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert gpu.main(["--device", "cpu", "--smoke", "--profile", "axial"]) == {}
+    out = capsys.readouterr().out
+    assert "===== axial on cpu" in out and "aten::addmm" in out and "Optimizer.step#AdamW.step" in out
