@@ -241,9 +241,9 @@ def reestimate(path: Path) -> list[tuple[str, int, float]]:
                 row.pop("estimate_over_peak", None)
         ours = rows.get("ours")
         if ours and ours.get("peak_bytes"):
-            rows["estimated_training_bytes"] = estimated(cfg, result["batch"], ours["peak_bytes"])[
-                "estimated_training_bytes"]
-            ours["estimate_over_peak"] = rows["estimated_training_bytes"] / ours["peak_bytes"]
+            est = estimated(cfg, result["batch"], ours["peak_bytes"])
+            rows["estimated_training_bytes"], ours["estimate_over_peak"] = (est["estimated_training_bytes"],
+                                                                           est["estimate_over_peak"])
             out.append((scheme, result["batch"], ours["estimate_over_peak"]))
         for b, m in rows.get("memory", {}).items():
             m.update(estimated(cfg, int(b), m["peak_bytes"], m["saved_by_forward"]))
