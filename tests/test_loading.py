@@ -3,6 +3,7 @@ time spent waiting for data, and `--compile`."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -117,6 +118,35 @@ def test_the_next_batch_is_taken_while_the_step_is_queued():
     train_one_epoch(trainer, loader(4), TrainState())
     # (forwards, backwards, optimizer steps) when batch j was taken: after step j-1's backward, before its update
     assert seen == [(0, 0, 0), (1, 1, 0), (2, 2, 1), (3, 3, 2)]
+
+
+def test_the_loss_leaves_for_the_host_before_the_backward_is_queued(monkeypatch):
+    """The loop's one wait per micro-batch is for the values its forward produced: they are sent to the host
+    before the backward is queued (so on a GPU the wait overlaps the backward) and read after it is queued."""
+    import timesformer.engine as engine
+
+    torch.manual_seed(0)
+    model = TimeSformer(TimeSformerConfig.tiny(depth=1, embed_dim=16, num_heads=2, img_size=16, num_frames=2,
+                                               num_classes=2))
+    counts = {"forward": 0, "backward": 0}
+    model.register_forward_pre_hook(lambda *_: counts.__setitem__("forward", counts["forward"] + 1))
+    model.head.weight.register_hook(lambda g: counts.__setitem__("backward", counts["backward"] + 1))
+    sent, read = [], []
+    to_host = engine._to_host
+
+    def spy(values):
+        sent.append(tuple(counts.values()))
+        reader = to_host(values)
+        return lambda: read.append(tuple(counts.values())) or reader()
+
+    monkeypatch.setattr(engine, "_to_host", spy)
+    trainer = Trainer(model, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                      torch.amp.GradScaler("cpu", enabled=False), Dist("cpu"), lambda step: 0.1, total_steps=3)
+    state = TrainState()
+    train_one_epoch(trainer, [collate([(torch.randn(1, 3, 2, 16, 16), i % 2, 0) for i in range(2)]) for _ in range(3)],
+                    state)
+    assert sent == [(1, 0), (2, 1), (3, 2)] and read == [(1, 1), (2, 2), (3, 3)]
+    assert state.count == 6 and math.isfinite(state.loss_sum) and 0 <= state.correct <= 6
 
 
 @pytest.mark.slow

@@ -124,6 +124,45 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     assert same_weights(ddp / "checkpoint-last", single / "checkpoint-last", exact=False)
 
 
+ONE_RANK_DIVERGES = """
+import torch
+from timesformer import TimeSformer, TimeSformerConfig
+from timesformer.data import collate
+from timesformer.distributed import Dist
+from timesformer.engine import Trainer, TrainState, TrainingDiverged, train_one_epoch
+
+dist = Dist("cpu")
+torch.manual_seed(0)
+model = TimeSformer(TimeSformerConfig.tiny(depth=1, embed_dim=16, num_heads=2, img_size=16, num_frames=2,
+                                           num_classes=2))
+ddp = torch.nn.parallel.DistributedDataParallel(model)
+before = [p.detach().clone() for p in model.parameters()]
+trainer = Trainer(model, ddp, torch.optim.SGD(model.parameters(), lr=0.1), torch.amp.GradScaler("cpu", enabled=False),
+                  dist, lambda step: 0.1, total_steps=4)
+value = float("nan") if dist.rank == 1 else 0.5  # the loss is non-finite on rank 1 only
+try:
+    train_one_epoch(trainer, [collate([(torch.full((1, 3, 2, 16, 16), value), 0, 0)] * 2)], TrainState())
+except TrainingDiverged as e:
+    unchanged = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    print(f"rank {dist.rank} stopped, weights unchanged: {unchanged}: {e}", flush=True)
+dist.close()
+"""
+
+
+def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
+    """Under DDP the loss check is reduced over the processes before any optimizer step: both ranks stop and
+    neither updates its weights, and the rank whose loss was finite says that another one diverged."""
+    script = tmp_path / "one_rank_diverges.py"
+    script.write_text(ONE_RANK_DIVERGES)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 stopped, weights unchanged: True: the loss became non-finite on another process at step 0" \
+        in proc.stdout
+    assert "rank 1 stopped, weights unchanged: True: the loss became nan at step 0" in proc.stdout
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     out = tmp_path / "nan"
     with pytest.raises(T.TrainingDiverged, match="the loss became (nan|inf)") as err:

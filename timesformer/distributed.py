@@ -62,13 +62,12 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
-    def all(self, flag: bool) -> bool:
-        """Whether `flag` holds on every process (so that all of them stop together)."""
-        if not self.ddp:
-            return bool(flag)
-        t = torch.tensor(float(flag), device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return t.item() >= 1
+    def min_(self, t: torch.Tensor) -> torch.Tensor:
+        """`t`, on this process's device, replaced in place by its minimum over all processes. On a GPU the
+        reduction is queued like any kernel: nothing waits for it here."""
+        if self.ddp:
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t
 
     def close(self) -> None:
         if self.ddp and dist.is_initialized():

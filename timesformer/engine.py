@@ -79,8 +79,9 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
     a resume); stops early at `trainer.total_steps`. `after_step(state)` runs after every optimizer step.
 
     Sets `state.data_wait`, the share of the epoch spent waiting for batches. The loop waits for the GPU once
-    per micro-batch (reading the loss after the backward is queued); before that wait it takes the next batch
-    from the loader and starts its copy, so both overlap the step on the GPU.
+    per micro-batch, for the loss and accuracy of its forward, which start for the host before the backward
+    is queued: the GPU works through the backward during that wait and while the next step is queued. Before
+    the wait the loop takes the next batch from the loader and starts its copy, so both overlap the step.
     """
     t, device = trainer, trainer.dist.device
     t.ddp_model.train()
@@ -102,13 +103,20 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
                 with autocast(device, t.dtype):
                     logits = t.ddp_model(video)
                     loss = F.cross_entropy(logits.float(), label)
+                # what the loop reads of this micro-batch leaves for the host before the backward is queued
+                finite = t.dist.min_(torch.isfinite(loss.detach()).float().reshape(1))  # of every process
+                read = _to_host(torch.cat([loss.detach().float().reshape(1),
+                                           (logits.argmax(1) == label).sum().float().reshape(1), finite]))
                 t.scaler.scale(loss / t.accum_steps).backward()
-            batches.prefetch()  # while the GPU works through the queued step
-            # the one wait for the GPU per micro-batch; a non-finite loss stops every process before its
-            # optimizer step, so no weight ever takes a bad update
-            loss_value, correct = torch.stack([loss.detach().float(), (logits.argmax(1) == label).sum()]).tolist()
-            if not t.dist.all(math.isfinite(loss_value)):
-                raise TrainingDiverged(f"the loss became {loss_value} at step {state.step} (epoch {state.epoch})")
+            batches.prefetch()  # while the GPU works through the queued backward
+            # the one wait per micro-batch: for its forward, while the GPU runs the backward. A non-finite loss
+            # on any process stops every process before its optimizer step, so no weight takes a bad update.
+            loss_value, correct, all_finite = read()
+            if all_finite < 1:
+                raise TrainingDiverged(f"the loss became {loss_value} at step {state.step} (epoch {state.epoch})"
+                                       if not math.isfinite(loss_value) else
+                                       f"the loss became non-finite on another process at step {state.step} "
+                                       f"(epoch {state.epoch})")
             n = label.shape[0]
             state.loss_sum += loss_value * n
             state.correct += correct
@@ -183,6 +191,24 @@ class _OnDevice:
                 batch["video"].record_stream(current)
                 batch["label"].record_stream(current)
             yield batch
+
+
+def _to_host(values: torch.Tensor) -> Callable[[], list[float]]:
+    """Start copying the 1-D `values` to the host; the returned function waits for that copy and gives them
+    as floats. On a GPU the copy goes to pinned memory behind an event, so the wait is for the work queued
+    before this call only, not for what is queued after it (`.tolist()` there would wait for everything)."""
+    if values.device.type != "cuda":
+        return values.tolist
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record(torch.cuda.current_stream(values.device))
+
+    def read() -> list[float]:
+        copied.synchronize()
+        return host.tolist()
+
+    return read
 
 
 def check_finite(model: nn.Module, state: TrainState) -> None:
