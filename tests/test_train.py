@@ -145,6 +145,7 @@ try:
 except TrainingDiverged as e:
     unchanged = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     print(f"rank {dist.rank} stopped, weights unchanged: {unchanged}: {e}", flush=True)
+del trainer, ddp  # a DDP model must not outlive its process group (see free_frames)
 dist.close()
 """
 
@@ -161,6 +162,46 @@ def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
     assert "rank 0 stopped, weights unchanged: True: the loss became non-finite on another process at step 0" \
         in proc.stdout
     assert "rank 1 stopped, weights unchanged: True: the loss became nan at step 0" in proc.stdout
+
+
+DDP_GONE_BEFORE_CLOSE = """
+import gc, os, sys
+import torch
+from timesformer import train as T
+from timesformer.distributed import Dist
+
+close = Dist.close
+
+
+def checked_close(self):
+    gc.collect()
+    alive = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+    print(f"rank {self.rank}: {alive} DDP models alive at close", flush=True)
+    close(self)
+
+
+Dist.close = checked_close
+try:
+    T.main(sys.argv[1:])
+except T.TrainingDiverged as e:
+    print(f"rank {os.environ['RANK']}: {str(e)[:40]}", flush=True)
+"""
+
+
+def test_a_stopped_ddp_run_frees_its_model_before_the_process_group(tmp_path):
+    """A run that stops with an exception under torchrun: its DDP model is gone when the process group is
+    destroyed. Freed later (it lived on in the exception's frames and the checkpoint closures), its reducer took
+    the gloo group down at exit and hung or aborted about one run in three."""
+    script = tmp_path / "ddp_gone.py"
+    script.write_text(DDP_GONE_BEFORE_CLOSE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           *toy_args(tmp_path / "nan", "--optimizer", "sgd", "--lr", "1e6", epochs=3)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: 0 DDP models alive at close" in proc.stdout, proc.stdout
+        assert f"rank {rank}: training stopped: the " in proc.stdout, proc.stdout
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):

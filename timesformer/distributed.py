@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -72,3 +73,17 @@ class Dist:
     def close(self) -> None:
         if self.ddp and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def free_frames(error: BaseException) -> None:
+    """Clear the local variables of the frames that `error`, and the exceptions it arose from, hold.
+
+    A run stopped by an exception keeps its DistributedDataParallel model alive in those frames; freed after
+    `Dist.close()` (at exit), the model's reducer takes the gloo process group down with it, which deadlocks
+    on the interpreter lock. Call this before closing.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from timesformer.checkpoints import IMAGE_FORMATS, from_checkpoint, read_checkpoint
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
 from timesformer.data import AtEpoch, EpochBatches, FrameDrop, auto_workers, build_datasets, collate, workers_arg
-from timesformer.distributed import Dist
+from timesformer.distributed import Dist, free_frames
 from timesformer.engine import (
     Trainer,
     TrainingDiverged,
@@ -217,6 +217,9 @@ def main(argv=None, prog: str | None = None) -> dict:
         run = Run(args.out, dist)
         try:
             return _train(args, dist, run)
+        except BaseException as e:
+            free_frames(e)  # the stopped run's DDP model goes before its process group
+            raise
         finally:
             run.close()
     finally:
@@ -327,6 +330,9 @@ def _train(args, dist: Dist, run: Run) -> dict:
         if progress is not None:
             progress.close()
             log.progress = None
+        # `save` and `after_step` hold the trainer and an exception's frames hold them: the DDP wrapper must
+        # not live on through them past `Dist.close()` (see `free_frames`)
+        trainer.ddp_model = None
     result["checkpoint"] = str(run.path / LAST)
     return result
 
