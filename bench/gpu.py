@@ -302,6 +302,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--math-below", type=int, default=16,
                     help="also time ours with groups of at most this many tokens attended by matmul + softmax "
                          "(0: only the fused kernel)")
+    ap.add_argument("--pack-to", type=int, default=64,
+                    help="also time the schemes whose groups are shorter with them packed into sequences of up to "
+                         "this many tokens (timesformer.attention.PACK_TO; 0: not)")
     ap.add_argument("--batch", type=int, default=8, help="training clips per step")
     ap.add_argument("--infer-batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
@@ -354,7 +357,10 @@ def main(argv=None) -> dict:
         est = estimate(cfg, batch_size=args.batch, dtype="bf16", optimizer="adamw").training_bytes
         rows = result["schemes"][scheme] = {"forward_gflop_per_clip": flop_per_clip / 1e9,
                                             "estimated_training_bytes": est}
-        short = min(g.index.shape[1] for g in scheme_groupings(scheme, cfg.grid)) <= args.math_below
+        shortest = min(g.index.shape[1] for g in scheme_groupings(scheme, cfg.grid))
+        # the core's settings timed: the default, then short groups by matmul + softmax, then packed
+        cores = [(0, 0)] + [(args.math_below, 0)] * (shortest <= args.math_below) + [(0, args.pack_to)] * (
+            shortest < args.pack_to)
         if args.memory_batches and device.type == "cuda":
             model = TimeSformer(cfg).to(device)
             mem = rows["memory"] = memory_rows(model, cfg, device, args.memory_batches)
@@ -371,13 +377,16 @@ def main(argv=None) -> dict:
         for name, model in models(cfg, hf_cfg).items():
             model.to(device)  # alone on the device while timed: its peak memory holds no other model
             ours = name == "ours"
-            for compiled, math in product((False, True) if ours and scheme in args.compile_schemes else (False,),
-                                          (0, args.math_below) if ours and short else (0,)):
-                label = name + (" compiled" if compiled else "") + (f" math≤{math}" if math else "")
-                attention.MATH_BELOW = math
-                train, peak = train_rate(name, model, cfg, device, args.batch, args.warmup, args.steps, compiled)
-                infer = infer_rate(name, model, cfg, device, args.infer_batch, args.warmup, args.steps, compiled)
-                attention.MATH_BELOW = 0
+            for compiled, (math, pack) in product((False, True) if ours and scheme in args.compile_schemes
+                                                  else (False,), cores if ours else cores[:1]):
+                label = name + (" compiled" if compiled else "") + (f" math≤{math}" if math else "") + (
+                    f" packed<{pack}" if pack else "")
+                attention.MATH_BELOW, attention.PACK_TO = math, pack
+                try:
+                    train, peak = train_rate(name, model, cfg, device, args.batch, args.warmup, args.steps, compiled)
+                    infer = infer_rate(name, model, cfg, device, args.infer_batch, args.warmup, args.steps, compiled)
+                finally:
+                    attention.MATH_BELOW, attention.PACK_TO = 0, 0
                 row = rows[label] = {"train_clips_per_s": train, "mfu": 3 * flop_per_clip * train / gemm,
                                      "peak_bytes": peak, "infer_clips_per_s": infer}
                 if peak and label == "ours":  # the model as it runs by default: eager, fused attention

@@ -27,6 +27,9 @@ def test_gpu_benchmark_smoke_mode_runs_on_cpu(tmp_path):
         assert divided[name]["train_clips_per_s"] > 0 and divided[name]["infer_clips_per_s"] > 0
         assert 0 < divided[name]["mfu"] < 1 and divided[name]["peak_bytes"] is None  # no allocator peak on CPU
     assert divided["ours_over_huggingface"]["train_clips_per_s"] > 0
+    for variant in ("ours math≤16", "ours packed<64"):  # the core's short-group settings, timed beside the default
+        assert divided[variant]["train_clips_per_s"] > 0 and divided[variant]["infer_clips_per_s"] > 0
+    assert "ours packed<64" not in res["schemes"]["joint_space_time"]  # its one group of 65 tokens is not packed
     assert divided["estimated_training_bytes"] > 0 and divided["forward_gflop_per_clip"] > 0
     e2e = res["train_py"]
     assert e2e["train_py_clips_per_s"] > 0 and e2e["bare_loop_clips_per_s"] > 0 and e2e["workers"] == 0

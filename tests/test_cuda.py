@@ -73,6 +73,28 @@ def test_every_scheme_compiles_on_cuda(attention_type):
     assert torch.nn.functional.cosine_similarity(g_eager, g_compiled, dim=0) > 0.99
 
 
+@pytest.mark.parametrize("knob", ["MATH_BELOW", "PACK_TO"])
+@pytest.mark.parametrize("attention_type", list(SCHEMES))
+def test_short_group_settings_on_cuda(attention_type, knob, monkeypatch):
+    """Short groups by matmul + softmax, or packed behind a mask (whichever CUDA kernel takes the mask), in bf16:
+    the same logits and gradients as the default fused kernel, within bf16's rounding."""
+    from timesformer import attention
+
+    model = small(attention_type).cuda().train()
+    video = torch.randn(2, 3, 4, 32, 32, device="cuda")
+    results = []
+    for value in (0, 64):
+        monkeypatch.setattr(attention, knob, value)
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(video).float()
+        out.pow(2).mean().backward()
+        results.append((out.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (default, g_default), (other, g_other) = results
+    assert (other - default).abs().max() <= 0.05 * default.abs().max()
+    assert torch.nn.functional.cosine_similarity(g_default, g_other, dim=0) > 0.99
+
+
 def test_evaluate_on_cuda(tmp_path):
     from timesformer import evaluate as E
 

@@ -126,19 +126,34 @@ def test_inference_mode_first_then_autograd(attention_type, shape):
     assert all(not g.index.is_inference() for g in scheme_groupings(attention_type, model.grid_of(video)))
 
 
+@pytest.mark.parametrize("knob", ["MATH_BELOW", "PACK_TO"])
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
-def test_short_groups_by_matmul_and_softmax_give_the_same_model(attention_type, monkeypatch):
-    """MATH_BELOW (a GPU tuning knob) swaps the fused kernel for matmul + softmax on short groups: same results."""
+def test_short_groups_by_matmul_and_softmax_or_packed_give_the_same_model(attention_type, knob, monkeypatch):
+    """MATH_BELOW and PACK_TO (GPU tuning knobs) swap the fused kernel for matmul + softmax on short groups, or
+    pack short groups into masked sequences: same results."""
     from timesformer import attention
 
     model = small(attention_type).train()
     video = torch.randn(2, 3, 4, 32, 32)
+    packed, packing = [], attention.packing
+    monkeypatch.setattr(attention, "packing", lambda *a: packed.append(packing(*a)) or packed[-1])
     runs = []
-    for below in (0, 1000):
-        monkeypatch.setattr(attention, "MATH_BELOW", below)
+    for value in (0, 1000):
+        monkeypatch.setattr(attention, knob, value)
         model.zero_grad()
         out = model(video)
         out.pow(2).sum().backward()
         runs.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
     assert torch.allclose(runs[0][0], runs[1][0], atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[0][1], runs[1][1]))
+    assert (max(packed) > 1) == (knob == "PACK_TO")  # every scheme has a step whose groups were packed
+
+
+def test_packing_takes_the_most_whole_groups_that_fit(monkeypatch):
+    from timesformer import attention
+
+    assert attention.packing(1568, 8) == 1  # PACK_TO = 0: nothing is packed
+    monkeypatch.setattr(attention, "PACK_TO", 64)
+    # divided's time groups at 8×224, batch 8: 8 groups of 8; axial's rows of 14 + cls: 4 of 15; an odd count
+    assert [attention.packing(1568, 8), attention.packing(896, 15), attention.packing(6, 8)] == [8, 4, 6]
+    assert [attention.packing(13, 15), attention.packing(8, 64), attention.packing(8, 197)] == [1, 1, 1]

@@ -27,6 +27,13 @@ from .groupings import KEYS, ROLES, SCHEMES, STEP_NAMES, Grouping, Layout, Schem
 # done this way against 192 with cuDNN's flash kernel; `tslab bench gpu --math-below 16` measures it here.
 MATH_BELOW = 0
 
+# Groups shorter than PACK_TO tokens (all of one size, so no padding) go to the fused kernel packed: as many
+# whole groups as fit in PACK_TO tokens form one sequence, whose block-diagonal mask keeps each group to
+# itself. A fused kernel works in tiles of 64 or 128 queries, most of which an 8- or 15-token group leaves
+# empty; packed, the tiles are full and there are P times fewer of them, for P times the (tiny) score work.
+# 0 (the default) packs nothing: on a 2-core CPU packed groups were 1.4-1.8× slower (`tslab bench attention`).
+PACK_TO = 0
+
 
 def attend(
     qkv: torch.Tensor,
@@ -41,27 +48,32 @@ def attend(
     qkv: (B, G, L, 3·D) projections of the step's token groups (`Grouping.regroup`: cls in slot 0 when
     the step has it). Returns the attention output (B, G, L, D) in the same layout, before the output
     projection. With `record`, the probabilities are materialised, passed to `record` as
-    (B, G, heads, L, L) and used; otherwise the fused `scaled_dot_product_attention` runs (for groups of at
-    most MATH_BELOW tokens, matmul and softmax). `record` returns the probabilities to go on with (the same
-    tensor, or a detached one for conservative propagation). With `cls_only` (a step with cls, not recorded)
-    only the cls queries are computed and (B, G, D) is returned: all the classifier needs from a model's last
-    step.
+    (B, G, heads, L, L) and used; otherwise the fused `scaled_dot_product_attention` runs (on groups packed
+    into sequences of up to PACK_TO tokens; for groups of at most MATH_BELOW tokens, matmul and softmax).
+    `record` returns the probabilities to go on with (the same tensor, or a detached one for conservative
+    propagation). With `cls_only` (a step with cls, not recorded) only the cls queries are computed and
+    (B, G, D) is returned: all the classifier needs from a model's last step.
     """
     B, G, L, three_d = qkv.shape
     D = three_d // 3
     hd = D // num_heads
-    # (B, G, L, 3D) → 3 × (B·G, heads, L, hd): strided views, no copy. Unbinding the `3` axis in place (not
+    fused = record is None and L > MATH_BELOW
+    P = packing(B * G, L) if fused and not cls_only and grouping.valid is None else 1
+    # (B, G, L, 3D) → 3 × (B·G/P, heads, P·L, hd): strided views, no copy. Unbinding the `3` axis in place (not
     # after moving it first) lets the backward stack dq, dk, dv straight into qkv's layout: one copy fewer.
-    q, k, v = (t.transpose(1, 2) for t in qkv.view(B * G, L, 3, num_heads, hd).unbind(2))
+    q, k, v = (t.transpose(1, 2) for t in qkv.view(B * G // P, P * L, 3, num_heads, hd).unbind(2))
     mask = None
     if grouping.valid is not None:  # (B·G, 1, 1, L): padding is never a key
         mask = grouping.valid[:, None, None, :].repeat(B, 1, 1, 1)
+    if P > 1:  # (P·L, P·L): the packed groups do not see each other
+        group = torch.arange(P * L, device=qkv.device) // L
+        mask = group[:, None] == group[None, :]
     if cls_only:
         if record is not None or not grouping.with_cls:
             raise ValueError("cls_only needs a step with cls and no recording")
         out = F.scaled_dot_product_attention(q[:, :, :1], k, v, attn_mask=mask, dropout_p=dropout_p)
         return out.reshape(B, G, D)  # (B·G, heads, 1, hd) → (B, G, D)
-    if record is None and L > MATH_BELOW:
+    if fused:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     else:
         scores = (q @ k.transpose(-2, -1)) * hd**-0.5  # (B·G, heads, L, L)
@@ -71,8 +83,16 @@ def attend(
         if record is not None:
             probs = record(probs)  # the tensor used below, so that its .grad can be retained
         out = F.dropout(probs, dropout_p).view(B * G, num_heads, L, L) @ v
-    # (B·G, heads, L, hd) → (B, G, L, D); a view where the kernel wrote (B·G, L, heads, hd), as flash does
+    # (B·G/P, heads, P·L, hd) → (B, G, L, D); a view where the kernel wrote (B·G/P, P·L, heads, hd), as flash does
     return out.transpose(1, 2).reshape(B, G, L, D)
+
+
+def packing(groups: int, L: int) -> int:
+    """How many of `groups` groups of L tokens `attend` packs into one sequence: the most that fit in PACK_TO
+    tokens and divide `groups` (1: none)."""
+    if PACK_TO <= L:
+        return 1
+    return max(p for p in range(1, min(PACK_TO // L, groups) + 1) if groups % p == 0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,176 @@
+"""Attention over each step's groups: every way the core can attend them, timed forward and backward.
+
+    python bench/attention.py                      # = tslab bench attention: ViT-B/16 8×224, batch 8, every scheme
+    python bench/attention.py --schemes divided_space_time axial --compile
+    python bench/attention.py --smoke              # toy sizes: every path in seconds (the test runs it)
+
+For each step of each scheme, `timesformer.attention.attend` runs on random projections of the step's real groups
+(B·G groups of L tokens; 12 heads of 64 at ViT-B), in bf16 on a GPU and fp32 on a CPU, and each way of attending
+is timed: its forward alone (inference) and forward + backward (training), after a warm-up. The ways:
+- `sdpa`: the default, `scaled_dot_product_attention` with the kernel PyTorch picks;
+- `sdpa:<kernel>`: each kernel alone (flash, efficient, cudnn, math) where the device has it for these inputs;
+- `matmul+softmax`: the core's path for groups of at most `MATH_BELOW` tokens;
+- `packed<N`: whole groups packed into sequences of up to N tokens behind a block-diagonal mask (`PACK_TO`),
+  with the kernel PyTorch picks and with each kernel alone; only where the groups are short enough to pack;
+- with --compile, `sdpa`, `matmul+softmax` and `packed<N` under `timesformer.compile_model`.
+Every way's output and input gradient are checked against the default's (the largest difference is printed and
+stored). A way the device cannot run (a kernel that refuses the inputs) is listed as such. Results go to
+bench/results/attention-<device>.json (or --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+import torch._dynamo
+
+from timesformer import ATTENTION_TYPES, TimeSformerConfig, attention, compile_model
+from timesformer.attention import attend, packing, scheme_groupings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+KERNELS = ("flash", "efficient", "cudnn", "math")
+
+
+def ways(device: torch.device, groups: int, L: int, pack_to: list[int], compiled: bool) -> list[dict]:
+    """The ways of attending B·G = `groups` groups of L tokens: {name, math_below, pack_to, kernel, compiled}."""
+    kernels = KERNELS if device.type == "cuda" else ("flash", "math")
+    out = [dict(name="sdpa")] + [dict(name=f"sdpa:{k}", kernel=k) for k in kernels]
+    out.append(dict(name="matmul+softmax", math_below=L))
+    for n in pack_to:
+        attention.PACK_TO = n
+        fits = packing(groups, L) > 1
+        attention.PACK_TO = 0
+        if fits:
+            out += [dict(name=f"packed<{n}", pack_to=n)]
+            out += [dict(name=f"packed<{n}:{k}", pack_to=n, kernel=k) for k in kernels if k != "flash"]
+    if compiled:
+        out += [dict(w, name=w["name"] + " compiled", compiled=True) for w in out
+                if w["name"] in ("sdpa", "matmul+softmax") or (w["name"].startswith("packed") and ":" not in w["name"])]
+    return out
+
+
+def _backend(kernel: str | None):
+    from contextlib import nullcontext
+
+    if kernel is None:
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    name = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+            "math": "MATH"}[kernel]
+    return sdpa_kernel(getattr(SDPBackend, name))
+
+
+def clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def time_way(way: dict, qkv: torch.Tensor, grad: torch.Tensor, grouping, heads: int, warmup: int,
+             repeats: int) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """(forward ms, forward + backward ms, output, input gradient) of one way; raises RuntimeError where the
+    device cannot run it."""
+    attention.MATH_BELOW, attention.PACK_TO = way.get("math_below", 0), way.get("pack_to", 0)
+    try:
+        def run(x):
+            return attend(x, grouping, heads)
+
+        if way.get("compiled"):
+            torch._dynamo.reset()
+            run = compile_model(run)
+        x = qkv.detach().requires_grad_()
+        with _backend(way.get("kernel")):
+            times = {}
+            for phase in ("forward", "training"):
+                for i in range(warmup + repeats):
+                    if i == warmup:
+                        start = clock(qkv.device)
+                    if phase == "forward":
+                        with torch.no_grad():
+                            run(x)
+                    else:
+                        x.grad = None
+                        out = run(x)
+                        out.backward(grad)
+                times[phase] = (clock(qkv.device) - start) / repeats * 1e3
+        return times["forward"], times["training"], out.detach(), x.grad
+    finally:
+        attention.MATH_BELOW, attention.PACK_TO = 0, 0
+
+
+def config(scheme: str, smoke: bool) -> TimeSformerConfig:
+    if smoke:
+        return TimeSformerConfig.tiny(attention_type=scheme, img_size=32, num_frames=4, embed_dim=32, depth=1,
+                                      num_heads=2)
+    return TimeSformerConfig.base(attention_type=scheme)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--schemes", nargs="+", default=list(ATTENTION_TYPES), choices=ATTENTION_TYPES)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--pack-to", type=int, nargs="*", default=[64, 128], help="sequence lengths to pack groups into")
+    ap.add_argument("--compile", action="store_true", help="also time the core's paths under torch.compile")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--smoke", action="store_true", help="toy sizes: every path in seconds")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available here; use --device cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result = {"device": card, "torch": torch.__version__, "dtype": str(dtype), "batch": args.batch,
+              "smoke": args.smoke, "steps": []}
+    print(f"{card}; torch {torch.__version__}; {dtype}; batch {args.batch}", flush=True)
+    print(f"{'scheme':20s} {'step':6s} {'groups × L':>12s} {'way':28s} {'forward ms':>10s} {'+backward ms':>12s} "
+          f"{'max diff':>9s}")
+    for scheme in args.schemes:
+        cfg = config(scheme, args.smoke)
+        heads, D = cfg.num_heads, cfg.embed_dim
+        for g in scheme_groupings(scheme, cfg.grid, str(device), cfg.local_split, cfg.global_stride):
+            G, L = g.index.shape
+            torch.manual_seed(0)
+            qkv = torch.randn(args.batch, G, L, 3 * D, device=device, dtype=dtype)
+            grad = torch.randn(args.batch, G, L, D, device=device, dtype=dtype)
+            row = {"scheme": scheme, "step": g.step, "groups": args.batch * G, "tokens": L, "ways": {}}
+            reference = None
+            for way in ways(device, args.batch * G, L, args.pack_to, args.compile):
+                try:
+                    fwd, train, out, dx = time_way(way, qkv, grad, g, heads, args.warmup, args.repeats)
+                except RuntimeError as e:  # a kernel that does not take these inputs
+                    row["ways"][way["name"]] = {"error": str(e).splitlines()[0][:200]}
+                    print(f"{scheme:20s} {g.step:6s} {args.batch * G:6d} × {L:<4d} {way['name']:28s} "
+                          f"{'cannot run these inputs':>33s}", flush=True)
+                    continue
+                if reference is None:
+                    reference = (out.float(), dx.float())
+                diff = max((a.float() - b).abs().max().item() for a, b in zip((out, dx), reference))
+                row["ways"][way["name"]] = {"forward_ms": fwd, "training_ms": train, "max_diff": diff}
+                print(f"{scheme:20s} {g.step:6s} {args.batch * G:6d} × {L:<4d} {way['name']:28s} {fwd:10.3f} "
+                      f"{train:12.3f} {diff:9.1e}", flush=True)
+            timed = {k: v for k, v in row["ways"].items() if "training_ms" in v}
+            row["fastest_training"] = min(timed, key=lambda k: timed[k]["training_ms"])
+            row["fastest_forward"] = min(timed, key=lambda k: timed[k]["forward_ms"])
+            print(f"{scheme:20s} {g.step:6s} fastest: training {row['fastest_training']}, "
+                  f"inference {row['fastest_forward']}", flush=True)
+            result["steps"].append(row)
+    slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
+    out = args.json or ROOT / "bench" / "results" / f"attention-{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

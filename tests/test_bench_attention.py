@@ -1,0 +1,48 @@
+"""bench/attention.py at toy size on the CPU: every way of attending is timed and agrees with the default."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_attention():
+    """bench/attention.py as a module (bench/ is a folder of scripts, not a package)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import attention
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return attention
+
+
+@pytest.mark.slow
+def test_attention_benchmark_times_every_way_and_checks_it(tmp_path, capsys):
+    from timesformer import attention as core
+
+    out = tmp_path / "attention.json"
+    quick = ["--device", "cpu", "--smoke", "--warmup", "1", "--repeats", "2"]
+    res = bench_attention().main([*quick, "--schemes", "divided_space_time", "axial", "--json", str(out)])
+    assert json.loads(out.read_text()) == res and (core.MATH_BELOW, core.PACK_TO) == (0, 0)  # knobs restored
+    compiled = bench_attention().main([*quick, "--schemes", "divided_space_time", "--compile", "--pack-to", "64",
+                                       "--json", str(out)])
+    res["steps"][0]["ways"].update(compiled["steps"][0]["ways"])
+    steps = {(r["scheme"], r["step"]): r for r in res["steps"]}
+    assert list(steps) == [("divided_space_time", "time"), ("divided_space_time", "space"), ("axial", "time"),
+                           ("axial", "width"), ("axial", "height")]
+    time_step = steps["divided_space_time", "time"]
+    assert (time_step["groups"], time_step["tokens"]) == (8 * 16, 4)  # batch 8 × 4×4 positions, 4 frames each
+    expected = {"sdpa", "sdpa:flash", "sdpa:math", "matmul+softmax", "packed<64", "packed<64:math", "packed<128",
+                "packed<128:math", "sdpa compiled", "matmul+softmax compiled", "packed<64 compiled"}
+    assert set(time_step["ways"]) == expected
+    for row in res["steps"]:
+        for name, way in row["ways"].items():
+            assert way["forward_ms"] > 0 and way["training_ms"] > way["forward_ms"] * 0.5, (row["step"], name)
+            assert way["max_diff"] < 1e-4, (row["step"], name, way)  # the same attention, whichever way
+        assert row["fastest_training"] in row["ways"] and row["fastest_forward"] in row["ways"]
+    # space groups (cls + 16 patches) fit 64 tokens 3 at a time: packed too, at a batch of 8 frames × 8 clips
+    assert "packed<64" in steps["divided_space_time", "space"]["ways"]
+    assert "fastest: training" in capsys.readouterr().out
