@@ -11,8 +11,10 @@ For the device it runs on it prints and writes (bench/results/gpu-<card>.json, o
 - per scheme, a bare training loop (random clips on the device, bf16 autocast, fused AdamW, no per-step sync):
   clips/s, MFU = 3 × forward FLOPs (fvcore multiply-adds × 2, `analysis.complexity.estimate`) × clips/s ÷ the
   GEMM rate, and the peak allocated memory against `estimate(...).training_bytes`; with torch.compile for the
-  schemes in --compile-schemes; with groups of at most --math-below tokens (divided's and axial's 8-token time
-  groups) attended by matmul + softmax instead of the fused kernel (`timesformer.attention.MATH_BELOW`);
+  schemes in --compile-schemes (in each of --compile-modes; reduce-overhead: CUDA graphs); with groups of at
+  most --math-below tokens (divided's and axial's 8-token time groups) attended by matmul + softmax instead of
+  the fused kernel (`timesformer.attention.MATH_BELOW`), and with groups shorter than --pack-to tokens packed
+  behind a block-diagonal mask (`timesformer.attention.PACK_TO`);
   HuggingFace's divided model in the same loop, its weights copied into ours through `load_model`
   (bench/forward.py does the same on a CPU);
 - per scheme, bf16 inference clips/s (inference mode, batch --infer-batch), ours and HuggingFace's;
@@ -110,13 +112,13 @@ def logits_of(name: str, model, video):
     return model(video)
 
 
-def _compiled(model):
-    """torch.compile afresh: the schemes share their code, and one's recompiles must not count against the
-    recompile limit of the next (past it, dynamo runs eagerly without a word)."""
+def _compiled(model, mode):
+    """torch.compile afresh, in `mode` (True: the default): the schemes share their code, and one's recompiles
+    must not count against the recompile limit of the next (past it, dynamo runs eagerly without a word)."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    return compile_model(model)
+    return compile_model(model, None if mode in (True, "default") else mode)
 
 
 def random_clips(cfg: TimeSformerConfig, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,6 +133,7 @@ def adamw(model, device) -> torch.optim.AdamW:
 
 def training_step(name, run, video, label, opt, dtype: torch.dtype | None = torch.bfloat16) -> None:
     """Forward under autocast to `dtype` (None: none), cross-entropy, backward, optimizer step."""
+    torch.compiler.cudagraph_mark_step_begin()  # under CUDA graphs (reduce-overhead): last step's outputs are done
     with torch.autocast(video.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         loss = F.cross_entropy(logits_of(name, run, video).float(), label)
     loss.backward()
@@ -143,7 +146,7 @@ def train_rate(name, model, cfg, device, batch, warmup, steps, compiled=False, o
     """Clips/s of the bare training loop (autocast to `dtype`, None for none; AdamW unless `opt` is given) on
     random clips already on the device, and the peak allocated bytes on CUDA."""
     model.train()
-    run = _compiled(model) if compiled else model
+    run = _compiled(model, compiled) if compiled else model
     opt = opt or adamw(model, device)
     video, label = random_clips(cfg, batch, device)
     clock = Clock(device)
@@ -180,13 +183,14 @@ def profile_step(model, cfg, device, batch, warmup: int = 5, steps: int = 3, row
 
 def infer_rate(name, model, cfg, device, batch, warmup, steps, compiled=False) -> float:
     model.eval()
-    run = _compiled(model) if compiled else model
+    run = _compiled(model, compiled) if compiled else model
     video, _ = random_clips(cfg, batch, device)
     clock = Clock(device)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
         for i in range(warmup + steps):
             if i == warmup:
                 start = clock()
+            torch.compiler.cudagraph_mark_step_begin()
             logits_of(name, run, video)
     return batch * steps / (clock() - start)
 
@@ -299,6 +303,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--schemes", nargs="*", default=list(ATTENTION_TYPES), choices=ATTENTION_TYPES)
     ap.add_argument("--compile-schemes", nargs="*", default=["divided_space_time"], choices=ATTENTION_TYPES,
                     help="also time these with torch.compile (tens of seconds of compiling each)")
+    ap.add_argument("--compile-modes", nargs="+", default=["default"], metavar="MODE",
+                    help="torch.compile modes to time the --compile-schemes in (default, reduce-overhead: CUDA "
+                         "graphs, max-autotune-no-cudagraphs)")
     ap.add_argument("--math-below", type=int, default=16,
                     help="also time ours with groups of at most this many tokens attended by matmul + softmax "
                          "(0: only the fused kernel)")
@@ -377,10 +384,11 @@ def main(argv=None) -> dict:
         for name, model in models(cfg, hf_cfg).items():
             model.to(device)  # alone on the device while timed: its peak memory holds no other model
             ours = name == "ours"
-            for compiled, (math, pack) in product((False, True) if ours and scheme in args.compile_schemes
-                                                  else (False,), cores if ours else cores[:1]):
-                label = name + (" compiled" if compiled else "") + (f" math≤{math}" if math else "") + (
-                    f" packed<{pack}" if pack else "")
+            for compiled, (math, pack) in product([False, *args.compile_modes] if ours and scheme in
+                                                  args.compile_schemes else [False], cores if ours else cores[:1]):
+                label = name + (" compiled" if compiled else "") + (
+                    f" {compiled}" if compiled and compiled != "default" else "") + (
+                    f" math≤{math}" if math else "") + (f" packed<{pack}" if pack else "")
                 attention.MATH_BELOW, attention.PACK_TO = math, pack
                 try:
                     train, peak = train_rate(name, model, cfg, device, args.batch, args.warmup, args.steps, compiled)

@@ -37,6 +37,18 @@ def test_gpu_benchmark_smoke_mode_runs_on_cpu(tmp_path):
     assert "ours / HuggingFace: training" in proc.stdout and "tslab train (divided" in proc.stdout
 
 
+def test_gpu_benchmark_compiles_in_the_modes_it_is_given(tmp_path):
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu", "--smoke", "--schemes",
+           "divided_space_time", "--compile-schemes", "divided_space_time", "--compile-modes", "reduce-overhead",
+           "--math-below", "0", "--pack-to", "0", "--e2e-steps", "0", "--steps", "2", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["schemes"]["divided_space_time"]
+    assert {"ours", "ours compiled reduce-overhead", "huggingface"} <= set(rows)
+    assert rows["ours compiled reduce-overhead"]["train_clips_per_s"] > 0
+
+
 def test_tslab_bench_lists_gpu_and_data():
     from timesformer.cli import benchmarks
 

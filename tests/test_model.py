@@ -369,3 +369,29 @@ def test_compiled_model_gives_the_same_logits_and_gradients(attention_type):
     model.eval()
     with torch.no_grad():  # inference: proj and fc unfolded in the graph, the same logits
         assert torch.allclose(compile_model(model)(video), model(video), atol=1e-5)
+
+
+def test_compile_modes_are_checked_by_name():
+    model = small_model("divided_space_time", depth=1, embed_dim=16, num_heads=2)
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'; choose one of default, .*reduce-overhead"):
+        compile_model(model, "fast")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_inductor_missing() is not None, reason=str(_inductor_missing()))
+def test_a_compile_mode_keeps_the_tiling_fix_and_the_logits():
+    """compile_model(model, "max-autotune-no-cudagraphs"): the mode's options with the tiling analysis still off,
+    and the eager model's logits (CUDA graphs, "reduce-overhead", need a GPU: bench/gpu.py --compile-modes)."""
+    import torch._dynamo
+    from torch._inductor import config
+
+    torch._dynamo.reset()
+    model = small_model("axial", depth=1, embed_dim=16, num_heads=2).eval()
+    video = torch.randn(2, 3, 2, 16, 24)
+    compiled = compile_model(model, "max-autotune-no-cudagraphs")
+    options = compiled.get_compiler_config()  # inductor's configuration as this compile patched it
+    assert options["max_autotune"] and options["coordinate_descent_tuning"]
+    if hasattr(config.triton, "coalesce_tiling_analysis"):
+        assert options["triton.coalesce_tiling_analysis"] is False
+    with torch.no_grad():
+        assert torch.allclose(compiled(video), model(video), atol=1e-5)

@@ -301,15 +301,22 @@ class TimeSformer(nn.Module):
         return list(names) if names else [str(i) for i in range(self.config.num_classes)]
 
 
-def compile_model(module: nn.Module) -> nn.Module:
-    """`torch.compile(module)` (inductor), the one way this project compiles a model.
+def compile_model(module: nn.Module, mode: str | None = None) -> nn.Module:
+    """`torch.compile(module, mode=mode)` (inductor), the one way this project compiles a model; `mode` is one
+    of torch.compile's ("reduce-overhead": CUDA graphs; "max-autotune-no-cudagraphs"; None: the default).
 
     Inductor's coalescing-tiling analysis is switched off: on CUDA it fails with a bare AssertionError
     ("not expr.has(ModularIndexing)") on the nested index expressions of the permuted regroupings, which kills
     the whole compile (seen with torch 2.11 on an H200; pytorch/pytorch#191603). It only chooses a tiling
     heuristic, so the compiled code computes the same either way.
     """
+    import torch._inductor
     from torch._inductor import config
 
-    off = {"triton.coalesce_tiling_analysis": False} if hasattr(config.triton, "coalesce_tiling_analysis") else None
-    return torch.compile(module, options=off)
+    modes = torch._inductor.list_mode_options()
+    if mode is not None and mode not in modes:
+        raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(modes)}")
+    options = dict(modes.get(mode or "default", {}))  # torch.compile takes a mode or options, not both
+    if hasattr(config.triton, "coalesce_tiling_analysis"):
+        options["triton.coalesce_tiling_analysis"] = False
+    return torch.compile(module, options=options or None)
