@@ -267,6 +267,24 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
         E.run(out / "checkpoint-last", "synthmotion-appearance", num_clips=8)
 
 
+def test_ddp_skips_a_micro_batch_together_when_one_process_has_no_readable_clip(tmp_path):
+    """Batch 1 per process and one unreadable clip: the process that gets it has nothing to run, so the other
+    skips that micro-batch too (before, the collectives no longer matched: gloo aborted, NCCL would hang)."""
+    root = export_synthmotion(tmp_path / "videos", "temporal", num_train=8, num_val=4, seed=0, num_frames=4,
+                              size=32)
+    (next((root / "train").iterdir()) / "zz-broken.mp4").write_bytes(b"\x00" * 100)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "timesformer.train", "--data", str(root), "--epochs", "2", "--batch-size", "1",
+           "--sampling-rate", "1", "--out", str(out), *TOY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = [r for r in rows(out) if r["split"] == "train"]
+    # 9 clips → 4 steps of 2 × 1 per epoch; the broken clip's step trains neither process
+    assert [(r["step"], r["clips"], r["skipped"]) for r in train] == [(4, 6, 1), (8, 6, 1)]
+
+
 def test_frame_drop_flag(tmp_path):
     T.main(toy_args(tmp_path / "plain", epochs=1))
     T.main(toy_args(tmp_path / "drop", "--frame-drop", "0.5", epochs=1))

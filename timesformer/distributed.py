@@ -45,6 +45,11 @@ class Dist:
             torch.cuda.set_device(self.device)
         if self.ddp and not dist.is_initialized():
             dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        # flags the processes agree on before they queue work: exchanged by the CPUs, so that nothing waits
+        # for a GPU (the default group, where it is gloo already)
+        self.host_group = None
+        if self.ddp and dist.get_backend() != "gloo":
+            self.host_group = dist.new_group(backend="gloo")
 
     @property
     def main(self) -> bool:
@@ -62,6 +67,14 @@ class Dist:
         t = torch.tensor(values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(t)
         return t.tolist()
+
+    def all_host(self, flag: bool) -> bool:
+        """Whether `flag` holds on every process, agreed on the host: no GPU work is waited for."""
+        if not self.ddp:
+            return bool(flag)
+        t = torch.tensor([int(bool(flag))])
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.host_group)
+        return bool(t.item())
 
     def min_(self, t: torch.Tensor) -> torch.Tensor:
         """`t`, on this process's device, replaced in place by its minimum over all processes. On a GPU the

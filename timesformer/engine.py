@@ -95,7 +95,9 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
         for s in batch["skipped"][:3]:
             log(f"skipped unreadable clip {s.path}: {s.reason}")
         last_micro = (micro + 1) % t.accum_steps == 0
-        if batch["video"] is not None:
+        # under DDP every process takes part in every backward: where one has no readable clip in its
+        # micro-batch, all of them skip it
+        if t.dist.all_host(batch["video"] is not None):
             video, label = batch["video"], batch["label"]  # (B, 3, T, S, S): one training view
             # gradients are all-reduced only on the micro-batch that completes an optimizer step
             sync = contextlib.nullcontext() if (last_micro or not t.dist.ddp) else t.ddp_model.no_sync()
