@@ -46,3 +46,15 @@ def test_attention_benchmark_times_every_way_and_checks_it(tmp_path, capsys):
     # space groups (cls + 16 patches) fit 64 tokens 3 at a time: packed too, at a batch of 8 frames × 8 clips
     assert "packed<64" in steps["divided_space_time", "space"]["ways"]
     assert "fastest: training" in capsys.readouterr().out
+
+
+def test_a_kernel_that_refuses_the_inputs_is_listed_not_fatal(tmp_path, monkeypatch):
+    """On a CPU the efficient kernel does not exist: the way is stored with its error and the others still run."""
+    bench = bench_attention()
+    ways = bench.ways
+    monkeypatch.setattr(bench, "ways", lambda *a: ways(*a) + [dict(name="sdpa:efficient", kernel="efficient")])
+    res = bench.main(["--device", "cpu", "--smoke", "--schemes", "joint_space_time", "--warmup", "1", "--repeats",
+                      "1", "--pack-to", "--json", str(tmp_path / "a.json")])
+    (step,) = res["steps"]
+    assert "error" in step["ways"]["sdpa:efficient"] and step["ways"]["sdpa"]["training_ms"] > 0
+    assert step["fastest_training"] != "sdpa:efficient"
