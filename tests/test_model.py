@@ -395,3 +395,35 @@ def test_a_compile_mode_keeps_the_tiling_fix_and_the_logits():
         assert options["triton.coalesce_tiling_analysis"] is False
     with torch.no_grad():
         assert torch.allclose(compiled(video), model(video), atol=1e-5)
+
+
+def test_drop_path_drops_whole_samples_in_one_pass_over_them():
+    """Stochastic depth keeps each sample's branch scaled by 1/(1-p) or zeroes it, in training only; the scale
+    goes on the (B, 1, 1) mask, so the forward and the backward each make one pass over the activations."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from timesformer.model import DropPath
+
+    class FullSize(TorchDispatchMode):  # ops that write a tensor the size of the activations
+        def __init__(self, numel):
+            super().__init__()
+            self.numel, self.names = numel, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == self.numel:
+                self.names.append(func.overloadpacket.__name__)
+            return out
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 5, 3, requires_grad=True)
+    drop = DropPath(0.5).train()
+    with FullSize(x.numel()) as forward:
+        y = drop(x)
+    with FullSize(x.numel()) as backward:
+        y.backward(torch.ones_like(y))
+    assert forward.names == ["mul"] and backward.names.count("mul") == 1 and "div" not in backward.names
+    kept = y.flatten(1).ne(0).all(1)
+    assert 0 < kept.sum() < 64 and not y[~kept].any()
+    assert torch.equal(y[kept], x[kept] * 2) and torch.equal(x.grad, kept[:, None, None].float().expand_as(x) * 2)
+    assert drop.eval()(x) is x and DropPath(0.0).train()(x) is x

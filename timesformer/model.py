@@ -29,7 +29,7 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+        return x * keep.div_(1 - self.p)  # scaled on the mask: one pass over x (and its gradient), not two
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
