@@ -4,8 +4,9 @@
 
 ViT-B/16 8×224, batch 1, one training step (forward + backward) and one inference forward per scheme.
 - bytes: a TorchDispatchMode adds up the outputs of every gather (index), scatter (index_put, a gather's
-  backward), concatenation (cat, stack) and copy (clone, copy_, a reshape/contiguous/flatten that returned new
-  memory) — what the attention core's regrouping costs beside the matmuls;
+  backward), concatenation (cat, stack), copy (clone, copy_, a reshape/contiguous/flatten that returned new
+  memory) and slice gradient (slice_backward, select_backward: the whole zero-filled, the part copied in) —
+  what the attention core's regrouping costs beside the matmuls;
 - kernels: the PyTorch profiler's count and self CPU time of the leaf kernels doing that work (aten::index,
   aten::_index_put_impl_, aten::cat, aten::copy_ except the bias broadcast inside addmm).
 """
@@ -27,7 +28,9 @@ CATEGORY = {"index": "gather", "index_select": "gather", "gather": "gather",
             "index_add_": "scatter", "scatter_add": "scatter", "scatter": "scatter",
             "cat": "cat", "stack": "cat",
             "clone": "copy", "copy_": "copy", "_to_copy": "copy", "contiguous": "copy", "reshape": "copy",
-            "flatten": "copy", "_reshape_copy": "copy", "repeat": "copy"}
+            "flatten": "copy", "_reshape_copy": "copy", "repeat": "copy",
+            # the gradient of a slice: a zero-filled tensor of the whole, the slice's gradient copied in
+            "slice_backward": "slice grad", "select_backward": "slice grad"}
 MAYBE_VIEW = {"contiguous", "reshape", "flatten"}  # copies only when they return new memory
 LEAF = {"aten::index": "gather", "aten::index_select": "gather", "aten::gather": "gather",
         "aten::_index_put_impl_": "scatter", "aten::index_add_": "scatter", "aten::scatter_add_": "scatter",

@@ -43,7 +43,7 @@ def test_reshaped_groups_equal_the_index_gather(attention_type, grid):
         y = torch.randn(tokens.shape)
         for got, want in zip(g.add_back(cls, patches, y), ref.add_back(cls, patches, y)):
             assert (got is None and want is None) or torch.allclose(got, want, atol=1e-6)
-        if g._is_sequence(seq):  # joint: its one group is the sequence, regrouped without a copy
+        if g.is_sequence(seq):  # joint: its one group is the sequence, regrouped without a copy
             whole = seq.clone()
             assert g.regroup(whole[:, :1], whole[:, 1:], whole).data_ptr() == whole.data_ptr()
 
@@ -92,14 +92,22 @@ def test_regular_grids_move_tokens_without_gathers(attention_type):
     video, odd = torch.randn(2, 3, 4, 32, 32), torch.randn(1, 3, 3, 40, 24)
     with torch.no_grad():  # the groupings are built (with index arithmetic) once per grid, outside the count
         model(video), model(odd)
-    with Ops() as ops:
-        model(video).sum().backward()
-    moves = [n for n in ops.names if n.startswith(("index", "gather", "scatter", "_index_put"))]
+    with Ops() as forward:
+        out = model(video)
+    with Ops() as backward:
+        out.sum().backward()
+    moves = [n for n in forward.names + backward.names if n.startswith(("index", "gather", "scatter", "_index_put"))]
     assert moves == []
     # per block at most one cat per step (cls into the groups) and one for the MLP
     steps = len(SCHEMES[attention_type].steps)
     embed_and_end = 1 + (attention_type == "space_only")  # cls before the blocks; space_only's cls mean
-    assert ops.names.count("cat") <= 2 * (steps + 1) + embed_and_end
+    assert forward.names.count("cat") <= 2 * (steps + 1) + embed_and_end
+    # the tokens are split into cls and patches, and the step outputs into cls and patch outputs: their
+    # gradients are concatenated, not zero-filled per part and added. Still sliced, once per forward: the
+    # position embedding (cls and patches), the head's cls, the last step's cls queries, and joint's cls (the
+    # one step used the whole sequence) or space_only's per-frame cls tokens (averaged at the end)
+    sliced = backward.names.count("slice_backward") + backward.names.count("select_backward")
+    assert sliced <= 4 + (attention_type in ("space_only", "joint_space_time"))
     with Ops() as ops:  # a grid with odd sides: L+G gathers its padded groups, nobody else does
         model(odd).sum().backward()
     gathers = [n for n in ops.names if n == "index"]

@@ -207,7 +207,7 @@ class Grouping:
 
     # ----------------------------------------------------------------------------------------------
     # moving tokens: (cls, patches) → (B, G, L, D) groups and back
-    def _is_sequence(self, whole: torch.Tensor | None) -> bool:
+    def is_sequence(self, whole: torch.Tensor | None) -> bool:
         """Whether the step's groups are the token sequence `whole` itself: one group, holding the one cls
         and then every patch in frame-major order."""
         return whole is not None and self.with_cls and self.num_cls == 1 and self.num_groups == 1
@@ -220,7 +220,7 @@ class Grouping:
         """
         B, _, D = patches.shape
         lay = self.layout
-        if self._is_sequence(whole):
+        if self.is_sequence(whole):
             return whole[:, None]  # (B, 1, 1 + T·N, D): e.g. joint attention, whose one group is the sequence
         if lay is None:  # unequal groups: gather, padding slots hold patch 0
             grouped = patches[:, self.patch_index]  # (B, G, L0, D)
@@ -248,21 +248,21 @@ class Grouping:
         (cls, patches, whole); `whole` is None unless the new tokens are one sequence again.
         """
         B, _, D = patches.shape
-        if self._is_sequence(whole):
-            whole = whole + y[:, 0]  # (B, 1 + T·N, D)
+        if self.is_sequence(whole):
+            whole = whole + y.squeeze(1)  # (B, 1 + T·N, D); a view, whose backward copies nothing
             return whole[:, :1], whole[:, 1:], whole
-        off = 1 if self.with_cls else 0
         lay = self.layout
-        if lay is not None:
-            back = y[:, :, off:].view(B, *lay.group_shape, *lay.slot_shape, D)
-            back = back.permute(0, *(1 + i for i in lay.inverse_perm), len(lay.perm) + 1)  # (B, *shape, D)
-            # the addition reads the permuted view and writes frame-major tokens: (B, T·N, D)
-            patches = (patches.view(B, *lay.shape, D) + back).reshape(B, -1, D)
-        else:
-            patches = patches + y.reshape(B, -1, D)[:, self.inverse]  # (B, T·N, D)
-        if self.with_cls:
-            cls = self.add_cls(cls, y[:, :, 0])
-        return cls, patches, None
+        if lay is None:  # unequal groups: `inverse` indexes the slots of every group, cls slot included
+            if self.with_cls:
+                cls = self.add_cls(cls, y[:, :, 0])
+            return cls, patches + y.reshape(B, -1, D)[:, self.inverse], None  # (B, T·N, D)
+        if self.with_cls:  # split, not sliced: the backward writes both parts' gradients into one tensor
+            y_cls, y = y.split([1, y.shape[2] - 1], dim=2)
+            cls = self.add_cls(cls, y_cls.squeeze(2))
+        back = y.view(B, *lay.group_shape, *lay.slot_shape, D)
+        back = back.permute(0, *(1 + i for i in lay.inverse_perm), len(lay.perm) + 1)  # (B, *shape, D)
+        # the addition reads the permuted view and writes frame-major tokens: (B, T·N, D)
+        return cls, (patches.view(B, *lay.shape, D) + back).reshape(B, -1, D), None
 
     def add_cls(self, cls: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """cls + the step's cls outputs `out` (B, G, D): averaged over the groups for one cls, else per group."""

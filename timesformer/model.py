@@ -121,7 +121,10 @@ class Block(nn.Module):
         patches are kept apart, so the sequence is concatenated once per block, for the MLP.
         """
         C = groupings[0].num_cls
-        cls, patches, whole = x[:, :C], x[:, C:], x  # `whole`: the sequence, while cls and patches are its views
+        # `whole`: the sequence, while cls and patches are its views (split, not sliced: the backward then
+        # writes their gradients into one tensor instead of zero-filling two and adding them)
+        cls, patches = x.split([C, x.shape[1] - C], dim=1)
+        whole = x
         last = len(self.steps) - 1
         for i, (step, grouping) in enumerate(zip(self.steps, groupings)):
             norm, attn, fc = self._parts(step)
@@ -133,8 +136,8 @@ class Block(nn.Module):
                 y = self.drop_path(attn(norm(tokens), grouping, cls_only=only))
                 if fc is not None:  # official order: drop_path, then temporal_fc
                     y = fc(y)
-            if only:  # y: (B, G, D), the cls outputs
-                cls = grouping.add_cls(cls, y)
+            if only:  # y: (B, G, D), the cls outputs (cls sliced from `whole` where the step used only that)
+                cls = grouping.add_cls(whole[:, :C] if grouping.is_sequence(whole) else cls, y)
                 return cls + self.drop_path(self.mlp(self.norm2(cls)))
             cls, patches, whole = grouping.add_back(cls, patches, y, whole)
         x = whole if whole is not None else torch.cat([cls, patches], dim=1)  # (B, C + T·N, D)
