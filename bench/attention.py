@@ -21,18 +21,14 @@ bench/results/attention-<device>.json (or --json).
 from __future__ import annotations
 
 import argparse
-import json
-import re
-import time
 from pathlib import Path
 
 import torch
 import torch._dynamo
+from gpu import Clock, save_results  # bench/gpu.py, beside this script
 
 from timesformer import ATTENTION_TYPES, TimeSformerConfig, attention, compile_model
 from timesformer.attention import attend, packing, scheme_groupings
-
-ROOT = Path(__file__).resolve().parent.parent
 
 KERNELS = ("flash", "efficient", "cudnn", "math")
 
@@ -67,12 +63,6 @@ def _backend(kernel: str | None):
     return sdpa_kernel(getattr(SDPBackend, name))
 
 
-def clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def time_way(way: dict, qkv: torch.Tensor, grad: torch.Tensor, grouping, heads: int, warmup: int,
              repeats: int) -> tuple[float, float, torch.Tensor, torch.Tensor]:
     """(forward ms, forward + backward ms, output, input gradient) of one way; raises RuntimeError where the
@@ -85,13 +75,13 @@ def time_way(way: dict, qkv: torch.Tensor, grad: torch.Tensor, grouping, heads: 
         if way.get("compiled"):
             torch._dynamo.reset()
             run = compile_model(run)
-        x = qkv.detach().requires_grad_()
+        x, clock = qkv.detach().requires_grad_(), Clock(qkv.device)
         with _backend(way.get("kernel")):
             times = {}
             for phase in ("forward", "training"):
                 for i in range(warmup + repeats):
                     if i == warmup:
-                        start = clock(qkv.device)
+                        start = clock()
                     if phase == "forward":
                         with torch.no_grad():
                             run(x)
@@ -99,7 +89,7 @@ def time_way(way: dict, qkv: torch.Tensor, grad: torch.Tensor, grouping, heads: 
                         x.grad = None
                         out = run(x)
                         out.backward(grad)
-                times[phase] = (clock(qkv.device) - start) / repeats * 1e3
+                times[phase] = (clock() - start) / repeats * 1e3
         return times["forward"], times["training"], out.detach(), x.grad
     finally:
         attention.MATH_BELOW, attention.PACK_TO = 0, 0
@@ -164,11 +154,7 @@ def main(argv=None) -> dict:
             print(f"{scheme:20s} {g.step:6s} fastest: training {row['fastest_training']}, "
                   f"inference {row['fastest_forward']}", flush=True)
             result["steps"].append(row)
-    slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
-    out = args.json or ROOT / "bench" / "results" / f"attention-{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    save_results(result, "attention", card, args.json)
     return result
 
 

@@ -289,6 +289,16 @@ def end_to_end(args, device, out: Path) -> dict:
             "workers": resolved["workers"], "optimizer": targs.optimizer, "amp": str(dtype), "flags": flags}
 
 
+def save_results(result: dict, kind: str, card: str, path: Path | None = None) -> Path:
+    """Write `result` as JSON to `path`, or to bench/results/<kind>-<card, as a slug>.json."""
+    slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
+    out = path or ROOT / "bench" / "results" / f"{kind}-{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return out
+
+
 def card_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -417,11 +427,7 @@ def main(argv=None) -> dict:
               f"{e2e['amp']}, {e2e['workers']} workers): {e2e['train_py_clips_per_s']:.1f} clips/s, waiting for data "
               f"{e2e['train_py_data_wait']:.0%} of the time; the bare loop: {e2e['bare_loop_clips_per_s']:.1f} "
               f"clips/s → {e2e['train_py_over_bare']:.0%}")
-    slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
-    out = args.json or ROOT / "bench" / "results" / f"gpu-{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    save_results(result, "gpu", card, args.json)
     return result
 
 

@@ -1,22 +1,10 @@
 """bench/attention.py at toy size on the CPU: every way of attending is timed and agrees with the default."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def bench_attention():
-    """bench/attention.py as a module (bench/ is a folder of scripts, not a package)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import attention
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return attention
+from tests.test_bench_gpu import bench_module
 
 
 @pytest.mark.slow
@@ -25,10 +13,11 @@ def test_attention_benchmark_times_every_way_and_checks_it(tmp_path, capsys):
 
     out = tmp_path / "attention.json"
     quick = ["--device", "cpu", "--smoke", "--warmup", "1", "--repeats", "2"]
-    res = bench_attention().main([*quick, "--schemes", "divided_space_time", "axial", "--json", str(out)])
+    bench = bench_module("attention")
+    res = bench.main([*quick, "--schemes", "divided_space_time", "axial", "--json", str(out)])
     assert json.loads(out.read_text()) == res and (core.MATH_BELOW, core.PACK_TO) == (0, 0)  # knobs restored
-    compiled = bench_attention().main([*quick, "--schemes", "divided_space_time", "--compile", "--pack-to", "64",
-                                       "--json", str(out)])
+    compiled = bench.main([*quick, "--schemes", "divided_space_time", "--compile", "--pack-to", "64",
+                           "--json", str(out)])
     res["steps"][0]["ways"].update(compiled["steps"][0]["ways"])
     steps = {(r["scheme"], r["step"]): r for r in res["steps"]}
     assert list(steps) == [("divided_space_time", "time"), ("divided_space_time", "space"), ("axial", "time"),
@@ -50,7 +39,7 @@ def test_attention_benchmark_times_every_way_and_checks_it(tmp_path, capsys):
 
 def test_a_kernel_that_refuses_the_inputs_is_listed_not_fatal(tmp_path, monkeypatch):
     """On a CPU the efficient kernel does not exist: the way is stored with its error and the others still run."""
-    bench = bench_attention()
+    bench = bench_module("attention")
     ways = bench.ways
     monkeypatch.setattr(bench, "ways", lambda *a: ways(*a) + [dict(name="sdpa:efficient", kernel="efficient")])
     res = bench.main(["--device", "cpu", "--smoke", "--schemes", "joint_space_time", "--warmup", "1", "--repeats",

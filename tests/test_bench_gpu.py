@@ -56,21 +56,22 @@ def test_tslab_bench_lists_gpu_and_data():
     assert "gpu" in found and found["gpu"].startswith("GPU benchmark") and "data" in found
 
 
-def bench_gpu():
-    """bench/gpu.py as a module (bench/ is a folder of scripts, not a package)."""
+def bench_module(name: str):
+    """bench/<name>.py as a module (bench/ is a folder of scripts, not a package)."""
+    import importlib
+
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        import gpu
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    return gpu
 
 
 def test_the_memory_estimate_against_the_peaks_measured_on_an_h200(tmp_path):
     """The peaks and saved bytes `tslab bench gpu` measured on an NVIDIA H200 (ViT-B/16 8×224, bf16, AdamW, all
     five schemes, batches 4, 8 and 16), re-estimated with today's `analysis.cost.estimate`: the estimate of
     the peak is never under it and at most 5% over; the saved activations within 3%."""
-    gpu = bench_gpu()
+    gpu = bench_module("gpu")
     ratios = []
     for name in ("gpu-nvidia-h200.json", "gpu-nvidia-h200-memory.json"):
         copy = tmp_path / name
@@ -84,7 +85,7 @@ def test_the_memory_estimate_against_the_peaks_measured_on_an_h200(tmp_path):
 
 
 def test_the_profile_mode_prints_the_kernels_of_a_training_step(capsys):
-    gpu = bench_gpu()
+    gpu = bench_module("gpu")
     assert gpu.main(["--device", "cpu", "--smoke", "--profile", "axial"]) == {}
     out = capsys.readouterr().out
     assert "===== axial on cpu" in out and "aten::addmm" in out and "Optimizer.step#AdamW.step" in out
