@@ -48,6 +48,7 @@ def test_every_benchmark_explains_itself_without_running(name, tmp_path):
     """`tslab bench NAME --help` prints the script's usage and returns at once (no benchmark starts on --help)."""
     proc = run(TSLAB, "bench", name, "--help", cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.startswith("usage:"), (proc.stdout[:500], proc.stderr[-2000:])
+    assert not proc.stdout.startswith("usage: tslab bench [-h] name"), proc.stdout[:300]  # the script's usage
 
 
 @pytest.mark.parametrize("cmd", [

@@ -73,7 +73,11 @@ def bench(argv=None, prog: str = "tslab bench") -> int:
                                 description="Run a benchmark of the repository's bench/ folder; "
                                             f"`{prog} NAME --help` gives its arguments.\n\nbenchmarks:\n{listing}")
     p.add_argument("name", help="the benchmark (a script in bench/)")
-    args, rest = p.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # everything after NAME is the script's, --help included
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    args = p.parse_args(argv[:at + 1])
+    rest = argv[at + 1:]
     if args.name not in found:
         p.exit(2, f"{prog}: error: no benchmark {args.name!r} in {ROOT / 'bench'}; choose one of: "
                   f"{', '.join(found) or 'none'}\n")
