@@ -149,6 +149,35 @@ def test_the_loss_leaves_for_the_host_before_the_backward_is_queued(monkeypatch)
     assert state.count == 6 and math.isfinite(state.loss_sum) and 0 <= state.correct <= 6
 
 
+def test_evaluation_reads_the_device_once(monkeypatch):
+    """`evaluate` keeps its sums on the device and reads them once at the end (on a GPU the host then never
+    waits between batches), and its metrics are those of the views' averaged softmax and of the one view."""
+    from timesformer.engine import evaluate
+
+    torch.manual_seed(0)
+    model = TimeSformer(TimeSformerConfig.tiny(depth=1, embed_dim=16, num_heads=2, img_size=16, num_frames=2,
+                                               num_classes=6))
+    batches = [collate([(torch.randn(3, 3, 2, 16, 16), (i + j) % 6, 0) for j in range(4)]) for i in range(3)]
+    with torch.no_grad():
+        model(batches[0]["video"][:1, 0])  # the groupings of this grid are built (once, on the host)
+    reads = []
+    for name in ("tolist", "item", "__float__", "__bool__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _real=real, _name=name: reads.append(_name)
+                            or _real(t, *a))
+    out = evaluate(model, batches, torch.device("cpu"), view=1)
+    monkeypatch.undo()
+    assert reads == ["tolist"]
+    with torch.no_grad():
+        probs = torch.cat([model(b["video"].flatten(0, 1)).softmax(-1).reshape(4, 3, -1) for b in batches])
+    label = torch.cat([b["label"] for b in batches])
+    for p, got in ((probs.mean(1), out), (probs[:, 1], out["view"])):
+        assert got["clips"] == 12
+        assert got["loss"] == pytest.approx(-p[torch.arange(12), label].log().mean().item(), rel=1e-5)
+        assert got["acc1"] == pytest.approx((p.argmax(1) == label).float().mean().item())
+        assert got["acc5"] == pytest.approx((p.topk(5).indices == label[:, None]).any(1).float().mean().item())
+
+
 @pytest.mark.slow
 def test_compile_flag_trains_like_eager(tmp_path):
     from tests.test_model import _inductor_missing

@@ -222,10 +222,12 @@ def check_finite(model: nn.Module, state: TrainState) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = None, view: int | None = None) -> dict:
     """Loss and top-1/top-5 accuracy; a clip's views (spatial crops) are averaged as softmax scores. With
-    `view`, also the metrics of that view alone, under "view", from the same forwards."""
+    `view`, also the metrics of that view alone, under "view", from the same forwards.
+
+    The sums stay on the device until the end: the host reads them once, so it never waits for the GPU
+    between batches and queues the next batch's forward while the GPU runs this one."""
     model.eval()
-    scored = 2 if view is not None else 1  # the average of the views, and the one view
-    sums = [0.0] * (3 * scored)  # per scoring: nll, top-1 and top-5 hits
+    sums = None  # per scoring (the average of the views, then the one view): nll, top-1 and top-5 hits
     count = skipped = 0.0
     num_classes = None
     for batch in loader:
@@ -239,9 +241,10 @@ def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = N
         probs = logits.float().softmax(-1).reshape(B, V, -1)
         num_classes = probs.shape[2]
         chosen = [probs.mean(1)] + ([probs[:, view]] if view is not None else [])  # the paper's view averaging
-        hits = torch.stack([s for p in chosen for s in _hits(p, label)]).tolist()  # one wait per batch
-        sums = [a + b for a, b in zip(sums, hits)]
+        hits = torch.stack([s for p in chosen for s in _hits(p, label)]).double()
+        sums = hits if sums is None else sums + hits
         count += B
+    sums = sums.tolist() if sums is not None else [0.0] * (6 if view is not None else 3)  # the one wait
     if dist is not None:
         *sums, count, skipped = dist.sum([*sums, count, skipped])
     out = _metrics(sums[:3], count, num_classes, skipped)
