@@ -29,7 +29,9 @@ from analysis.media import grid_image, overlay, png_bytes, save_pattern, upscale
 from analysis.rollout import rollout
 from analysis.temporal import temporal_evidence
 from timesformer import ATTENTION_TYPES, CheckpointError, load_model
+from timesformer.cli import at_least
 from timesformer.engine import predict
+from timesformer.files import make_folder
 from timesformer.shipped import DEFAULT_MODEL
 from timesformer.video import SPREAD, VideoError, denormalize, read_clip
 
@@ -71,11 +73,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--layer", type=int, default=-1, help="layer whose attention is drawn (default last)")
     ap.add_argument("--head", type=parse_head, default="mean", help="head index or mean/max/min (default mean)")
     ap.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop the weakest share of weights")
-    ap.add_argument("--sampling-rate", type=int, default=SPREAD,
+    ap.add_argument("--sampling-rate", type=at_least(0), default=SPREAD,
                     help="frames between samples (default 0: spread the frames over the whole clip)")
     ap.add_argument("--crops", type=int, choices=(1, 3), default=3, help="spatial crops for the video-level score")
     ap.add_argument("--format", choices=("gif", "mp4"), default="gif", help="overlay video format")
-    ap.add_argument("--scale", type=int, default=0, help="upscale frames to at least this many pixels (default 256)")
+    ap.add_argument("--scale", type=at_least(0), default=0,
+                    help="upscale frames to at least this many pixels (default 256)")
     ap.add_argument("--methods", nargs="+", choices=list(EXPLANATIONS), default=[],
                     help="also draw these explanations of --target (e.g. gae lrp)")
     ap.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
@@ -95,11 +98,13 @@ def run(args) -> dict:
     views, info = read_clip(args.clip, num_frames=cfg.num_frames, size=cfg.img_size,
                             sampling_rate=args.sampling_rate, spatial_crops=args.crops)
     centre = views[len(views) // 2 : len(views) // 2 + 1]
+    if not -cfg.depth <= args.layer < cfg.depth:
+        raise ValueError(f"--layer {args.layer}: this model has {cfg.depth} layers (0 to {cfg.depth - 1}; "
+                         "-1: the last)")
     layer = args.layer % cfg.depth
     logits, rec = recorded_forward(model, centre)
     preds = predict(model, views, k=5)
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(args.out)
     frames = upscale(denormalize(centre[0]), args.scale or 256)
     (out / "frames.png").write_bytes(png_bytes(grid_image(frames)))
     layer_maps = [m for m in rec if m.layer == layer]
@@ -167,7 +172,7 @@ def main(argv=None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         report = run(args)
-    except (VideoError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (VideoError, CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     top = report["top5_video"][0]

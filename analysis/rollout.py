@@ -85,6 +85,8 @@ def rollout(maps: Iterable[AttentionMap], head="mean", discard_ratio: float = 0.
     by group, never as dense matrices. `weights` maps (layer, step) to gradients for
     gradient-weighted rollout (see `grad_rollout`).
     """
+    if not 0 <= discard_ratio < 1:
+        raise ValueError(f"discard_ratio is the share of weights dropped: at least 0 and below 1, got {discard_ratio}")
     maps = list(maps)
     if not maps:
         raise ValueError("rollout needs recorded attention maps: record the model's forward first")

@@ -362,6 +362,15 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     rc = main([str(tmp_path / "text.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    from timesformer.video import write_video
+
+    clip = write_video(tmp_path / "clip.mp4", np.zeros((8, 32, 32, 3), np.uint8))
+    for flags, message in ((["--layer", "4"], "--layer 4: this model has 2 layers (0 to 1; -1: the last)"),
+                           (["--discard-ratio", "1"], "discard_ratio is the share of weights dropped"),
+                           (["--out", str(tmp_path / "text.mp4")], "text.mp4 is a file, not a folder")):
+        rc = main([str(clip), "--checkpoint", str(tmp_path / "model"), "--out", str(tmp_path / "out"), *flags])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_cli_defaults_to_the_shipped_model(tmp_path):

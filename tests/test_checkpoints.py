@@ -176,13 +176,15 @@ def test_bad_sources(tmp_path):
     (tmp_path / "empty.pyth").write_bytes(b"")
     (tmp_path / "junk.pyth").write_bytes(os.urandom(1000))
     (tmp_path / "junk.safetensors").write_bytes(os.urandom(1000))
+    (tmp_path / "notes.pyth").write_text("hi\n")  # a text file: torch.load's own error is "KeyError: 105"
     (tmp_path / "folder").mkdir()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text('{"model_type": "bert"}')
     torch.save([1, 2, 3], tmp_path / "list.pth")
     cases = {
         "empty.pyth": "is empty",
-        "junk.pyth": "not a readable PyTorch checkpoint",
+        "junk.pyth": "not a (readable )?PyTorch checkpoint",
+        "notes.pyth": "neither a zip archive nor a pickle",
         "junk.safetensors": "not a readable safetensors file",
         "folder": "without a config.json",
         "other": "neither a TimeSformer Lab nor a HuggingFace",

@@ -270,6 +270,14 @@ def test_cli_bad_arguments_give_one_line(tmp_path, capsys, args, message):
     assert message in err and len(err.splitlines()) == 1
 
 
+def test_cli_out_where_a_file_stands_gives_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(SystemExit) as exc:
+        cx.main(["--out", str(tmp_path / "notes.txt" / "curves"), "--schemes", "axial", "--frames", "8"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "notes.txt is a file, not a folder" in err and len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize("how", [["analysis/complexity.py"], ["-m", "analysis.complexity"]], ids=["file", "module"])
 def test_cli_runs_as_file_and_module(tmp_path, how):
     proc = subprocess.run([sys.executable, *how, "--out", str(tmp_path), "--schemes", "axial", "--frames", "8",

@@ -265,6 +265,16 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
         E.main([str(out / "checkpoint-last"), str(tmp_path / "nothing")])
     with pytest.raises(SystemExit, match="not SynthMotion appearance's"):
         E.run(out / "checkpoint-last", "synthmotion-appearance", num_clips=8)
+    for flags, message in (([str(tmp_path / "nothing"), str(root)], "no such checkpoint"),
+                           ([str(root), str(root)], "without a config.json"),
+                           ([str(out / "checkpoint-last"), str(root), "--img-size", "36"],
+                            "--img-size 36 is not a multiple of the model's patch size")):
+        with pytest.raises(SystemExit, match=message):
+            E.main(flags)
+    for flag in ("--batch-size", "--num-clips", "--num-frames", "--sampling-rate"):
+        with pytest.raises(SystemExit):
+            E.main([str(out / "checkpoint-last"), str(root), flag, "0"])
+        assert f"argument {flag}: expected an integer ≥ 1, got '0'" in capsys.readouterr().err
 
 
 def test_ddp_skips_a_micro_batch_together_when_one_process_has_no_readable_clip(tmp_path):
@@ -292,8 +302,42 @@ def test_frame_drop_flag(tmp_path):
     assert plain[0]["loss"] != drop[0]["loss"]  # other training clips, from the same start
     assert "frame_drop: 0.5" in (tmp_path / "drop" / "train_config.yaml").read_text()
     for bad in ("1", "-0.1"):
-        with pytest.raises(SystemExit, match="--frame-drop is a probability below 1"):
+        with pytest.raises(SystemExit, match="--frame-drop must be at least 0 and below 1"):
             T.main(toy_args(tmp_path / "bad", "--frame-drop", bad))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "-1"], "--lr must be above 0, got -1.0"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be at least 0"),
+    (["--clip-grad", "-1"], "--clip-grad must be at least 0, got -1.0"),  # a negative norm flips the gradients
+    (["--momentum", "0", "--optimizer", "sgd"], "--momentum must be above 0 and below 1"),
+    (["--max-steps", "0"], "--max-steps must be at least 1"),
+    (["--eval-every", "0"], "--eval-every must be at least 1"),  # was a ZeroDivisionError after the first epoch
+    (["--ckpt-every", "-1"], "--ckpt-every must be at least 0"),
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--train-clips", "-8"], "--train-clips must be at least 1"),
+    (["--sampling-rate", "0"], "--sampling-rate must be at least 1"),
+    (["--num-frames", "0"], "--num-frames must be at least 1"),
+    (["--img-size", "33"], "the model's configuration: img_size 33 is not divisible by patch_size 8"),
+    (["--model", "num_heads=3"], "the model's configuration: embed_dim [0-9]+ is not divisible by num_heads 3"),
+    (["--model", "drop_path_rate=1.5"], "drop_path_rate must be a number at least 0 and below 1, got 1.5"),
+    (["--model", "heads=3"], "--model heads=3: TimeSformerConfig has no field 'heads'"),
+    (["--init", "{tmp}/missing"], "--init: no such checkpoint"),
+    (["--init", "{tmp}/notes.pyth"], "--init: .*notes.pyth is not a PyTorch checkpoint"),
+    (["--data", "{tmp}/missing"], "--data: .*missing: no such file or folder"),
+    (["--data", "{tmp}"], "--data: .*: expected a folder with train/<class>/<clip>"),
+    (["--out", "{tmp}/notes.pyth"], "--out: .*notes.pyth is a file, not a folder"),
+    (["--config", "{tmp}/bad.yaml"], "--keep must be an integer, got 1.5"),  # YAML values skip argparse's types
+])
+def test_bad_training_input_is_a_one_line_error(tmp_path, extra, message):
+    """Out-of-range flags (on the command line or in --config), a broken --init, --data or --out and a model
+    configuration that cannot be built end in a SystemExit naming the problem, before any work starts."""
+    (tmp_path / "notes.pyth").write_text("hi\n")
+    (tmp_path / "bad.yaml").write_text("keep: 1.5\n")
+    flags = toy_args(tmp_path / "run", epochs=1) + [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)")):
+        T.main(flags)
+    assert not (tmp_path / "run" / "checkpoint-last").exists()
 
 
 def test_recipes_and_schedules():

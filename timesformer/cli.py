@@ -34,6 +34,38 @@ COMMANDS = {
 }
 
 
+def at_least(low: int):
+    """argparse type: an integer ≥ `low` (an out-of-range value is a one-line usage error)."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {low}, got {text!r}")
+        return value
+
+    return integer
+
+
+def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace, ranges: dict) -> None:
+    """A one-line SystemExit for the first int or float flag of `parser` whose value in `args` is not a number
+    of its type, or is out of its range in `ranges` (dest → (lowest, whether the lowest is allowed, the value
+    it stays below or None)). Unset flags (None) pass."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if value is None or action.type not in (int, float):
+            continue
+        flag, integer = action.option_strings[-1], action.type is int
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            raise SystemExit(f"{flag} must be {'an integer' if integer else 'a number'}, got {value!r}")
+        low, inclusive, high = ranges.get(action.dest, (None, True, None))
+        if low is not None and (value < low or (value == low and not inclusive)) or high is not None and value >= high:
+            what = f"{'at least' if inclusive else 'above'} {low}" + (f" and below {high}" if high is not None else "")
+            raise SystemExit(f"{flag} must be {what}, got {value}")
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"usage: tslab COMMAND [ARGS]   (tslab {__version__})", "", "commands:"]

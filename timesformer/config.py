@@ -62,6 +62,13 @@ class TimeSformerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, low, high in (("drop_rate", 0, 1), ("attn_drop_rate", 0, 1), ("drop_path_rate", 0, 1),
+                                ("mlp_ratio", 0, None), ("norm_eps", 0, None)):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or value < low or (high is not None and value >= high) or (high is None and value <= low):
+                limits = f"at least {low} and below {high}" if high is not None else f"above {low}"
+                raise ValueError(f"{name} must be a number {limits}, got {value!r}")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:

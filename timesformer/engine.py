@@ -213,6 +213,20 @@ def _to_host(values: torch.Tensor) -> Callable[[], list[float]]:
     return read
 
 
+def train_row(trainer: Trainer, state: TrainState) -> dict:
+    """The epoch's `train` metrics row: running averages summed over all processes."""
+    dist = trainer.dist
+    loss_sum, correct, count, skipped, wait = dist.sum([state.loss_sum, state.correct, state.count, state.skipped,
+                                                        state.data_wait])
+    row = {"epoch": state.epoch, "step": state.step, "split": "train", "loss": loss_sum / max(count, 1),
+           "acc1": correct / max(count, 1), "clips": int(count), "lr": trainer.lr_at(max(0, state.step - 1)),
+           "clips_per_s": state.clips_per_s, "wall_s": state.wall,
+           "data_wait": wait / dist.world}  # the share of the epoch, mean of processes
+    if skipped:
+        row["skipped"] = int(skipped)
+    return row
+
+
 def check_finite(model: nn.Module, state: TrainState) -> None:
     """Raise TrainingDiverged when a weight is NaN or infinite (DDP keeps the ranks equal, so all stop)."""
     if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():  # one wait, not one per tensor

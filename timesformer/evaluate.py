@@ -15,7 +15,8 @@ import argparse
 import json
 import time
 
-from timesformer.checkpoints import load_model
+from timesformer.checkpoints import CheckpointError, load_model
+from timesformer.cli import at_least
 from timesformer.data import auto_workers, open_split, synthmotion_task, workers_arg
 from timesformer.distributed import resolve_device
 from timesformer.engine import eval_loader, evaluate
@@ -30,9 +31,15 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
     device = resolve_device(device)
     if workers == "auto":
         workers = auto_workers(device)
-    model = load_model(checkpoint).to(device).eval()
+    try:
+        model = load_model(checkpoint)
+    except (CheckpointError, OSError) as e:
+        raise SystemExit(str(e)) from None
+    model = model.to(device).eval()
     cfg = model.config
     num_frames, size = num_frames or cfg.num_frames, size or cfg.img_size
+    if size % cfg.patch_size:
+        raise SystemExit(f"--img-size {size} is not a multiple of the model's patch size {cfg.patch_size}")
     if synthmotion_task(data) is not None:
         split = "test"  # a stream that neither training nor validation draws from
     try:  # the paper's 3 crops; the middle one is the centre crop that a single view takes
@@ -52,11 +59,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="anything load_model opens (a run's checkpoint-last, a .pyth, a HF folder)")
     p.add_argument("data")
     p.add_argument("--split", default="val", help="split folder or CSV name (folders/CSV lists)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--num-frames", type=int, help="default: the checkpoint's")
-    p.add_argument("--img-size", type=int, help="default: the checkpoint's")
-    p.add_argument("--sampling-rate", type=int, default=32)
-    p.add_argument("--num-clips", type=int, default=512, help="SynthMotion test clips")
+    p.add_argument("--batch-size", type=at_least(1), default=8)
+    p.add_argument("--num-frames", type=at_least(1), help="default: the checkpoint's")
+    p.add_argument("--img-size", type=at_least(1), help="default: the checkpoint's")
+    p.add_argument("--sampling-rate", type=at_least(1), default=32)
+    p.add_argument("--num-clips", type=at_least(1), default=512, help="SynthMotion test clips")
     p.add_argument("--seed", type=int, default=12345, help="SynthMotion seed (differs from training's by default)")
     p.add_argument("--device", default="auto", help="auto (CUDA where available, else the CPU), cpu, cuda:1, ...")
     p.add_argument("--workers", type=workers_arg, default="auto",

@@ -1,4 +1,5 @@
-"""Writing a folder so that readers see the old one or the new one complete, never half of either."""
+"""Output folders: made where asked (`make_folder`), and written so that readers see the old one or the new
+one complete, never half of either (`atomic_folder`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,17 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def make_folder(path) -> Path:
+    """The folder `path`, made with its parents where missing; an OSError naming `path` where a file stands
+    at it or at one of its parents (mkdir's own message names neither clearly)."""
+    path = Path(path)
+    for at in (path, *path.parents):
+        if at.exists() and not at.is_dir():
+            raise NotADirectoryError(f"{at} is a file, not a folder" + (f" (in the path {path})" if at != path else ""))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import torch
 from timesformer.checkpoints import load_model, write_model
 from timesformer.distributed import Dist
 from timesformer.engine import Trainer, TrainState
-from timesformer.files import atomic_folder
+from timesformer.files import atomic_folder, make_folder
 from timesformer.model import TimeSformer
 
 LAST = "checkpoint-last"
@@ -55,7 +55,7 @@ class Run:
     def __init__(self, path, dist: Dist):
         self.path, self.dist = Path(path), dist
         if dist.main:
-            self.path.mkdir(parents=True, exist_ok=True)
+            make_folder(self.path)
         dist.barrier()
         self.log = Logger(self.path, dist.main)
         self.tb = None

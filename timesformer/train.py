@@ -20,6 +20,7 @@ mixed precision in `timesformer.optim`, the device and DDP in `timesformer.distr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -29,7 +30,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from timesformer.checkpoints import IMAGE_FORMATS, from_checkpoint, read_checkpoint
+from timesformer.checkpoints import IMAGE_FORMATS, CheckpointError, from_checkpoint, read_checkpoint
+from timesformer.cli import check_ranges
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
 from timesformer.data import AtEpoch, EpochBatches, FrameDrop, auto_workers, build_datasets, collate, workers_arg
 from timesformer.distributed import Dist, free_frames
@@ -41,6 +43,7 @@ from timesformer.engine import (
     eval_loader,
     evaluate,
     train_one_epoch,
+    train_row,
 )
 from timesformer.model import TimeSformer, compile_model
 from timesformer.optim import amp_dtype, build_optimizer, lr_at
@@ -116,6 +119,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+# the range of each numeric flag: (lowest, whether the lowest itself is allowed, the value it stays below)
+RANGES = {
+    **dict.fromkeys("train_clips sampling_rate prefetch num_frames img_size patch_size epochs max_steps batch_size "
+                    "accum_steps keep eval_every threads".split(), (1, True, None)),
+    **dict.fromkeys("val_clips warmup_steps ckpt_every min_lr weight_decay clip_grad".split(), (0, True, None)),
+    "lr": (0, False, None), "momentum": (0, False, 1), "frame_drop": (0, True, 1),
+}
+
+
 def parse_args(argv=None, prog: str | None = None) -> argparse.Namespace:
     """The arguments of `argv` (default: the command line); a `--config` YAML file sets their defaults."""
     parser = build_parser(prog)
@@ -131,7 +143,9 @@ def parse_args(argv=None, prog: str | None = None) -> argparse.Namespace:
         if unknown:
             parser.error(f"{pre.config}: unknown keys {', '.join(unknown)}")
         parser.set_defaults(**values)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_ranges(parser, args, RANGES)  # argparse checks no ranges, nor the types of --config's values
+    return args
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
@@ -147,21 +161,21 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.schedule = "steps" if sgd else "cosine"
     if args.clip_grad is None and not sgd:
         args.clip_grad = 1.0
-    if args.accum_steps < 1 or args.batch_size < 1 or args.epochs < 1 or args.prefetch < 1:
-        raise SystemExit("--batch-size, --accum-steps, --epochs and --prefetch must be at least 1")
-    if not 0.0 <= args.frame_drop < 1.0:
-        raise SystemExit(f"--frame-drop is a probability below 1 (0: off), got {args.frame_drop}")
     return args
 
 
 def parse_model_overrides(items: list[str]) -> dict:
     import yaml
 
+    fields = {f.name for f in dataclasses.fields(TimeSformerConfig)}
     out = {}
     for item in items:
         if "=" not in item:
             raise SystemExit(f"--model expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
+        if k.strip() not in fields:
+            raise SystemExit(f"--model {item}: TimeSformerConfig has no field {k.strip()!r}; its fields are "
+                             f"{', '.join(sorted(fields))}")
         out[k.strip()] = yaml.safe_load(v)
     return out
 
@@ -170,7 +184,10 @@ def load_init(args, log) -> TimeSformer:
     """The `--init` checkpoint at --num-frames / --img-size where given (time and position embeddings
     resized); an image ViT also takes --attention (the paper's recipe: each extra step starts as a copy of the
     image attention with a zero output linear). A video checkpoint keeps its scheme."""
-    checkpoint = read_checkpoint(args.init)
+    try:
+        checkpoint = read_checkpoint(args.init)
+    except (CheckpointError, OSError) as e:
+        raise SystemExit(f"--init: {e}") from None
     overrides = {name: getattr(args, name) for name in ("num_frames", "img_size") if getattr(args, name) is not None}
     if checkpoint.format in IMAGE_FORMATS:
         overrides["attention_type"] = args.attention
@@ -199,7 +216,11 @@ def build_model(args, classes: list[str], log, init: TimeSformer | None = None) 
     for name in ("num_frames", "img_size", "patch_size"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
-    return TimeSformer(preset(**{**kw, **overrides}))
+    try:
+        config = preset(**{**kw, **overrides})
+    except ValueError as e:  # what the flags and --model ask for together, e.g. embed_dim=100 num_heads=3
+        raise SystemExit(f"the model's configuration: {e}") from None
+    return TimeSformer(config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +235,10 @@ def main(argv=None, prog: str | None = None) -> dict:
     if args.workers == "auto":  # torchrun says how many processes share this node's cores
         args.workers = auto_workers(dist.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     try:
-        run = Run(args.out, dist)
+        try:
+            run = Run(args.out, dist)
+        except OSError as e:
+            raise SystemExit(f"--out: {e}") from None
         try:
             return _train(args, dist, run)
         except BaseException as e:
@@ -238,10 +262,13 @@ def _train(args, dist: Dist, run: Run) -> dict:
     overrides = parse_model_overrides(args.model)
     num_frames = args.num_frames or overrides.get("num_frames") or ref.num_frames
     size = args.img_size or overrides.get("img_size") or ref.img_size
-    train_ds, val_ds, classes = build_datasets(
-        args.data, num_frames=num_frames, size=size, sampling_rate=args.sampling_rate, seed=args.seed,
-        train_clips=args.train_clips, val_clips=args.val_clips, val_data=args.val_data,
-        spatial_crops=args.eval_crops)
+    try:
+        train_ds, val_ds, classes = build_datasets(
+            args.data, num_frames=num_frames, size=size, sampling_rate=args.sampling_rate, seed=args.seed,
+            train_clips=args.train_clips, val_clips=args.val_clips, val_data=args.val_data,
+            spatial_crops=args.eval_crops)
+    except (OSError, ValueError) as e:  # a missing or malformed --data / --val-data
+        raise SystemExit(f"--data: {e}") from None
     if args.frame_drop:
         train_ds = FrameDrop(train_ds, args.frame_drop, seed=args.seed)
 
@@ -309,7 +336,7 @@ def _train(args, dist: Dist, run: Run) -> dict:
             batches.set(epoch, _epoch_batches(args, train_ds, sampler, epoch, steps_per_epoch)[state.micro:])
             train_one_epoch(trainer, loader, state, log=log, progress=progress, after_step=after_step)
             state.wall += time.time() - t_epoch
-            result["train"] = row = _train_row(trainer, state, dist)
+            result["train"] = row = train_row(trainer, state)
             if row.get("skipped"):
                 log(f"epoch {epoch}: skipped {row['skipped']} unreadable clips")
             run.log_metrics(row)
@@ -371,19 +398,6 @@ def _train_loader(args, train_ds, *, pin_memory: bool) -> tuple[DataLoader, Epoc
     loader = DataLoader(AtEpoch(train_ds), batch_sampler=batches, num_workers=args.workers, collate_fn=collate,
                         pin_memory=pin_memory, generator=torch.Generator().manual_seed(args.seed), **workers)
     return loader, batches
-
-
-def _train_row(trainer: Trainer, state: TrainState, dist: Dist) -> dict:
-    """The epoch's `train` metrics row: running averages summed over all processes."""
-    loss_sum, correct, count, skipped, wait = dist.sum([state.loss_sum, state.correct, state.count, state.skipped,
-                                                        state.data_wait])
-    row = {"epoch": state.epoch, "step": state.step, "split": "train", "loss": loss_sum / max(count, 1),
-           "acc1": correct / max(count, 1), "clips": int(count), "lr": trainer.lr_at(max(0, state.step - 1)),
-           "clips_per_s": state.clips_per_s, "wall_s": state.wall,
-           "data_wait": wait / dist.world}  # the share of the epoch, mean of processes
-    if skipped:
-        row["skipped"] = int(skipped)
-    return row
 
 
 def cli(argv=None, prog: str | None = None) -> None:

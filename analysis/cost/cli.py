@@ -20,6 +20,7 @@ from analysis.cost.references import references
 from analysis.cost.sweep import IMPLEMENTATIONS, sweep
 from analysis.figures import cost_figure
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
+from timesformer.files import make_folder
 
 PROG = "complexity.py"
 
@@ -167,8 +168,10 @@ def main(argv=None, prog: str | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out = make_folder(args.out)
+    except OSError as exc:
+        parser.error(f"--out: {exc}")
     gpu = args.gpu_gib * GiB
     options = dict(batch_size=args.batch_size, dtype=args.dtype, optimizer=args.optimizer,
                    checkpointing=args.checkpointing)

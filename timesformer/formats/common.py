@@ -87,7 +87,12 @@ def torch_load(path: Path) -> object:
                 raise CheckpointError(f"{path} is not a readable PyTorch checkpoint") from None
         raise _refusal(path, what) from None
     except Exception as e:  # truncated zip, not a checkpoint at all, ...
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (older ones a pickle)
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is neither a zip archive nor a pickle, "
+                                  "as torch.save writes") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from None
 
 
 def safetensors_load(path: Path) -> tuple[dict, dict]:
