@@ -245,3 +245,15 @@ def test_export_cli(tmp_path, capsys):
     assert len(list((tmp_path / "out").glob("*/*/*.mp4"))) == 3
     video, info = read_clip(next((tmp_path / "out" / "val").glob("*/*.mp4")), num_frames=4, size=16)
     assert info.num_frames == 4 and (info.width, info.height) == (16, 16)
+    for flags, message in ((["--size", "0"], "argument --size: expected an integer ≥ 1, got '0'"),
+                           (["--train", "-1"], "argument --train: expected an integer ≥ 0, got '-1'"),
+                           (["--num-frames", "0"], "argument --num-frames: expected an integer ≥ 1")):
+        with pytest.raises(SystemExit):
+            main([str(tmp_path / "bad"), *flags])
+        assert message in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "notes.txt"), "--train", "1", "--val", "0"])
+    assert "notes.txt is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="SynthMotion's size must be an integer ≥ 1, got 0"):
+        SynthMotion("temporal", "train", 4, 8, 0)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from .files import make_folder
 from .video import transform_frames, write_video
 
 TEMPORAL_CLASSES = ["moving right", "moving left", "right and back", "left and back"]
@@ -71,6 +72,9 @@ class SynthMotion(Dataset):
             raise ValueError(f"SynthMotion task must be one of {', '.join(TASKS)}, not {task!r}")
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {', '.join(_SPLITS)}, not {split!r}")
+        for name, value, low in (("num_clips", num_clips, 0), ("num_frames", num_frames, 1), ("size", size, 1)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                raise ValueError(f"SynthMotion's {name} must be an integer ≥ {low}, got {value!r}")
         self.num_frames, self.size, self.spatial_crops, self.seed = num_frames, size, spatial_crops, seed
         self.task, self.split, self.num_clips = task, split, num_clips
         self.classes = list(TASKS[task])
@@ -168,7 +172,7 @@ class SynthMotion(Dataset):
 def export_synthmotion(out, task: str = "temporal", num_train: int = 256, num_val: int = 64, seed: int = 0,
                        num_frames: int = 8, size: int = 64, fps: float = 8.0) -> Path:
     """Write SynthMotion clips as `OUT/<train|val>/<class>/<index>.mp4` (the folder layout)."""
-    out = Path(out)
+    out = make_folder(out)
     for split, n in (("train", num_train), ("val", num_val)):
         ds = SynthMotion(task, split, n, num_frames, size, seed)
         for i in range(n):
@@ -182,17 +186,22 @@ def export_synthmotion(out, task: str = "temporal", num_train: int = 256, num_va
 def main(argv=None) -> None:
     import argparse
 
+    from .cli import at_least
+
     p = argparse.ArgumentParser(prog="python -m timesformer.synthmotion",
                                 description="Export SynthMotion clips as mp4 files (ROOT/<split>/<class>/<clip>)")
     p.add_argument("out")
     p.add_argument("--task", default="temporal", choices=list(TASKS))
-    p.add_argument("--train", type=int, default=256)
-    p.add_argument("--val", type=int, default=64)
+    p.add_argument("--train", type=at_least(0), default=256)
+    p.add_argument("--val", type=at_least(0), default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-frames", type=int, default=8)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--num-frames", type=at_least(1), default=8)
+    p.add_argument("--size", type=at_least(1), default=64)
     a = p.parse_args(argv)
-    export_synthmotion(a.out, a.task, a.train, a.val, a.seed, a.num_frames, a.size)
+    try:
+        export_synthmotion(a.out, a.task, a.train, a.val, a.seed, a.num_frames, a.size)
+    except OSError as e:  # a file where the folder should be, a full disk, ...
+        p.exit(1, f"{p.prog}: error: {e}\n")
     print(f"wrote {a.train} + {a.val} clips to {a.out}", file=sys.stderr)
 
 
