@@ -72,6 +72,17 @@ def test_run_folder(tmp_path):
     assert "divided_space_time" in cfg and "adamw" in cfg and "log.txt" in os.listdir(out)
 
 
+def test_fp16_with_its_grad_scaler_trains_and_resumes_exactly(tmp_path):
+    """`--amp fp16` (what `auto` picks on a GPU without bf16) trains through a GradScaler, whose state each
+    checkpoint keeps: resumed from a mid-run checkpoint, the run ends with the uninterrupted run's weights."""
+    T.main(toy_args(tmp_path / "a", "--amp", "fp16", "--keep", "4", "--ckpt-every", "2", epochs=2))
+    saved = torch.load(tmp_path / "a" / "ckpt-s00000006" / "train_state.pt", weights_only=True)
+    assert saved["scaler"]["scale"] > 1  # enabled (a disabled scaler's state is empty)
+    T.main(toy_args(tmp_path / "b", "--amp", "fp16", "--resume", str(tmp_path / "a" / "ckpt-s00000006"), epochs=2))
+    assert same_weights(tmp_path / "a" / "checkpoint-last", tmp_path / "b" / "checkpoint-last")
+    assert rows(tmp_path / "a")[-2:] == rows(tmp_path / "b")[-2:]
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     args = lambda out: toy_args(out, "--ckpt-every", "3", clips=64, epochs=3)  # 48 steps
     ref = tmp_path / "ref"
