@@ -18,6 +18,8 @@ For the device it runs on it prints and writes (bench/results/gpu-<card>.json, o
   HuggingFace's divided model in the same loop, its weights copied into ours through `load_model`
   (bench/forward.py does the same on a CPU);
 - per scheme, bf16 inference clips/s (inference mode, batch --infer-batch), ours and HuggingFace's;
+- per scheme, the host's share: the same training step with the model narrowed to 4 channels per head (same
+  depth, heads, grid, batch and kernels, next to no arithmetic) takes what the host needs to queue a step;
 - per scheme and batch size in --memory-batches (CUDA only), what a bf16 AdamW training step holds: the bytes
   before the forward, those the forward saves for backward, and the peak, each against `estimate`;
 - `tslab train` end to end on SynthMotion at the model's size with default flags (its second epoch, so that
@@ -72,8 +74,10 @@ def gemm_rate(device, n: int, repeats: int = 10) -> float:
     return 10 * 2 * n**3 / statistics.median(times)
 
 
-def configs(smoke: bool, scheme: str, classes: int = 400) -> tuple[TimeSformerConfig, object | None]:
-    """Our config, and HuggingFace's (for HF_SCHEMES), of ViT-B/16 8×224, or of a toy model with --smoke."""
+def configs(smoke: bool, scheme: str, classes: int = 400, head_dim: int | None = None
+            ) -> tuple[TimeSformerConfig, object | None]:
+    """Our config, and HuggingFace's (for HF_SCHEMES), of ViT-B/16 8×224, or of a toy model with --smoke;
+    with `head_dim`, the same model narrowed to that many channels per head (see `host_floor`)."""
     from transformers import TimesformerConfig
 
     if smoke:
@@ -83,9 +87,25 @@ def configs(smoke: bool, scheme: str, classes: int = 400) -> tuple[TimeSformerCo
                   num_attention_heads=2, intermediate_size=128)
     else:
         ours, hf = TimeSformerConfig.base(attention_type=scheme, num_classes=classes), {}
+    if head_dim is not None:
+        width = head_dim * ours.num_heads
+        ours = ours.replace(embed_dim=width)
+        hf = {**hf, "hidden_size": width, "intermediate_size": 4 * width}
     if scheme not in HF_SCHEMES:
         return ours, None
     return ours, TimesformerConfig(num_labels=classes, attention_type=scheme, **hf)
+
+
+def host_floor(smoke: bool, scheme: str, device, batch: int, warmup: int, steps: int) -> dict[str, float]:
+    """{model: ms per bare training step} of the model narrowed to 4 channels per head: the same depth, heads,
+    grid, batch and kernels, launched the same way, with next to no arithmetic. On a GPU that is the time the
+    host needs to queue one step: a full-width step that takes about as long is launch-bound."""
+    narrow = models(*configs(smoke, scheme, head_dim=4))
+    out = {}
+    for name, model in narrow.items():
+        rate, _ = train_rate(name, model.to(device), narrow["ours"].config, device, batch, warmup, steps)
+        out[name] = 1000 * batch / rate
+    return out
 
 
 def models(cfg: TimeSformerConfig | None, hf_cfg) -> dict[str, torch.nn.Module]:
@@ -413,6 +433,13 @@ def main(argv=None) -> dict:
                 print(f"{scheme:22s} {label:28s} {train:13.1f} {row['mfu']:6.1%} {gib:9.2f} {ratio:8.3f} "
                       f"{infer:13.1f}", flush=True)
             model.cpu()
+        if not args.no_speed:
+            floor = host_floor(args.smoke, scheme, device, args.batch, args.warmup, args.steps)
+            for name, ms in floor.items():
+                rows[name]["host_ms_per_step"] = ms
+                full = 1000 * args.batch / rows[name]["train_clips_per_s"]
+                print(f"{scheme:22s} {name}: the host queues a training step in {ms:.1f} ms (the model at 4 "
+                      f"channels per head), the full step takes {full:.1f} ms ({ms / full:.0%})", flush=True)
         if "huggingface" in rows:
             ratio = rows["ours_over_huggingface"] = {k: rows["ours"][k] / rows["huggingface"][k]
                                                      for k in ("train_clips_per_s", "infer_clips_per_s")}
