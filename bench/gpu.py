@@ -18,8 +18,8 @@ For the device it runs on it prints and writes (bench/results/gpu-<card>.json, o
   HuggingFace's divided model in the same loop, its weights copied into ours through `load_model`
   (bench/forward.py does the same on a CPU);
 - per scheme, bf16 inference clips/s (inference mode, batch --infer-batch), ours and HuggingFace's;
-- per scheme, the host's share: the same training step with the model narrowed to 4 channels per head (same
-  depth, heads, grid, batch and kernels, next to no arithmetic) takes what the host needs to queue a step;
+- per scheme, the host's share: the same training step with the model narrowed to 8 channels per head (same
+  depth, heads, grid, batch and kernels, 1/64 of the arithmetic) takes what the host needs to queue a step;
 - per scheme and batch size in --memory-batches (CUDA only), what a bf16 AdamW training step holds: the bytes
   before the forward, those the forward saves for backward, and the peak, each against `estimate`;
 - `tslab train` end to end on SynthMotion at the model's size with default flags (its second epoch, so that
@@ -97,10 +97,11 @@ def configs(smoke: bool, scheme: str, classes: int = 400, head_dim: int | None =
 
 
 def host_floor(smoke: bool, scheme: str, device, batch: int, warmup: int, steps: int) -> dict[str, float]:
-    """{model: ms per bare training step} of the model narrowed to 4 channels per head: the same depth, heads,
-    grid, batch and kernels, launched the same way, with next to no arithmetic. On a GPU that is the time the
-    host needs to queue one step: a full-width step that takes about as long is launch-bound."""
-    narrow = models(*configs(smoke, scheme, head_dim=4))
+    """{model: ms per bare training step} of the model narrowed to 8 channels per head: the same depth, heads,
+    grid, batch and kernels (8 is the fused attention kernels' smallest head size), launched the same way, with
+    1/64 of the linear layers' arithmetic. On a GPU that is the time the host needs to queue one step: a
+    full-width step that takes about as long is launch-bound."""
+    narrow = models(*configs(smoke, scheme, head_dim=8))
     out = {}
     for name, model in narrow.items():
         rate, _ = train_rate(name, model.to(device), narrow["ours"].config, device, batch, warmup, steps)
@@ -438,7 +439,7 @@ def main(argv=None) -> dict:
             for name, ms in floor.items():
                 rows[name]["host_ms_per_step"] = ms
                 full = 1000 * args.batch / rows[name]["train_clips_per_s"]
-                print(f"{scheme:22s} {name}: the host queues a training step in {ms:.1f} ms (the model at 4 "
+                print(f"{scheme:22s} {name}: the host queues a training step in {ms:.1f} ms (the model at 8 "
                       f"channels per head), the full step takes {full:.1f} ms ({ms / full:.0%})", flush=True)
         if "huggingface" in rows:
             ratio = rows["ours_over_huggingface"] = {k: rows["ours"][k] / rows["huggingface"][k]
