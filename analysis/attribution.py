@@ -62,13 +62,23 @@ def cost(method: str, grid: tuple[int, int, int], n_steps: int = 16, window: tup
     if method in ("saliency", "gradient_x_activation"):
         return Cost(method, 1, 1)
     if method == "occlusion":
-        ft, fp = window
-        return Cost(method, 1 + math.ceil(T / ft) * math.ceil(H / fp) * math.ceil(W / fp), 0)
+        ft, fh, fw = _occlusion_block(grid, window)
+        return Cost(method, 1 + math.ceil(T / ft) * math.ceil(H / fh) * math.ceil(W / fw), 0)
     if method == "ablation_frames":
         return Cost(method, 1 + T, 0)
     if method == "ablation_tubes":
         return Cost(method, 1 + H * W, 0)
     raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _occlusion_block(grid: tuple[int, int, int], window: tuple[int, int]) -> tuple[int, int, int]:
+    """The occluded block (frames, patch rows, patch columns): `window` = (frames, patches per side), cut to a
+    clip smaller than it (Captum refuses a window larger than its input)."""
+    T, H, W = grid
+    ft, fp = window
+    if ft < 1 or fp < 1:
+        raise ValueError(f"the occlusion window is (frames, patches per side), each at least 1; got {window}")
+    return min(ft, T), min(fp, H), min(fp, W)
 
 
 class _Counted(torch.nn.Module):
@@ -171,9 +181,9 @@ def attribute(model, video: torch.Tensor, method: str, target=None, n_steps: int
         elif method == "saliency":
             a = Saliency(f).attribute(video.clone().requires_grad_(), target=target, abs=True)
         elif method == "occlusion":
-            ft, fp = window
-            a = Occlusion(f).attribute(video, sliding_window_shapes=(video.shape[1], ft, fp * patch, fp * patch),
-                                       strides=(video.shape[1], ft, fp * patch, fp * patch), baselines=baseline,
+            ft, fh, fw = _occlusion_block(grid, window)
+            block = (video.shape[1], ft, fh * patch, fw * patch)
+            a = Occlusion(f).attribute(video, sliding_window_shapes=block, strides=block, baselines=baseline,
                                        target=target, perturbations_per_eval=internal_batch_size)
         elif method in ("ablation_frames", "ablation_tubes"):
             mask = _feature_mask(grid, patch, method.split("_")[1]).to(video.device)

@@ -77,6 +77,15 @@ def test_every_registered_explanation_runs_and_says_what_it_costs():
     calls = []
     analysis.explain(model, video, "occlusion", window=(1, 2), progress=lambda d, t: calls.append((d, t)))
     assert calls[-1][0] == calls[-1][1] == analysis.EXPLANATIONS["occlusion"].estimate(grid, window=(1, 2)).forwards
+    # a clip smaller than the default window (2 frames × 2 patches): the window is cut to the clip, and the
+    # progress still ends at the estimate (Captum refused such a window with an AssertionError)
+    small = torch.randn(1, 3, 1, 8, 16)  # 1 frame of 1 × 2 patches
+    calls.clear()
+    out = analysis.explain(model, small, "occlusion", progress=lambda d, t: calls.append((d, t)))
+    assert out.shape == (1, 1, 1, 2) and out.abs().sum() > 0
+    assert calls[-1][0] == calls[-1][1] == analysis.EXPLANATIONS["occlusion"].estimate((1, 1, 2)).forwards == 2
+    with pytest.raises(ValueError, match="occlusion window .* at least 1"):
+        analysis.explain(model, video, "occlusion", window=(0, 2))
     with pytest.raises(ValueError, match="unknown explanation"):
         analysis.explain(model, video, "lime")
     with pytest.raises(ValueError, match="no option n_steps"):
