@@ -30,6 +30,7 @@ from analysis.rollout import rollout
 from analysis.temporal import temporal_evidence
 from timesformer import ATTENTION_TYPES, CheckpointError, load_model
 from timesformer.cli import at_least
+from timesformer.distributed import resolve_device
 from timesformer.engine import predict
 from timesformer.files import make_folder
 from timesformer.shipped import DEFAULT_MODEL
@@ -86,17 +87,21 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                     help="what a removed patch becomes, for --methods that remove or interpolate: a number "
                          f"(0 = the mean colour) or one of {', '.join(BASELINES)} (default temporal_median)")
     ap.add_argument("--temporal", action="store_true", help="also measure the evidence about time")
+    ap.add_argument("--device", default="auto",
+                    help="where the model runs: auto (CUDA where available, else the CPU), cpu, cuda, cuda:1, ...")
     return ap
 
 
 def run(args) -> dict:
     t0 = time.perf_counter()
     source = args.checkpoint or DEFAULT_MODEL
-    model = load_model(source)
+    device = resolve_device(args.device)
+    model = load_model(source).to(device)
     cfg = model.config
     T, H, W = cfg.grid
     views, info = read_clip(args.clip, num_frames=cfg.num_frames, size=cfg.img_size,
                             sampling_rate=args.sampling_rate, spatial_crops=args.crops)
+    views = views.to(device)
     centre = views[len(views) // 2 : len(views) // 2 + 1]
     if not -cfg.depth <= args.layer < cfg.depth:
         raise ValueError(f"--layer {args.layer}: this model has {cfg.depth} layers (0 to {cfg.depth - 1}; "
@@ -132,6 +137,7 @@ def run(args) -> dict:
     report = {
         "clip": str(args.clip),
         "checkpoint": str(source),
+        "device": str(device),
         "attention_type": cfg.attention_type,
         "grid": [T, H, W],
         "clip_info": {"fps": info.fps, "num_frames": info.num_frames, "duration": info.duration,

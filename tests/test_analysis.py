@@ -306,6 +306,7 @@ def test_cli_writes_pictures_and_numbers(tmp_path):
                  "pattern_axial.svg", "pattern_sparse_local_global.png"):
         assert (out / name).stat().st_size > 0, name
     assert report["not_drawn"] == {} and "temporal" not in report
+    assert report["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")  # --device auto
     from timesformer.video import read_clip
 
     clip, info = read_clip(out / "rollout.mp4", num_frames=4, size=32)

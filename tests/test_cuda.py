@@ -144,6 +144,30 @@ def test_rollout_and_a_gradient_attribution_on_cuda_match_the_cpu(method):
     assert torch.allclose(gpu.cpu(), cpu, atol=1e-4, rtol=1e-3)
 
 
+def test_explain_cli_on_cuda_matches_the_cpu(tmp_path, monkeypatch):
+    """`tslab explain --device cuda`: the model, the clip and every map on the GPU, the same numbers as on the
+    CPU (the clip is made here: the GPU machine may have no video decoder)."""
+    import json
+
+    import analysis.report as report
+    from timesformer import save_model
+    from timesformer.video import ClipInfo
+
+    save_model(small("axial").cpu(), tmp_path / "model")
+    views = torch.randn(3, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(report, "read_clip", lambda *a, **k: (views.clone(), ClipInfo(8.0, 4, [0, 1, 2, 3], 32, 32,
+                                                                                       "test")))
+    out = {}
+    for device in ("cpu", "cuda"):
+        assert report.main(["clip.mp4", "--checkpoint", str(tmp_path / "model"), "--out", str(tmp_path / device),
+                            "--methods", "gae", "occlusion", "--temporal", "--device", device]) == 0
+        out[device] = json.loads((tmp_path / device / "predictions.json").read_text())
+    assert out["cuda"]["device"] == "cuda:0" and out["cpu"]["device"] == "cpu"
+    assert out["cuda"]["logits"] == pytest.approx(out["cpu"]["logits"], rel=1e-3, abs=1e-4)
+    assert out["cuda"]["temporal"]["target"] == out["cpu"]["temporal"]["target"]
+    assert (tmp_path / "cuda" / "explain_occlusion.png").stat().st_size > 0
+
+
 def test_inference_mode_first_then_autograd_on_cuda():
     from timesformer.groupings import scheme_groupings
 
