@@ -188,8 +188,8 @@ def test_csv_lists(tmp_path):
     (tmp_path / "ints.csv").write_text(f"{clips[0]},2\n{clips[1]},0\n")
     ints = video_csv(tmp_path / "ints.csv", num_frames=4, size=32)
     assert ints.classes == ["0", "1", "2"] and [lb for _, lb in ints.items] == [2, 0]
-    (tmp_path / "bad.csv").write_text(f"{clips[0]},purple\n")
-    with pytest.raises(ValueError, match="purple"):
+    (tmp_path / "bad.csv").write_text(f"# a comment\n{clips[1]},red\n{clips[0]},purple\n")
+    with pytest.raises(ValueError, match="bad.csv:3: class 'purple' is not one of the training classes"):
         video_csv(tmp_path / "bad.csv", classes=classes)
     # a folder holding train.csv works too
     t2, _, c2 = build_datasets(str(tmp_path), num_frames=4, size=32, sampling_rate=1)

@@ -139,22 +139,22 @@ def video_csv(path, classes: list[str] | None = None, root=None, **kw) -> VideoL
             clip, label = parts[0].strip(), parts[1].strip()
             if n == 0 and label.lower() in ("label", "class", "labels") and clip.lower() in ("path", "video", "file"):
                 continue  # header
-            rows.append((clip, label))
+            rows.append((clip, label, n + 1))
     if not rows:
         raise ValueError(f"{path} lists no clips")
-    numeric = all(label.lstrip("-").isdigit() for _, label in rows)
+    numeric = all(label.lstrip("-").isdigit() for _, label, _ in rows)
     if classes is None:
-        classes = ([str(i) for i in range(max(int(lb) for _, lb in rows) + 1)] if numeric
-                   else sorted({lb for _, lb in rows}))
+        classes = ([str(i) for i in range(max(int(lb) for _, lb, _ in rows) + 1)] if numeric
+                   else sorted({lb for _, lb, _ in rows}))
     index = {c: i for i, c in enumerate(classes)}
     items = []
-    for clip, label in rows:
+    for clip, label, line in rows:
         if numeric and label not in index:
             label_idx = int(label)
             if not 0 <= label_idx < len(classes):
-                raise ValueError(f"{path}: label {label} is outside 0..{len(classes) - 1}")
+                raise ValueError(f"{path}:{line}: label {label} is outside 0..{len(classes) - 1}")
         elif label not in index:
-            raise ValueError(f"{path}: class {label!r} is not one of the training classes")
+            raise ValueError(f"{path}:{line}: class {label!r} is not one of the training classes")
         else:
             label_idx = index[label]
         p = Path(clip)
