@@ -31,7 +31,8 @@ from analysis.benchmark import benchmark, clips, rows_of
 from analysis.explanations import EXPLANATIONS
 from analysis.sanity import PASS_BELOW
 from analysis.temporal import temporal_evidence
-from timesformer import load_model
+from timesformer import CheckpointError, load_model
+from timesformer.cli import at_least
 from timesformer.shipped import models
 from timesformer.synthmotion import TASKS, SynthMotion
 from timesformer.video import transform_frames
@@ -114,10 +115,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="tslab bench explain", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="*", help="shipped model names or checkpoint paths (default: every shipped model)")
     p.add_argument("--task", default="temporal", help="SynthMotion task of models whose name does not say it")
-    p.add_argument("--clips", type=int, default=32)
+    p.add_argument("--clips", type=at_least(1), default=32)
     p.add_argument("--methods", nargs="*", choices=list(EXPLANATIONS), help="default: all")
     p.add_argument("--seed", type=int, default=31337, help="SynthMotion seed of the held-out clips")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=at_least(1), default=1)
     p.add_argument("--out", type=Path, default=RESULTS / "explain.json")
     p.add_argument("--report", action="store_true", help="only rewrite the .md beside --out from its JSON, and exit")
     a = p.parse_args(argv)
@@ -132,8 +133,11 @@ def main(argv=None):
     if not names:
         p.error("no shipped models found: give --models")
     report = {"clips": a.clips, "seed": a.seed, "pass_below": PASS_BELOW, "models": {}}
-    for name in names:
-        model = load_model(name)
+    try:  # every model opens before the first is benchmarked: a wrong name stops the run at once
+        loaded = {name: load_model(name) for name in names}
+    except (CheckpointError, OSError) as e:
+        p.error(str(e))
+    for name, model in loaded.items():
         cfg = model.config
         task = task_of(name, a.task)
         data = SynthMotion(task, "test", a.clips, cfg.num_frames, cfg.img_size, seed=a.seed)

@@ -41,6 +41,11 @@ def test_tslab_bench_names_the_scripts_and_refuses_unknown_ones():
         assert script.stem in listed
     bad = run(TSLAB, "bench", "nonexistent")
     assert bad.returncode == 2 and "no benchmark 'nonexistent'" in bad.stderr
+    bare = run(TSLAB, "bench")  # what there is to run, not only "the following arguments are required"
+    assert bare.returncode == 2 and "benchmarks:" in bare.stderr and "gpu" in bare.stderr
+    missing = run(TSLAB, "bench", "explain", "--models", "no-such-model", "--clips", "1")
+    assert missing.returncode == 2 and "no such checkpoint: no-such-model" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "bench").glob("*.py")))

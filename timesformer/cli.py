@@ -106,6 +106,9 @@ def bench(argv=None, prog: str = "tslab bench") -> int:
                                             f"`{prog} NAME --help` gives its arguments.\n\nbenchmarks:\n{listing}")
     p.add_argument("name", help="the benchmark (a script in bench/)")
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:  # what there is to run, rather than "the following arguments are required"
+        p.print_help(sys.stderr)
+        return 2
     # everything after NAME is the script's, --help included
     at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
     args = p.parse_args(argv[:at + 1])
