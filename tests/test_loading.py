@@ -161,13 +161,13 @@ def test_evaluation_reads_the_device_once(monkeypatch):
     with torch.no_grad():
         model(batches[0]["video"][:1, 0])  # the groupings of this grid are built (once, on the host)
     reads = []
-    for name in ("tolist", "item", "__float__", "__bool__"):
+    for name in ("tolist", "item", "__float__", "__bool__", "cpu", "numpy"):
         real = getattr(torch.Tensor, name)
         monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _real=real, _name=name: reads.append(_name)
                             or _real(t, *a))
     out = evaluate(model, batches, torch.device("cpu"), view=1)
     monkeypatch.undo()
-    assert reads == ["tolist"]
+    assert reads == ["cpu", "tolist"]  # the device's one copy to the host, then its numbers
     with torch.no_grad():
         probs = torch.cat([model(b["video"].flatten(0, 1)).softmax(-1).reshape(4, 3, -1) for b in batches])
     label = torch.cat([b["label"] for b in batches])

@@ -241,7 +241,7 @@ def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = N
     The sums stay on the device until the end: the host reads them once, so it never waits for the GPU
     between batches and queues the next batch's forward while the GPU runs this one."""
     model.eval()
-    sums = None  # per scoring (the average of the views, then the one view): nll, top-1 and top-5 hits
+    per_batch = []  # per scoring (the average of the views, then the one view): nll, top-1 and top-5 hits
     count = skipped = 0.0
     num_classes = None
     for batch in loader:
@@ -255,10 +255,11 @@ def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = N
         probs = logits.float().softmax(-1).reshape(B, V, -1)
         num_classes = probs.shape[2]
         chosen = [probs.mean(1)] + ([probs[:, view]] if view is not None else [])  # the paper's view averaging
-        hits = torch.stack([s for p in chosen for s in _hits(p, label)]).double()
-        sums = hits if sums is None else sums + hits
+        per_batch.append(torch.stack([s for p in chosen for s in _hits(p, label)]))
         count += B
-    sums = sums.tolist() if sums is not None else [0.0] * (6 if view is not None else 3)  # the one wait
+    # the one wait; summed in float64 on the host (not every device has float64)
+    sums = (torch.stack(per_batch).cpu().double().sum(0).tolist() if per_batch
+            else [0.0] * (6 if view is not None else 3))
     if dist is not None:
         *sums, count, skipped = dist.sum([*sums, count, skipped])
     out = _metrics(sums[:3], count, num_classes, skipped)
