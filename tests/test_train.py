@@ -317,6 +317,27 @@ def test_frame_drop_flag(tmp_path):
             T.main(toy_args(tmp_path / "bad", "--frame-drop", bad))
 
 
+def test_check_ranges_names_the_flag_or_argument():
+    import argparse
+
+    from timesformer.cli import check_ranges
+
+    p = argparse.ArgumentParser()
+    p.add_argument("count", type=int)
+    p.add_argument("--rate", type=float)
+    p.add_argument("--name")
+    ranges = {"count": (1, True, None), "rate": (0, False, 1)}
+    check_ranges(p, p.parse_args(["1", "--rate", "0.5"]), ranges)  # in range; unset and untyped flags pass
+    for argv, values, message in ((["0"], {}, "count must be at least 1, got 0"),
+                                  (["2", "--rate", "1"], {}, "--rate must be above 0 and below 1, got 1.0"),
+                                  (["2"], {"count": 2.5}, "count must be an integer, got 2.5"),
+                                  (["2"], {"rate": True}, "--rate must be a number, got True")):
+        args = p.parse_args(argv)
+        vars(args).update(values)  # what a --config file can set, past argparse's types
+        with pytest.raises(SystemExit, match=message):
+            check_ranges(p, args, ranges)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--lr", "-1"], "--lr must be above 0, got -1.0"),
     (["--weight-decay", "-0.1"], "--weight-decay must be at least 0"),

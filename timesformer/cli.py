@@ -57,7 +57,7 @@ def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace, rang
         value = getattr(args, action.dest, None)
         if value is None or action.type not in (int, float):
             continue
-        flag, integer = action.option_strings[-1], action.type is int
+        flag, integer = (action.option_strings or [action.dest])[-1], action.type is int
         if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
             raise SystemExit(f"{flag} must be {'an integer' if integer else 'a number'}, got {value!r}")
         low, inclusive, high = ranges.get(action.dest, (None, True, None))
