@@ -99,10 +99,13 @@ def test_evaluate_on_cuda(tmp_path):
     from timesformer import evaluate as E
 
     T.main(cuda_args(tmp_path / "run", clips=8, epochs=1))
-    res = E.run(tmp_path / "run" / "checkpoint-last", "synthmotion-temporal", num_clips=8, device="cuda")
+    res = E.run(tmp_path / "run" / "checkpoint-last", "synthmotion-temporal", num_clips=8, device="cuda",
+                amp="none")
     assert res["clip"]["clips"] == 8 and res["video"]["clips"] == 8
     cpu = E.run(tmp_path / "run" / "checkpoint-last", "synthmotion-temporal", num_clips=8, device="cpu")
     assert res["clip"]["loss"] == pytest.approx(cpu["clip"]["loss"], rel=1e-3)
+    auto = E.run(tmp_path / "run" / "checkpoint-last", "synthmotion-temporal", num_clips=8, device="cuda")
+    assert auto["amp"] == "bf16" and auto["clip"]["loss"] == pytest.approx(cpu["clip"]["loss"], rel=5e-2)
 
 
 def small(attention_type):

@@ -264,7 +264,12 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
     assert "clip accuracy (1 clip, centre crop): top-1" in text and "video accuracy (1 clip × 3 crops)" in text
     assert "over 4 clips" in text
     res = E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8)
-    assert res["clip"]["clips"] == 8 and res["video"]["clips"] == 8
+    assert res["clip"]["clips"] == 8 and res["video"]["clips"] == 8 and res["amp"] == "none"  # auto on a CPU
+    half = E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8, amp="bf16")
+    assert half["amp"] == "bf16" and half["clip"]["loss"] != res["clip"]["loss"]  # it did run in bf16
+    assert half["clip"]["loss"] == pytest.approx(res["clip"]["loss"], rel=5e-2)
+    E.main([str(out / "checkpoint-last"), "synthmotion-temporal", "--num-clips", "4", "--amp", "bf16"])
+    assert "(loss " in (text := capsys.readouterr().out) and "bf16 autocast)" in text
     with_workers = E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8, workers=2)
     for view in ("clip", "video"):  # loader processes change nothing but speed
         assert {k: v for k, v in with_workers[view].items() if k != "seconds"} == \

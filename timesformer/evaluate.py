@@ -15,20 +15,26 @@ import argparse
 import json
 import time
 
+import torch
+
 from timesformer.checkpoints import CheckpointError, load_model
 from timesformer.cli import at_least
 from timesformer.data import auto_workers, open_split, synthmotion_task, workers_arg
 from timesformer.distributed import resolve_device
 from timesformer.engine import eval_loader, evaluate
+from timesformer.optim import amp_dtype
 
 
 def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_frames: int | None = None,
         size: int | None = None, sampling_rate: int = 32, num_clips: int = 512, seed: int = 12345,
-        device: str = "cpu", workers: int | str = "auto") -> dict:
+        device: str = "cpu", workers: int | str = "auto", amp: str = "auto") -> dict:
     """{'clip': metrics of the centre crop, 'video': of 3 crops averaged} (loss, acc1, [acc5], clips; both
-    from one pass, whose time both report as `seconds`).
-    `workers`: loader processes, or "auto" (as `tslab train`: none on the CPU, the free cores on a GPU)."""
+    from one pass, whose time both report as `seconds`), and 'amp', the precision the model ran in.
+    `workers`: loader processes, or "auto" (as `tslab train`: none on the CPU, the free cores on a GPU).
+    `amp`: as `tslab train --amp`: "auto" is bf16 autocast on CUDA (fp16 where bf16 is missing), none on the
+    CPU; "none", "bf16" or "fp16"."""
     device = resolve_device(device)
+    dtype = amp_dtype(argparse.Namespace(amp=amp), device)
     if workers == "auto":
         workers = auto_workers(device)
     try:
@@ -49,9 +55,10 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
         raise SystemExit(str(e)) from None
     t0 = time.time()
     loader = eval_loader(ds, batch_size, workers, pin_memory=device.type == "cuda")
-    video = evaluate(model, loader, device, view=1)  # every clip decoded and run once for both
+    video = evaluate(model, loader, device, dtype, view=1)  # every clip decoded and run once for both
     seconds = round(time.time() - t0, 2)
-    return {"clip": {**video.pop("view"), "seconds": seconds}, "video": {**video, "seconds": seconds}}
+    return {"clip": {**video.pop("view"), "seconds": seconds}, "video": {**video, "seconds": seconds},
+            "amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]}
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -68,6 +75,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA where available, else the CPU), cpu, cuda:1, ...")
     p.add_argument("--workers", type=workers_arg, default="auto",
                    help="data loader processes, or auto: none on the CPU, the free cores on a GPU (default)")
+    p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+                   help="mixed precision, as tslab train's: auto is bf16 on CUDA (else fp16), none on the CPU")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     return p
 
@@ -75,7 +84,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv=None, prog: str | None = None) -> None:
     a = build_parser(prog).parse_args(argv)
     res = run(a.checkpoint, a.data, a.split, a.batch_size, a.num_frames, a.img_size, a.sampling_rate, a.num_clips,
-              a.seed, a.device, a.workers)
+              a.seed, a.device, a.workers, a.amp)
     if a.json:
         print(json.dumps(res))
         return
@@ -84,7 +93,8 @@ def main(argv=None, prog: str | None = None) -> None:
         m = res[name]
         top5 = f", top-5 {m['acc5']:.2%}" if "acc5" in m else ""
         skipped = f", {m['skipped']} unreadable clips skipped" if m.get("skipped") else ""
-        print(f"{label}: top-1 {m['acc1']:.2%}{top5} over {m['clips']} clips (loss {m['loss']:.4f}){skipped}")
+        amp = f", {res['amp']} autocast" if res["amp"] != "none" else ""
+        print(f"{label}: top-1 {m['acc1']:.2%}{top5} over {m['clips']} clips (loss {m['loss']:.4f}{amp}){skipped}")
 
 
 if __name__ == "__main__":
