@@ -72,6 +72,12 @@ def test_run_folder(tmp_path):
     assert "divided_space_time" in cfg and "adamw" in cfg and "log.txt" in os.listdir(out)
 
 
+def test_no_validation_clips_means_no_validation(tmp_path):
+    """`--val-clips 0` trains without evaluating: no val rows (they were rows of 0 clips with accuracy 0)."""
+    res = T.main(toy_args(tmp_path / "run", "--val-clips", "0", epochs=1))
+    assert [r["split"] for r in rows(tmp_path / "run")] == ["train"] and "val" not in res
+
+
 def test_fp16_with_its_grad_scaler_trains_and_resumes_exactly(tmp_path):
     """`--amp fp16` (what `auto` picks on a GPU without bf16) trains through a GradScaler, whose state each
     checkpoint keeps: resumed from a mid-run checkpoint, the run ends with the uninterrupted run's weights."""

@@ -339,6 +339,8 @@ def build_datasets(data: str, *, num_frames: int, size: int, sampling_rate: int 
     kw = dict(num_frames=num_frames, size=size, sampling_rate=sampling_rate, seed=seed)
     train = open_split(data, "train", classes, num_clips=train_clips, train=True, **kw)
     source = _validation_source(data, val_data)
+    if synthmotion_task(data) is not None and val_clips == 0:
+        source = None  # --val-clips 0: no validation, rather than rows of 0 clips scored 0
     val = (open_split(source[0], source[1], train.classes, num_clips=val_clips, spatial_crops=spatial_crops, **kw)
            if source else None)
     return train, val, train.classes

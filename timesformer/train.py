@@ -64,7 +64,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "a folder with train.csv, or a CSV list (path,label)")
     g.add_argument("--val-data", help="validation CSV (default: the train list's val/test sibling)")
     g.add_argument("--train-clips", type=int, default=2048, help="SynthMotion clips per epoch")
-    g.add_argument("--val-clips", type=int, default=512, help="SynthMotion validation clips")
+    g.add_argument("--val-clips", type=int, default=512, help="SynthMotion validation clips (0: no validation)")
     g.add_argument("--sampling-rate", type=int, default=32, help="frame stride of a clip (real videos)")
     g.add_argument("--workers", type=workers_arg, default="auto",
                    help="DataLoader worker processes; auto: on a GPU, the cores this process may use (shared with "
