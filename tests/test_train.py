@@ -274,6 +274,8 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
     half = E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8, amp="bf16")
     assert half["amp"] == "bf16" and half["clip"]["loss"] != res["clip"]["loss"]  # it did run in bf16
     assert half["clip"]["loss"] == pytest.approx(res["clip"]["loss"], rel=5e-2)
+    with pytest.raises(ValueError, match="amp must be one of auto, none, bf16, fp16, got 'bf17'"):
+        E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8, amp="bf17")
     E.main([str(out / "checkpoint-last"), "synthmotion-temporal", "--num-clips", "4", "--amp", "bf16"])
     assert "(loss " in (text := capsys.readouterr().out) and "bf16 autocast)" in text
     with_workers = E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8, workers=2)

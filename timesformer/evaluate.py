@@ -22,7 +22,7 @@ from timesformer.cli import at_least
 from timesformer.data import auto_workers, open_split, synthmotion_task, workers_arg
 from timesformer.distributed import resolve_device
 from timesformer.engine import eval_loader, evaluate
-from timesformer.optim import amp_dtype
+from timesformer.optim import AMP, amp_dtype
 
 
 def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_frames: int | None = None,
@@ -33,6 +33,8 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
     `workers`: loader processes, or "auto" (as `tslab train`: none on the CPU, the free cores on a GPU).
     `amp`: as `tslab train --amp`: "auto" is bf16 autocast on CUDA (fp16 where bf16 is missing), none on the
     CPU; "none", "bf16" or "fp16"."""
+    if amp not in AMP:
+        raise ValueError(f"amp must be one of {', '.join(AMP)}, got {amp!r}")
     device = resolve_device(device)
     dtype = amp_dtype(argparse.Namespace(amp=amp), device)
     if workers == "auto":
@@ -75,7 +77,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA where available, else the CPU), cpu, cuda:1, ...")
     p.add_argument("--workers", type=workers_arg, default="auto",
                    help="data loader processes, or auto: none on the CPU, the free cores on a GPU (default)")
-    p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+    p.add_argument("--amp", default="auto", choices=AMP,
                    help="mixed precision, as tslab train's: auto is bf16 on CUDA (else fp16), none on the CPU")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     return p

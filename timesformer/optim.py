@@ -44,6 +44,9 @@ def lr_at(step: int, args, total_steps: int, steps_per_epoch: int) -> float:
     return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+AMP = ("auto", "none", "bf16", "fp16")  # the choices of --amp (tslab train and tslab evaluate)
+
+
 def amp_dtype(args, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `--amp` on `device`; None trains in full precision."""
     if args.amp == "none" or (args.amp == "auto" and device.type != "cuda"):

@@ -46,7 +46,7 @@ from timesformer.engine import (
     train_row,
 )
 from timesformer.model import TimeSformer, compile_model
-from timesformer.optim import amp_dtype, build_optimizer, lr_at
+from timesformer.optim import AMP, amp_dtype, build_optimizer, lr_at
 from timesformer.runs import LAST, Resume, Run, find_resume
 
 PRESETS = ("tiny", "base", "hr", "large")
@@ -99,7 +99,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="auto: steps for sgd (×0.1 at 11/15 and 14/15 of the epochs), cosine for adamw")
     g.add_argument("--warmup-steps", type=int, help="linear warm-up (default: 5%% of the steps, ≤ 500)")
     g.add_argument("--clip-grad", type=float, help="max gradient norm (default: 1.0 adamw, none sgd)")
-    g.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+    g.add_argument("--amp", default="auto", choices=AMP,
                    help="mixed precision; auto: bf16 on CUDA where supported (else fp16), none on CPU")
     g.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (inductor); the first steps compile it, for tens of "
