@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.test_model import small_model
-from timesformer import CheckpointError, TimeSformerConfig, load_model, save_model
+from timesformer import CheckpointError, TimeSformer, TimeSformerConfig, load_model, save_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -170,6 +170,26 @@ def test_mismatches_name_the_offending_keys(tmp_path):
     save_model(model, tmp_path / "ours")
     with pytest.raises(CheckpointError, match="do not fit a axial model"):
         load_model(tmp_path / "ours", attention_type="axial")
+
+
+def test_save_model_replaces_only_its_own_checkpoints(tmp_path):
+    """Saving over a checkpoint replaces it; a file or a folder of other things at the path is refused and left
+    as it was (atomic_folder would have moved a file aside and replaced a whole folder)."""
+    model = TimeSformer(TimeSformerConfig.tiny(img_size=32, num_frames=4, embed_dim=32, depth=1, num_heads=2))
+    save_model(model, tmp_path / "ckpt")
+    other = TimeSformer(TimeSformerConfig.tiny(img_size=32, num_frames=4, embed_dim=32, depth=2, num_heads=2))
+    save_model(other, tmp_path / "ckpt")  # a checkpoint it wrote: replaced
+    assert load_model(tmp_path / "ckpt").config.depth == 2
+    (tmp_path / "empty").mkdir()
+    save_model(model, tmp_path / "empty")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "list.csv").write_text("a.mp4,0\n")
+    for name, what in (("notes.txt", "is a file"), ("data", "is a folder that is not a TimeSformer Lab checkpoint")):
+        with pytest.raises(FileExistsError, match=what):
+            save_model(model, tmp_path / name)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "data" / "list.csv").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "data", "empty", "notes.txt"]  # nothing hidden
 
 
 def test_bad_sources(tmp_path):

@@ -59,12 +59,25 @@ def save_model(model: TimeSformer, path) -> Path:
     """Write `path/` with `model.safetensors` (config also in its metadata) and `config.json`.
 
     The folder is written next to its destination and renamed into place, so a crash never leaves
-    a half-written checkpoint under `path`.
+    a half-written checkpoint under `path`. A checkpoint already at `path` (one this function wrote) is
+    replaced; anything else there — a file, a folder of other things — is a FileExistsError, never lost.
     """
     path = Path(path)
+    if path.exists() and not (path.is_dir() and (_is_ours(path) or not any(path.iterdir()))):
+        what = "a folder that is not a TimeSformer Lab checkpoint" if path.is_dir() else "a file"
+        raise FileExistsError(f"{path} is {what}: save_model replaces only a checkpoint it wrote; choose another "
+                              "path or remove it")
     with atomic_folder(path) as tmp:
         write_model(model, tmp)
     return path
+
+
+def _is_ours(folder: Path) -> bool:
+    """Whether `folder` holds a checkpoint of `save_model`'s format (its config.json says so)."""
+    try:
+        return json.loads((folder / CONFIG).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def write_model(model: TimeSformer, folder: Path) -> None:
