@@ -56,6 +56,10 @@ def test_config_rejects_bad_values():
         TimeSformerConfig(num_frames=0)
     with pytest.raises(ValueError, match="class names"):
         TimeSformerConfig(num_classes=3, class_names=["a", "b"])
+    for name, value, message in (("drop_path_rate", 1.0, "at least 0 and below 1"), ("drop_rate", -0.1, "below 1"),
+                                 ("mlp_ratio", 0, "above 0"), ("norm_eps", "1e-6", "got '1e-6'")):
+        with pytest.raises(ValueError, match=f"{name} must be a number .*{message}"):
+            TimeSformerConfig(**{name: value})
     cfg = TimeSformerConfig.tiny(class_names=list("abcdefghij"))
     assert TimeSformerConfig.from_dict(cfg.to_dict()) == cfg
 
@@ -256,6 +260,8 @@ def test_bad_input_shapes_raise_clear_errors():
         model(torch.randn(1, 4, 3, 32, 32))
     with pytest.raises(ValueError, match="video batch"):
         model(torch.randn(3, 4, 32, 32))
+    with pytest.raises(ValueError, match="expected a float video, normalised .* got torch.uint8 .*transform_frames"):
+        model(torch.zeros(1, 3, 4, 32, 32, dtype=torch.uint8))  # raw frames (was: conv2d's dtype mismatch)
 
 
 def test_forward_features_and_head():

@@ -219,6 +219,9 @@ class TimeSformer(nn.Module):
         cfg = self.config
         if video.dim() != 5:
             raise ValueError(f"expected a video batch (B, {cfg.in_chans}, T, H, W), got shape {tuple(video.shape)}")
+        if not video.is_floating_point():  # raw frames: uint8 pixels, not the normalised clip the model takes
+            raise ValueError(f"expected a float video, normalised as timesformer.video.read_clip gives it; got "
+                             f"{video.dtype} (raw frames? normalise them with timesformer.video.transform_frames)")
         B, C, T, H, W = video.shape
         if C != cfg.in_chans:
             hint = ""
