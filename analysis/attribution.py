@@ -58,6 +58,8 @@ def cost(method: str, grid: tuple[int, int, int], n_steps: int = 16, window: tup
     if method == "grad_rollout":
         return Cost(method, 1, 1)
     if method == "integrated_gradients":
+        if n_steps < 1:
+            raise ValueError(f"integrated_gradients needs n_steps of at least 1, got {n_steps}")
         return Cost(method, n_steps, n_steps)
     if method in ("saliency", "gradient_x_activation"):
         return Cost(method, 1, 1)

@@ -97,7 +97,7 @@ EXPLANATIONS: dict[str, Explanation] = {e.name: e for e in [
 
 def explain(model, video: torch.Tensor, method: str, target=None, progress: Progress | None = None,
             **options) -> torch.Tensor:
-    """(B, T, H_p, W_p) explanation of `target` (a class index, one per clip, or None for the predicted
+    """(B, T, H_p, W_p) explanation of `target` (a class index or name, one per clip, or None for the predicted
     class) by `method`, a name in EXPLANATIONS; `options` are that method's (EXPLANATIONS[method].options);
     `progress(done, total)` is called as clip evaluations finish, where a method runs many. Attention and
     rollout maps do not depend on the class: every target gets the same map."""
@@ -110,5 +110,19 @@ def explain(model, video: torch.Tensor, method: str, target=None, progress: Prog
         raise ValueError(f"{method} takes no option {', '.join(unknown)} (its options: {allowed})")
     if progress is not None and "progress" in inspect.signature(e.run).parameters:
         options["progress"] = progress
-    out = e.run(model, video, target=target, **options)
+    out = e.run(model, video, target=_class_indices(model, target), **options)
     return out.detach().float()
+
+
+def _class_indices(model, target):
+    """`target` with class names (str) turned into indices by the model's class names."""
+    names = list(getattr(model, "class_names", None) or [])
+    one = isinstance(target, str)
+    if not one and not (isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target)):
+        return target
+    picked = []
+    for t in [target] if one else target:
+        if isinstance(t, str) and t not in names:
+            raise ValueError(f"target {t!r} is not a class of this model ({', '.join(names) or 'no class names'})")
+        picked.append(names.index(t) if isinstance(t, str) else t)
+    return picked[0] if one else picked

@@ -88,6 +88,13 @@ def test_every_registered_explanation_runs_and_says_what_it_costs():
         analysis.explain(model, video, "occlusion", window=(0, 2))
     with pytest.raises(ValueError, match="unknown explanation"):
         analysis.explain(model, video, "lime")
+    with pytest.raises(ValueError, match="n_steps of at least 1, got 0"):  # was Captum's AssertionError
+        analysis.explain(model, video, "integrated_gradients", n_steps=0)
+    # a class by name, as the model names it (was: TypeError "new(): invalid data type 'str'")
+    named = analysis.explain(model, video, "saliency", target=model.class_names[2])
+    assert torch.equal(named, analysis.explain(model, video, "saliency", target=2))
+    with pytest.raises(ValueError, match="target 'purple' is not a class of this model"):
+        analysis.explain(model, video, "saliency", target="purple")
     with pytest.raises(ValueError, match="no option n_steps"):
         analysis.explain(model, video, "gae", n_steps=3)
 
