@@ -72,6 +72,25 @@ def test_run_folder(tmp_path):
     assert "divided_space_time" in cfg and "adamw" in cfg and "log.txt" in os.listdir(out)
 
 
+def test_resume_says_which_flags_changed_and_when_nothing_is_left(tmp_path):
+    out = tmp_path / "run"
+    T.main(toy_args(out, epochs=1))
+    T.main(toy_args(out, "--resume", "--attention", "axial", "--no-progress", epochs=1))
+    log = (out / "log.txt").read_text()
+    assert "nothing left to train: the checkpoint is at step 4 of 4, epoch 1 of 1; raise --epochs" in log
+    assert "--resume with other flags than the checkpoint's run: --attention divided_space_time → axial (the " \
+           "model is the checkpoint's" in log
+    T.main(toy_args(out, "--resume", epochs=2))
+    assert log_lines_after(out, log).count("--resume with other flags") == 1 and "--epochs 1 → 2" in \
+        log_lines_after(out, log)
+    assert load_model(out / "checkpoint-last").config.attention_type == "divided_space_time"
+    assert [r["epoch"] for r in rows(out) if r["split"] == "train"] == [0, 1]
+
+
+def log_lines_after(run, earlier: str) -> str:
+    return (run / "log.txt").read_text()[len(earlier):]
+
+
 def test_no_validation_clips_means_no_validation(tmp_path):
     """`--val-clips 0` trains without evaluating: no val rows (they were rows of 0 clips with accuracy 0)."""
     res = T.main(toy_args(tmp_path / "run", "--val-clips", "0", epochs=1))

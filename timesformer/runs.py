@@ -167,6 +167,11 @@ def find_resume(resume: str, out) -> Path | None:
     raise SystemExit(f"--resume {resume}: no {STATE} there or in {LAST}/")
 
 
+# flags that a resumed run may change without changing what it computes
+SAME_RUN = {"out", "resume", "config", "workers", "prefetch", "no_progress", "threads", "device", "ckpt_every", "keep",
+            "eval_every", "compile"}
+
+
 @dataclass
 class Resume:
     """A run checkpoint read once: the model and its `train_state.pt`."""
@@ -185,6 +190,13 @@ class Resume:
         trainer.scaler.load_state_dict(self.saved["scaler"])
         set_rng_state(self.saved["rng"])
         return TrainState.from_dict(self.saved["state"])
+
+    def changed(self, args) -> list[str]:
+        """"--flag saved → now" for each flag of `args` that differs from the checkpoint's run, leaving out those
+        that change where and how fast it runs but not what it computes."""
+        saved = self.saved.get("args") or {}
+        return [f"--{k.replace('_', '-')} {saved[k]} → {v}" for k, v in sorted(vars(args).items())
+                if k in saved and k not in SAME_RUN and saved[k] != v]
 
     @property
     def rows_logged(self) -> int:

@@ -281,6 +281,9 @@ def _train(args, dist: Dist, run: Run) -> dict:
         if list(model.class_names) != list(classes):
             raise SystemExit(f"--resume: the checkpoint's classes {model.class_names} differ from the data's")
         log(f"resuming from {resume.path}")
+        if resume.changed(args):  # data, schedule and batches follow the flags; the architecture does not
+            log(f"--resume with other flags than the checkpoint's run: {', '.join(resume.changed(args))} (the "
+                "model is the checkpoint's, whatever --preset, --attention and --model say)")
     else:
         model = build_model(args, classes, log, init)
     model.to(device)
@@ -300,6 +303,9 @@ def _train(args, dist: Dist, run: Run) -> dict:
     if resume is not None:
         state = resume.restore(trainer)
         run.restart_metrics(keep=resume.rows_logged)
+        if state.step >= total_steps or state.epoch >= args.epochs:
+            log(f"nothing left to train: the checkpoint is at step {state.step} of {total_steps}, epoch "
+                f"{state.epoch} of {args.epochs}; raise --epochs (or --max-steps) to go on")
     else:
         run.restart_metrics()
     run.write_config({"args": vars(args), "model": model.config.to_dict(), "world_size": dist.world,
