@@ -75,8 +75,8 @@ def save_model(model: TimeSformer, path) -> Path:
 def _is_ours(folder: Path) -> bool:
     """Whether `folder` holds a checkpoint of `save_model`'s format (its config.json says so)."""
     try:
-        return json.loads((folder / CONFIG).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+        return read_json(folder / CONFIG).get("format") == FORMAT
+    except CheckpointError:  # no config.json, or not a JSON object
         return False
 
 

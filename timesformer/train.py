@@ -281,8 +281,9 @@ def _train(args, dist: Dist, run: Run) -> dict:
         if list(model.class_names) != list(classes):
             raise SystemExit(f"--resume: the checkpoint's classes {model.class_names} differ from the data's")
         log(f"resuming from {resume.path}")
-        if resume.changed(args):  # data, schedule and batches follow the flags; the architecture does not
-            log(f"--resume with other flags than the checkpoint's run: {', '.join(resume.changed(args))} (the "
+        changed = resume.changed(args)  # data, schedule and batches follow the flags; the architecture does not
+        if changed:
+            log(f"--resume with other flags than the checkpoint's run: {', '.join(changed)} (the "
                 "model is the checkpoint's, whatever --preset, --attention and --model say)")
     else:
         model = build_model(args, classes, log, init)
