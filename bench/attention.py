@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 import torch._dynamo
-from gpu import Clock, save_results  # bench/gpu.py, beside this script
+from gpu import Clock, configs, save_results  # bench/gpu.py, beside this script
 
-from timesformer import ATTENTION_TYPES, TimeSformerConfig, attention, compile_model
+from timesformer import ATTENTION_TYPES, attention, compile_model
 from timesformer.attention import attend, packing, scheme_groupings
 
 KERNELS = ("flash", "efficient", "cudnn", "math")
@@ -95,13 +95,6 @@ def time_way(way: dict, qkv: torch.Tensor, grad: torch.Tensor, grouping, heads: 
         attention.MATH_BELOW, attention.PACK_TO = 0, 0
 
 
-def config(scheme: str, smoke: bool) -> TimeSformerConfig:
-    if smoke:
-        return TimeSformerConfig.tiny(attention_type=scheme, img_size=32, num_frames=4, embed_dim=32, depth=1,
-                                      num_heads=2)
-    return TimeSformerConfig.base(attention_type=scheme)
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -125,7 +118,7 @@ def main(argv=None) -> dict:
     print(f"{'scheme':20s} {'step':6s} {'groups × L':>12s} {'way':28s} {'forward ms':>10s} {'+backward ms':>12s} "
           f"{'max diff':>9s}")
     for scheme in args.schemes:
-        cfg = config(scheme, args.smoke)
+        cfg = configs(args.smoke, scheme)[0]  # the groups, heads and width of bench/gpu.py's model
         heads, D = cfg.num_heads, cfg.embed_dim
         for g in scheme_groupings(scheme, cfg.grid, str(device), cfg.local_split, cfg.global_stride):
             G, L = g.index.shape
