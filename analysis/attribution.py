@@ -225,10 +225,14 @@ def _gradient_x_activation(f, block, video, target, grid) -> torch.Tensor:
 
 
 def timed_forward(model, video: torch.Tensor, repeats: int = 2) -> float:
-    """Seconds for one clip forward (the unit of `Cost.seconds`)."""
+    """Seconds for one clip forward (the unit of `Cost.seconds`), on the device of `video` (a GPU's queued work
+    is waited for)."""
+    wait = torch.cuda.synchronize if video.is_cuda else (lambda device: None)
     with torch.no_grad():
         model(video[:1])
+        wait(video.device)
         t = time.perf_counter()
         for _ in range(repeats):
             model(video[:1])
+        wait(video.device)
     return (time.perf_counter() - t) / repeats

@@ -25,6 +25,7 @@ from analysis.rollout import rollout
 from analysis.temporal import temporal_evidence as evidence_about_time
 from app import settings
 from timesformer import TimeSformer, TimeSformerConfig, load_model, shipped, transfer
+from timesformer.distributed import resolve_device
 from timesformer.engine import predict
 from timesformer.video import denormalize, read_clip
 
@@ -57,14 +58,25 @@ def model_key(source: str) -> tuple[str, float]:
     return str(source), stamp
 
 
+def device() -> torch.device:
+    """Where the app's models run (settings.DEVICE, from TSLAB_DEVICE; `auto`: the GPU where there is one).
+    A device that is not there is a one-line `SystemExit` naming TSLAB_DEVICE (the sidebar shows it)."""
+    return resolve_device(settings.DEVICE, setting="TSLAB_DEVICE={}")
+
+
 # 8 entries: the Schemes page holds the five shipped scheme models beside the current one
 @st.cache_resource(max_entries=8, show_spinner="Loading the model…")
-def _load(source: str, stamp: float) -> TimeSformer:
-    return load_model(source).eval()
+def _load(source: str, stamp: float, device: str) -> TimeSformer:
+    return load_model(source).eval().to(device)
 
 
 def get_model(mkey: tuple[str, float]) -> TimeSformer:
-    return _load(*mkey)
+    return _load(*mkey, str(device()))
+
+
+def on_model(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` on the device of `model` (clips are decoded and cached on the CPU)."""
+    return x.to(next(model.parameters()).device)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -125,9 +137,9 @@ def decode(ckey: ClipKey) -> tuple[torch.Tensor, np.ndarray, dict]:
     return views, frames, meta
 
 
-def _centre(ckey: ClipKey) -> tuple[torch.Tensor, torch.Tensor]:
-    """(all views, the centre view as a batch of one) of a decoded clip."""
-    views = decode(ckey)[0]
+def _centre(ckey: ClipKey, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(all views, the centre view as a batch of one) of a decoded clip, on the device of `model`."""
+    views = on_model(model, decode(ckey)[0])
     return views, views[len(views) // 2 :][:1]
 
 
@@ -137,23 +149,25 @@ def _centre(ckey: ClipKey) -> tuple[torch.Tensor, torch.Tensor]:
 
 @st.cache_data(max_entries=64, show_spinner="Classifying the 3 crops…")
 def predictions(mkey, ckey: ClipKey) -> dict:
-    return predict(get_model(mkey), decode(ckey)[0], k=5)
+    model = get_model(mkey)
+    return predict(model, _centre(ckey, model)[0], k=5)
 
 
 @st.cache_data(max_entries=64, show_spinner="Recording the attention of this layer…")
 def layer_maps(mkey, ckey: ClipKey, layer: int, query, head) -> dict[str, np.ndarray]:
     """{step: (T, H_p, W_p)} attention of `query` in `layer`, one forward recording that layer only; None for
     a step the query takes no part in (cls in a time step)."""
-    _, rec = recorded_forward(get_model(mkey), _centre(ckey)[1], layers=[layer])
-    return {m.step: query_map(m, query, head)[0].numpy() if takes_part(m, query) else None for m in rec}
+    model = get_model(mkey)
+    _, rec = recorded_forward(model, _centre(ckey, model)[1], layers=[layer])
+    return {m.step: query_map(m, query, head)[0].cpu().numpy() if takes_part(m, query) else None for m in rec}
 
 
 def _run(model: TimeSformer, ckey: ClipKey) -> dict:
     """One recorded forward of the clip's centre crop: top-5 (3 crops), the cls rollout and the summary numbers
     of every layer and step."""
-    views, centre = _centre(ckey)
+    views, centre = _centre(ckey, model)
     _, rec = recorded_forward(model, centre)
-    return {"top": predict(model, views, k=5)["video"], "rollout": rollout(rec, query="cls")[0].numpy(),
+    return {"top": predict(model, views, k=5)["video"], "rollout": rollout(rec, query="cls")[0].cpu().numpy(),
             "summary": summary_table(rec)}
 
 
@@ -173,7 +187,8 @@ def model_run(mkey, ckey: ClipKey) -> dict:
 @st.cache_data(max_entries=16, show_spinner="Timing one forward pass…")
 def forward_seconds(mkey, ckey: ClipKey) -> float:
     """Seconds of one forward of the clip's centre crop, the unit of the attribution cost estimates."""
-    return timed_forward(get_model(mkey), _centre(ckey)[1])
+    model = get_model(mkey)
+    return timed_forward(model, _centre(ckey, model)[1])
 
 
 @st.cache_data(max_entries=32, show_spinner="Estimating…")
@@ -238,6 +253,7 @@ def _benchmark(path: str, stamp: float) -> dict:
 def temporal_evidence(mkey, ckey: ClipKey, target: int | None) -> dict:
     """The target's probability with the frames reversed, shuffled and frozen, and (for schemes with a time
     step) the share of LRP relevance through each attention step, layer by layer."""
-    e = evidence_about_time(get_model(mkey), _centre(ckey)[1], target)
+    model = get_model(mkey)
+    e = evidence_about_time(model, _centre(ckey, model)[1], target)
     return {"target": int(e["target"][0]), "order_effects": {k: float(v[0]) for k, v in e["order_effects"].items()},
             "step_shares": e["step_shares"]}

@@ -36,11 +36,19 @@ class Context:
     views: torch.Tensor | None = None
     frames: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    device: torch.device | None = None  # where the models run (None: TSLAB_DEVICE names none there is)
 
     @property
     def centre(self) -> torch.Tensor:
-        """(1, 3, T, S, S): the centre crop, the view every map is drawn on."""
+        """(1, 3, T, S, S): the centre crop, the view every map is drawn on (on the CPU: `cache.on_model`)."""
         return self.views[len(self.views) // 2 :][:1]
+
+    @property
+    def device_name(self) -> str:
+        """For captions: "CPU", "NVIDIA H100 80GB HBM3 (cuda:0)"."""
+        if self.device is None or self.device.type != "cuda":
+            return str(self.device or "no device").upper()
+        return f"{torch.cuda.get_device_name(self.device)} ({self.device})"
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -153,6 +161,10 @@ def build_context() -> Context:
     sb = st.sidebar
     sb.header("Model")
     source, label, error = _model_source(sb)
+    try:
+        ctx.device = cache.device()
+    except SystemExit as e:  # TSLAB_DEVICE names a device that is not there: no model can run
+        source, error = None, str(e)
     if source is not None:
         try:
             ctx.mkey = cache.model_key(source)
@@ -168,7 +180,7 @@ def build_context() -> Context:
     else:
         c = ctx.model.config
         sb.caption(f"{label}: {c.attention_type}, {c.num_frames}×{c.img_size}², patch {c.patch_size}, "
-                   f"{c.depth} blocks, {len(ctx.model.class_names)} classes")
+                   f"{c.depth} blocks, {len(ctx.model.class_names)} classes; runs on the {ctx.device_name}")
         if ctx.card:
             sb.caption(shipped.summary(ctx.card))
 

@@ -22,7 +22,7 @@ model = ctx.need_model()
 ctx.need_clip()
 cfg = model.config
 grid = ctx.grid
-video = ctx.centre
+video = cache.on_model(model, ctx.centre)
 LABELS = {name: e.label for name, e in EXPLANATIONS.items()}
 BASELINE_LABELS = {"constant": "constant: the mean colour", **{k: f"{k.replace('_', ' ')}: {v}" for k, v in
                                                                  BASELINES.items()}}
@@ -76,7 +76,7 @@ for m in methods:
     row["sanity check"] = ("passes" if s["sanity_pass"] else "FAILS") if "sanity_pass" in s else None
     rows.append(row)
 st.dataframe(rows, hide_index=True, key="attr_cost")
-st.caption(f"One forward of this clip takes {fwd * 1000:.0f} ms on the app's machine; a backward about twice "
+st.caption(f"One forward of this clip takes {fwd * 1000:.0f} ms on the app's {ctx.device_name}; a backward about twice "
            f"that. {'Curves add 2 × (points + 1) + 1 forwards per method. ' if curves else ''}"
            + (f"Benchmark columns: `tslab bench explain` on the shipped model **{bench_model}** (held-out clips "
               "with known object masks: share of positive relevance on the object that decides the class "
@@ -100,7 +100,7 @@ if st.button("Run", type="primary", key="attr_run"):
             progress = lambda d, t, bar=bar: bar.progress(min(d / max(t, 1), 1.0), text=f"{d}/{t} clips")
             sal = explain(model, video, m, target=tgt, progress=progress, **EXPLANATIONS[m].pick(values))
             bar.progress(1.0)
-            result = {"map": sal[0].numpy(), "curves": None}
+            result = {"map": sal[0].cpu().numpy(), "curves": None}
             if curves:
                 cbar = st.progress(0.0, text="deletion / insertion")
                 result["curves"] = deletion_insertion(model, video, sal, target=tgt, steps=int(curve_steps),

@@ -2,6 +2,7 @@
 Figure 3 for your model and GPU), with the out-of-memory line, and "will my run fit" for a batch size."""
 
 import streamlit as st
+import torch
 
 from analysis.complexity import IMPLEMENTATIONS, estimate, max_batch_size
 from analysis.figures import breakdown_figure, cost_figure, memory_figure
@@ -14,12 +15,15 @@ st.title("Cost")
 ctx = current()
 PRESETS = {"ViT-B/16 (TimeSformer)": TimeSformerConfig.base, "TimeSformer-HR": TimeSformerConfig.hr,
            "TimeSformer-L": TimeSformerConfig.large}
+# the GPU memory starts at the app's own GPU's, where it runs on one
+on_gpu = ctx.device is not None and ctx.device.type == "cuda"
+gpu_gib = round(torch.cuda.get_device_properties(ctx.device).total_memory / GiB, 1) if on_gpu else 32.0
 options = (["the current model"] if ctx.model is not None else []) + list(PRESETS)
 widgets.sanitize("k_cost_base", options)
 for key, value in (("k_cost_base", "ViT-B/16 (TimeSformer)"), ("k_cost_schemes", list(ATTENTION_TYPES)),
                    ("k_cost_frames", "8, 16, 32, 64, 96"), ("k_cost_sizes", "224, 336, 448, 560"),
                    ("k_cost_batch", 1), ("k_cost_dtype", "fp32"), ("k_cost_optimizer", "sgd"),
-                   ("k_cost_ckpt", False), ("k_cost_gpu", 32.0)):
+                   ("k_cost_ckpt", False), ("k_cost_gpu", gpu_gib)):
     st.session_state.setdefault(key, value)
 
 c = st.columns([2, 3, 2, 2])

@@ -124,7 +124,7 @@ def derived_side_by_side() -> dict[str, list[dict]] | None:
                "start with their output linear at zero (the identity), as when the paper initialises from an "
                "image ViT. They show how the scheme regroups attention on these weights, not how a trained model "
                "of it behaves.")
-    heavy = sum(p.numel() for p in model.parameters()) > settings.HEAVY_PARAMS
+    heavy = ctx.device.type == "cpu" and sum(p.numel() for p in model.parameters()) > settings.HEAVY_PARAMS
     if heavy and not (st.button("Run the clip through all five schemes", key="schemes_run")
                       or st.session_state.get("_schemes_ran") == (ctx.mkey, ctx.ckey)):
         st.info("This model is large: running five schemes takes a while on a CPU. Press the button to start.")

@@ -2,7 +2,8 @@
 
 The app runs on the shipped models and sample clips (assets/) when they exist, else on tiny untrained models
 of every scheme (with model cards) and a SynthMotion clip built here. Caches are shared between AppTest
-instances in one process, so each model loads once for the whole file.
+instances in one process, so each model loads once for the whole file. The models run where the app's
+`auto` puts them (the GPU where there is one); `TSLAB_DEVICE=cpu` (or `cuda:1`, ...) runs the whole file there.
 """
 
 from __future__ import annotations
@@ -287,6 +288,32 @@ def test_missing_shipped_models(app, monkeypatch, tmp_path):
     assert at.main.error  # the page stops with the reason
 
 
+def test_the_sidebar_names_the_device(app):
+    at = ok(app.run())
+    device = torch.device(settings.DEVICE if settings.DEVICE != "auto" else
+                          "cuda:0" if torch.cuda.is_available() else "cpu")
+    name = f"{torch.cuda.get_device_name(device)} ({device})" if device.type == "cuda" else "CPU"
+    captions = [c.value for c in at.sidebar.caption]
+    assert any(c.endswith(f"runs on the {name}") for c in captions), captions
+
+
+@pytest.mark.parametrize("device, message", [
+    ("tpu", "TSLAB_DEVICE=tpu: Expected one of"),
+    ("cuda:99", "TSLAB_DEVICE=cuda:99: " + ("there is no cuda:99" if torch.cuda.is_available() else
+                                            "CUDA is not available")),
+])
+def test_a_device_that_is_not_there(app, monkeypatch, device, message):
+    """TSLAB_DEVICE naming a device that is not there: one message, in the sidebar and on every page."""
+    monkeypatch.setattr(settings, "DEVICE", device)
+    at = app.run()
+    assert not at.exception
+    assert any(e.value.startswith(message) for e in at.sidebar.error), [e.value for e in at.sidebar.error]
+    assert at.main.error
+    for name in ("attribution", "schemes"):
+        at = page(at, name)
+        assert not at.exception and any(message in e.value for e in at.main.error)
+
+
 def test_explore_switches_between_the_shipped_models(app, assets):
     """The sidebar lists every shipped model, opens on the default, and Explore follows the choice."""
     at = ok(app.run())
@@ -457,7 +484,9 @@ def test_schemes_derived_models(app):
 
 
 def test_schemes_waits_for_a_button_on_large_models(app, monkeypatch):
+    """On a CPU, five forwards of a large model take a while: the page waits for the button."""
     monkeypatch.setattr(settings, "HEAVY_PARAMS", 0)
+    monkeypatch.setattr(settings, "DEVICE", "cpu")
     at = ok(page(app.run(), "schemes"))
     at = ok(at.radio(key="k_schemes_source").set_value("derived from the current model").run())
     assert "schemes_summary" not in charts(at)

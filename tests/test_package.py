@@ -35,6 +35,26 @@ def test_tslab_lists_every_command_and_each_has_help(tmp_path):
     assert bad.returncode == 2 and "unknown command 'fly'" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_tslab_app_refuses_a_device_that_is_not_there():
+    """Checked before Streamlit starts: a one-line error, not an app that fails on its first page."""
+    bad = run(TSLAB, "app", "--device", "tpu")
+    assert bad.returncode == 2 and "tslab app: error: --device tpu: Expected one of" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_tslab_app_hands_the_device_to_the_app(monkeypatch):
+    from timesformer import cli
+
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd, env: calls.append((cmd, env)) or 0)
+    monkeypatch.setenv("TSLAB_DEVICE", "auto")
+    assert cli.app(["--device", "cpu", "--server.port", "8600"]) == 0
+    (cmd, env), = calls
+    assert cmd[-2:] == ["--server.port", "8600"] and env["TSLAB_DEVICE"] == "cpu"
+    assert cli.app(["--server.headless", "true"]) == 0  # the environment's setting by default
+    assert calls[-1][1]["TSLAB_DEVICE"] == "auto"
+
+
 def test_tslab_bench_names_the_scripts_and_refuses_unknown_ones():
     listed = run(TSLAB, "bench", "--help").stdout
     for script in (ROOT / "bench").glob("*.py"):

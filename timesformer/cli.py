@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,12 +80,22 @@ def app(argv=None, prog: str = "tslab app") -> int:
     p = argparse.ArgumentParser(prog=prog, description="The TimeSformer Lab app on the shipped models "
                                 "(http://localhost:8501). Other arguments go to `streamlit run`, e.g. "
                                 "--server.port 8600 --server.headless true.")
-    _, rest = p.parse_known_args(argv)
+    p.add_argument("--device", default=os.environ.get("TSLAB_DEVICE", "auto"),
+                   help="where the app's models run: auto (the GPU where there is one, else the CPU), cpu, cuda, "
+                        "cuda:N (default: $TSLAB_DEVICE, else auto)")
+    args, rest = p.parse_known_args(argv)
+    from .distributed import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except SystemExit as e:
+        p.exit(2, f"{prog}: error: {e}\n")
     main_py = ROOT / "app" / "main.py"
     if not (main_py.is_file() and (ROOT / "pages").is_dir()):
         p.exit(2, f"{prog}: error: the app's scripts are not at {ROOT}: install the project from a checkout "
                   "with `pip install -e .`\n")
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(main_py), *rest], cwd=ROOT)
+    env = {**os.environ, "TSLAB_DEVICE": args.device}
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(main_py), *rest], cwd=ROOT, env=env)
 
 
 def benchmarks() -> dict[str, str]:

@@ -9,26 +9,27 @@ import torch
 import torch.distributed as dist
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0, setting: str = "--device {}") -> torch.device:
     """`--device` → a concrete device: `auto` is CUDA where available, else the CPU; a bare `cuda` is
     `cuda:<local_rank>` (each `torchrun` process on its own GPU). A CUDA device that does not exist is a
-    one-line `SystemExit` that names the devices there are."""
+    one-line `SystemExit` that names the devices there are; it begins with `setting`, how the user chose the
+    device (`{}` stands for the value: "--device {}", "TSLAB_DEVICE={}")."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise SystemExit(f"--device {name}: {e}") from None
+        raise SystemExit(f"{setting.format(name)}: {e}") from None
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available (torch {torch.__version__}, "
-                         f"built for CUDA {torch.version.cuda or 'none'}); use --device cpu")
+        raise SystemExit(f"{setting.format(name)}: CUDA is not available (torch {torch.__version__}, "
+                         f"built for CUDA {torch.version.cuda or 'none'}); use {setting.format('cpu')}")
     index = local_rank if device.index is None else device.index
     count = torch.cuda.device_count()
     if index >= count:
         have = ", ".join(f"cuda:{i}" for i in range(count))
-        raise SystemExit(f"--device {name}: there is no cuda:{index}; the CUDA devices are {have}")
+        raise SystemExit(f"{setting.format(name)}: there is no cuda:{index}; the CUDA devices are {have}")
     return torch.device("cuda", index)
 
 
