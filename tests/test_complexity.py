@@ -260,7 +260,8 @@ def test_cli_writes_csv_json_html(tmp_path):
     (["--schemes", "divided_space_time,fancy"], "unknown scheme fancy"),
     (["--gpu-memory", "0"], "--gpu-memory must be positive"),
     (["--dtype", "fp16"], "invalid choice"),
-    (["--batch-size", "8,16"], "expected one integer"),
+    (["--batch-size", "8,16"], "expected an integer ≥ 1, got '8,16'"),
+    (["--depth", "0"], "expected an integer ≥ 1, got '0'"),
 ])
 def test_cli_bad_arguments_give_one_line(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:

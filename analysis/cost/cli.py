@@ -19,6 +19,7 @@ from analysis.cost.measure import Measurement, measure
 from analysis.cost.references import references
 from analysis.cost.sweep import IMPLEMENTATIONS, sweep
 from analysis.figures import cost_figure
+from timesformer.cli import at_least
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
 from timesformer.files import make_folder
 
@@ -33,13 +34,6 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     if not values or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
-
-
-def _positive_int(text: str) -> int:
-    values = _positive_ints(text)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"expected one integer, got {text!r}")
-    return values[0]
 
 
 def _schemes(text: str) -> tuple[str, ...]:
@@ -69,14 +63,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--schemes", type=_schemes, default=ATTENTION_TYPES, help="comma-separated, or 'all' (default)")
     p.add_argument("--frames", type=_positive_ints, default=(8, 16, 32, 64, 96), help="frame counts (8,16,32,64,96)")
     p.add_argument("--sizes", type=_positive_ints, default=(224, 336, 448, 560), help="crop sizes (224,336,448,560)")
-    p.add_argument("--base-frames", type=_positive_int, default=8, help="frames of the crop-size sweep (8)")
-    p.add_argument("--base-size", type=_positive_int, default=224, help="crop of the frame sweep (224)")
-    p.add_argument("--patch-size", type=_positive_int, default=16)
-    p.add_argument("--embed-dim", type=_positive_int, default=768)
-    p.add_argument("--depth", type=_positive_int, default=12)
-    p.add_argument("--heads", type=_positive_int, default=12)
-    p.add_argument("--num-classes", type=_positive_int, default=400)
-    p.add_argument("--batch-size", type=_positive_int, default=1, help="clips per GPU (1, as the official configs)")
+    p.add_argument("--base-frames", type=at_least(1), default=8, help="frames of the crop-size sweep (8)")
+    p.add_argument("--base-size", type=at_least(1), default=224, help="crop of the frame sweep (224)")
+    p.add_argument("--patch-size", type=at_least(1), default=16)
+    p.add_argument("--embed-dim", type=at_least(1), default=768)
+    p.add_argument("--depth", type=at_least(1), default=12)
+    p.add_argument("--heads", type=at_least(1), default=12)
+    p.add_argument("--num-classes", type=at_least(1), default=400)
+    p.add_argument("--batch-size", type=at_least(1), default=1, help="clips per GPU (1, as the official configs)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="fp32, or bf16 autocast")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd", help="sgd (official) or adamw")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
