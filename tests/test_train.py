@@ -200,6 +200,55 @@ def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
     assert "rank 1 stopped, weights unchanged: True: the loss became nan at step 0" in proc.stdout
 
 
+UNEQUAL_MICRO_BATCHES = """
+import copy
+import sys
+import torch
+from timesformer import TimeSformer, TimeSformerConfig
+from timesformer.data import Skipped, collate
+from timesformer.distributed import Dist
+from timesformer.engine import Trainer, TrainState, train_one_epoch
+
+dist = Dist("cpu")
+torch.manual_seed(0)
+model = TimeSformer(TimeSformerConfig.tiny(depth=1, embed_dim=16, num_heads=2, img_size=16, num_frames=2,
+                                           num_classes=2))
+reference = copy.deepcopy(model)
+clips = [(torch.randn(1, 3, 2, 16, 16, generator=torch.Generator().manual_seed(i)), i % 2, i) for i in range(3)]
+# rank 0 reads two clips; rank 1 reads one, and its second is unreadable
+mine = clips[:2] if dist.rank == 0 else [clips[2], Skipped(3, "broken.mp4", "unreadable")]
+ddp = torch.nn.parallel.DistributedDataParallel(model)
+trainer = Trainer(model, ddp, torch.optim.SGD(model.parameters(), lr=1.0), torch.amp.GradScaler("cpu", enabled=False),
+                  dist, lambda step: 1.0, total_steps=1)
+train_one_epoch(trainer, [collate(mine)], TrainState())
+# the same step on one process, over the three readable clips
+batch = collate(clips)
+torch.nn.functional.cross_entropy(reference(batch["video"][:, 0]), batch["label"]).backward()
+with torch.no_grad():
+    for p in reference.parameters():
+        p -= p.grad
+gap = max((a - b).abs().max().item() for a, b in zip(model.parameters(), reference.parameters()))
+open(f"{sys.argv[1]}/rank{dist.rank}.txt", "w").write(repr(gap))
+del trainer, ddp
+dist.close()
+"""
+
+
+def test_ddp_weighs_every_clip_the_same_when_unreadable_clips_leave_unequal_micro_batches(tmp_path):
+    """DDP averages the processes' gradients. With 2 clips on one process and 1 on the other (its second one
+    unreadable), each clip must weigh a third, as in one process over the three clips (before, the lone clip
+    weighed a half)."""
+    script = tmp_path / "unequal.py"
+    script.write_text(UNEQUAL_MICRO_BATCHES)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gaps = [float((tmp_path / f"rank{r}.txt").read_text()) for r in range(2)]  # largest weight difference
+    assert max(gaps) < 1e-6, gaps
+
+
 DDP_GONE_BEFORE_CLOSE = """
 import gc, os, sys
 import torch

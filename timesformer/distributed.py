@@ -69,13 +69,13 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
-    def all_host(self, flag: bool) -> bool:
-        """Whether `flag` holds on every process, agreed on the host: no GPU work is waited for."""
+    def host_counts(self, n: int) -> list[int]:
+        """`n` of every process (rank order), exchanged on the host: no GPU work is waited for."""
         if not self.ddp:
-            return bool(flag)
-        t = torch.tensor([int(bool(flag))])
-        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.host_group)
-        return bool(t.item())
+            return [n]
+        counts = [torch.zeros(1, dtype=torch.long) for _ in range(self.world)]
+        dist.all_gather(counts, torch.tensor([n]), group=self.host_group)
+        return [int(c) for c in counts]
 
     def min_(self, t: torch.Tensor) -> torch.Tensor:
         """`t`, on this process's device, replaced in place by its minimum over all processes. On a GPU the

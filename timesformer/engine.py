@@ -97,8 +97,12 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
         last_micro = (micro + 1) % t.accum_steps == 0
         # under DDP every process takes part in every backward: where one has no readable clip in its
         # micro-batch, all of them skip it
-        if t.dist.all_host(batch["video"] is not None):
+        counts = t.dist.host_counts(0 if batch["video"] is None else len(batch["label"]))
+        if min(counts) > 0:
             video, label = batch["video"], batch["label"]  # (B, 3, T, S, S): one training view
+            # DDP averages the processes' gradients: where unreadable clips left them unequal micro-batches,
+            # each process's mean loss is weighed by its share, so that every clip counts the same
+            weight = len(label) * len(counts) / sum(counts)
             # gradients are all-reduced only on the micro-batch that completes an optimizer step
             sync = contextlib.nullcontext() if (last_micro or not t.dist.ddp) else t.ddp_model.no_sync()
             with sync:
@@ -109,7 +113,7 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
                 finite = t.dist.min_(torch.isfinite(loss.detach()).float().reshape(1))  # of every process
                 read = _to_host(torch.cat([loss.detach().float().reshape(1),
                                            (logits.argmax(1) == label).sum().float().reshape(1), finite]))
-                t.scaler.scale(loss / t.accum_steps).backward()
+                t.scaler.scale(loss * (weight / t.accum_steps)).backward()
             batches.prefetch()  # while the GPU works through the queued backward
             # the one wait per micro-batch: for its forward, while the GPU runs the backward. A non-finite loss
             # on any process stops every process before its optimizer step, so no weight takes a bad update.
