@@ -191,6 +191,12 @@ def test_csv_lists(tmp_path):
     (tmp_path / "bad.csv").write_text(f"# a comment\n{clips[1]},red\n{clips[0]},purple\n")
     with pytest.raises(ValueError, match="bad.csv:3: class 'purple' is not one of the training classes"):
         video_csv(tmp_path / "bad.csv", classes=classes)
+    (tmp_path / "spaces.csv").write_text(f"{clips[0]} red\nmy clip.mp4\n")  # a path with spaces, no label
+    with pytest.raises(ValueError, match=r"spaces.csv:2: 'my clip.mp4' has no label \(a path with spaces needs a"):
+        video_csv(tmp_path / "spaces.csv")
+    (tmp_path / "empty.csv").write_text(f"{clips[0]},red\n{clips[1]},\n")
+    with pytest.raises(ValueError, match="empty.csv:2: .* has no label"):
+        video_csv(tmp_path / "empty.csv")
     # a folder holding train.csv works too
     t2, _, c2 = build_datasets(str(tmp_path), num_frames=4, size=32, sampling_rate=1)
     assert c2 == classes and len(t2) == 12

@@ -137,6 +137,9 @@ def video_csv(path, classes: list[str] | None = None, root=None, **kw) -> VideoL
             if len(parts) != 2:
                 raise ValueError(f"{path}:{n + 1}: expected 'path,label', got {line!r}")
             clip, label = parts[0].strip(), parts[1].strip()
+            if not label or label.lower().endswith(VIDEO_EXTENSIONS):  # "my clip.mp4" alone: class "clip.mp4"
+                raise ValueError(f"{path}:{n + 1}: {line!r} has no label (a path with spaces needs a comma: "
+                                 "'path,label')")
             if n == 0 and label.lower() in ("label", "class", "labels") and clip.lower() in ("path", "video", "file"):
                 continue  # header
             rows.append((clip, label, n + 1))
