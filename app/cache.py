@@ -67,7 +67,7 @@ def device() -> torch.device:
 # 8 entries: the Schemes page holds the five shipped scheme models beside the current one
 @st.cache_resource(max_entries=8, show_spinner="Loading the model…")
 def _load(source: str, stamp: float, device: str) -> TimeSformer:
-    return load_model(source).eval().to(device)
+    return load_model(source, device)
 
 
 def get_model(mkey: tuple[str, float]) -> TimeSformer:
