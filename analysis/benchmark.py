@@ -65,7 +65,7 @@ def frame_drops(model, videos: torch.Tensor, target: torch.Tensor, batch: int = 
     drops = [explain(model, videos[i : i + batch], "ablation_frames", target=target[i : i + batch],
                      baseline=FRAME_BASELINE)[:, :, 0, 0] for i in range(0, len(videos), batch)]
     patch = model.config.patch_size
-    return torch.cat(drops).numpy() / (3 * patch * patch)  # the map sums the drop over a cell's pixels
+    return torch.cat(drops).cpu().numpy() / (3 * patch * patch)  # the map sums the drop over a cell's pixels
 
 
 def score_method(model, videos: torch.Tensor, masks: list[dict], row: str, target: torch.Tensor,
@@ -84,7 +84,8 @@ def score_method(model, videos: torch.Tensor, masks: list[dict], row: str, targe
         if method == "random":
             maps.append(torch.cat([random_map(grid, seed + i + j) for j in range(len(videos[i : i + batch]))]))
         else:
-            maps.append(explain(model, videos[i : i + batch], method, target=target[i : i + batch], **options))
+            # to the CPU inside the timing: a GPU's queued work counts
+            maps.append(explain(model, videos[i : i + batch], method, target=target[i : i + batch], **options).cpu())
         seconds += time.perf_counter() - t0
     maps = torch.cat(maps)
     rows = []
@@ -119,13 +120,15 @@ def benchmark(model, dataset, count: int = 32, methods=None, progress: Callable[
               **kwargs) -> dict[str, dict]:
     """{row: mean scores} for `methods` (default: every registered one; `rows_of` each) and "random", on the
     first `count` clips of a SynthMotion `dataset`, explaining the model's predicted classes; "_model" holds
-    the accuracy and each frame's mean logit drop when it is removed (`frame_drops`)."""
+    the accuracy and each frame's mean logit drop when it is removed (`frame_drops`). Runs on the model's
+    device; the scores are computed on the CPU."""
     videos, masks, labels = clips(dataset, count)
+    videos = videos.to(next(model.parameters()).device)
     with torch.no_grad():
         predicted = model(videos).argmax(-1)
     drops = frame_drops(model, videos, predicted)
     kwargs["frames"] = np.stack([used_frames(d) for d in drops])
-    results = {"_model": {"clips": count, "accuracy": float((predicted == labels).float().mean()),
+    results = {"_model": {"clips": count, "accuracy": float((predicted.cpu() == labels).float().mean()),
                           "frame_drop": drops.mean(0).tolist(), "used_frames": float(kwargs["frames"].mean())}}
     rows = [row for method in (methods or EXPLANATIONS) for row in rows_of(method)] + ["random"]
     for row in rows:

@@ -31,29 +31,33 @@ def spearman(a, b) -> float:
 
 def _randomise(module: nn.Module, generator: torch.Generator) -> None:
     """Fresh random weights, as at initialisation but with nothing left at zero (a zero output linear would
-    hide the rest of its step)."""
+    hide the rest of its step). Drawn on the CPU by `generator`, so that every device gets the same weights."""
+
+    def draw(p: torch.Tensor, mean: float, std: float) -> None:
+        p.copy_(torch.empty(p.shape, dtype=p.dtype).normal_(mean, std, generator=generator))
+
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, nn.Linear | nn.Conv2d):
-                m.weight.normal_(0, 0.02, generator=generator)
+                draw(m.weight, 0, 0.02)
                 if m.bias is not None:
-                    m.bias.normal_(0, 0.02, generator=generator)
+                    draw(m.bias, 0, 0.02)
             elif isinstance(m, nn.LayerNorm):
-                m.weight.normal_(1, 0.1, generator=generator)
-                m.bias.normal_(0, 0.02, generator=generator)
+                draw(m.weight, 1, 0.1)
+                draw(m.bias, 0, 0.02)
 
 
 def cascading_randomisation(model, explain: Callable[[nn.Module], torch.Tensor], seed: int = 0
                             ) -> list[tuple[str, torch.Tensor]]:
     """[(stage, map)] — "trained", then "head", "block L-1", …, "block 0" — each map from
-    `explain(model_at_that_stage)` (B, T, H_p, W_p). The model itself is left untouched."""
+    `explain(model_at_that_stage)` (B, T, H_p, W_p), on the CPU. The model itself is left untouched."""
     work = copy.deepcopy(model).eval()
     generator = torch.Generator().manual_seed(seed)
-    out = [("trained", explain(work))]
+    out = [("trained", explain(work).cpu())]
     stages = [("head", work.head)] + [(f"block {i}", work.blocks[i]) for i in reversed(range(len(work.blocks)))]
     for name, module in stages:
         _randomise(module, generator)
-        out.append((name, explain(work)))
+        out.append((name, explain(work).cpu()))
     return out
 
 

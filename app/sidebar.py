@@ -14,6 +14,7 @@ import torch
 from app import cache, settings, uploads
 from app.widgets import Prompt, sanitize, show
 from timesformer import CheckpointError, TimeSformer, shipped
+from timesformer.distributed import device_name
 from timesformer.shipped import sample_clips
 from timesformer.video import VideoError
 
@@ -46,9 +47,7 @@ class Context:
     @property
     def device_name(self) -> str:
         """For captions: "CPU", "NVIDIA H100 80GB HBM3 (cuda:0)"."""
-        if self.device is None or self.device.type != "cuda":
-            return str(self.device or "no device").upper()
-        return f"{torch.cuda.get_device_name(self.device)} ({self.device})"
+        return "no device" if self.device is None else device_name(self.device)
 
     @property
     def grid(self) -> tuple[int, int, int]:

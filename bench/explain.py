@@ -33,6 +33,7 @@ from analysis.sanity import PASS_BELOW
 from analysis.temporal import temporal_evidence
 from timesformer import CheckpointError, load_model
 from timesformer.cli import at_least
+from timesformer.distributed import device_name, resolve_device
 from timesformer.shipped import models
 from timesformer.synthmotion import TASKS, SynthMotion
 from timesformer.video import transform_frames
@@ -51,6 +52,11 @@ def task_of(name: str, default: str) -> str:
     return found.group(1) if found and found.group(1) in TASKS else default
 
 
+def logit(model, frames: np.ndarray, label: int, size: int) -> float:
+    """The model's logit of `label` for uint8 frames (T, H, W, 3), on the model's device."""
+    return model(transform_frames(frames, size).to(next(model.parameters()).device))[0, label].item()
+
+
 @torch.no_grad()
 def vacancy_test(model, data, count: int) -> dict:
     """Is where the signal object has just been evidence too? In every frame, paint the object back on the
@@ -62,7 +68,7 @@ def vacancy_test(model, data, count: int) -> dict:
         masks = data.object_masks(i)
         sig, occupied = masks["signal"], np.logical_or.reduce(list(masks.values()))
         colour = frames[sig][0]
-        base = model(transform_frames(frames, data.size))[0, label].item()
+        base = logit(model, frames, label, data.size)
         rng = np.random.default_rng(i)
         for t in range(1, len(frames)):
             vacated = sig[t - 1] & ~sig[t]
@@ -77,7 +83,7 @@ def vacancy_test(model, data, count: int) -> dict:
             for kind, where in (("vacated", vacated), ("elsewhere", shifted)):
                 painted = frames.copy()
                 painted[t][where] = colour
-                drops[kind].append(base - model(transform_frames(painted, data.size))[0, label].item())
+                drops[kind].append(base - logit(model, painted, label, data.size))
     return {k: float(np.mean(v)) for k, v in drops.items()} | {"frames": len(drops["vacated"])}
 
 
@@ -118,7 +124,8 @@ def main(argv=None):
     p.add_argument("--clips", type=at_least(1), default=32)
     p.add_argument("--methods", nargs="*", choices=list(EXPLANATIONS), help="default: all")
     p.add_argument("--seed", type=int, default=31337, help="SynthMotion seed of the held-out clips")
-    p.add_argument("--threads", type=at_least(1), default=1)
+    p.add_argument("--threads", type=at_least(1), default=1, help="CPU threads (1)")
+    p.add_argument("--device", default="auto", help="auto (the GPU where there is one), cpu, cuda, cuda:N")
     p.add_argument("--out", type=Path, default=RESULTS / "explain.json")
     p.add_argument("--report", action="store_true", help="only rewrite the .md beside --out from its JSON, and exit")
     a = p.parse_args(argv)
@@ -129,12 +136,13 @@ def main(argv=None):
         print(f"wrote {a.out.with_suffix('.md')}")
         return None
     torch.set_num_threads(a.threads)
+    device = resolve_device(a.device)
     names = a.models or list(models())
     if not names:
         p.error("no shipped models found: give --models")
     report = {"clips": a.clips, "seed": a.seed, "pass_below": PASS_BELOW, "models": {}}
     try:  # every model opens before the first is benchmarked: a wrong name stops the run at once
-        loaded = {name: load_model(name) for name in names}
+        loaded = {name: load_model(name, device) for name in names}
     except (CheckpointError, OSError) as e:
         p.error(str(e))
     for name, model in loaded.items():
@@ -144,8 +152,9 @@ def main(argv=None):
         t0 = time.perf_counter()
         result = benchmark(model, data, a.clips, a.methods,
                            progress=lambda m, n=name: print(f"{n}: {m}", flush=True))
-        result["_model"].update(task=task, attention_type=cfg.attention_type, seconds=time.perf_counter() - t0)
-        e = temporal_evidence(model, clips(data, a.clips)[0])
+        result["_model"].update(task=task, attention_type=cfg.attention_type, seconds=time.perf_counter() - t0,
+                                device=device_name(device))
+        e = temporal_evidence(model, clips(data, a.clips)[0].to(device))
         result["_temporal"] = {"order_effects": {k: float(v.mean()) for k, v in e["order_effects"].items()},
                                "step_shares": e["step_shares"]}
         if task in ("temporal", "distractor"):

@@ -292,7 +292,7 @@ def test_the_sidebar_names_the_device(app):
     at = ok(app.run())
     device = torch.device(settings.DEVICE if settings.DEVICE != "auto" else
                           "cuda:0" if torch.cuda.is_available() else "cpu")
-    name = f"{torch.cuda.get_device_name(device)} ({device})" if device.type == "cuda" else "CPU"
+    name = f"{torch.cuda.get_device_name(device)} ({device})" if device.type == "cuda" else "CPU"  # independently
     captions = [c.value for c in at.sidebar.caption]
     assert any(c.endswith(f"runs on the {name}") for c in captions), captions
 

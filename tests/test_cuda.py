@@ -173,6 +173,25 @@ def test_explain_cli_on_cuda_matches_the_cpu(tmp_path, monkeypatch):
     assert (tmp_path / "cuda" / "explain_occlusion.png").stat().st_size > 0
 
 
+def test_explanation_benchmark_on_cuda_matches_the_cpu():
+    """`tslab bench explain --device cuda`'s core: the model's accuracy, the scores and the sanity check's
+    randomised stages (drawn on the CPU, so the same weights on every device) as on the CPU."""
+    from analysis.benchmark import benchmark
+    from timesformer.synthmotion import SynthMotion
+
+    model = small("divided_space_time")  # weights far from ties: the same predicted classes on both devices
+    data = SynthMotion("distractor", "test", 2, model.config.num_frames, 32, seed=3)
+    cpu = benchmark(model, data, 2, ["rollout", "gae"], sanity_clips=2)
+    gpu = benchmark(model.cuda(), data, 2, ["rollout", "gae"], sanity_clips=2)
+    assert gpu["_model"]["accuracy"] == cpu["_model"]["accuracy"]
+    assert gpu["_model"]["frame_drop"] == pytest.approx(cpu["_model"]["frame_drop"], rel=1e-2, abs=1e-3)
+    for row in ("rollout", "gae"):
+        for key in ("mass", "signal_share", "auc_deletion", "auc_insertion"):
+            assert gpu[row][key] == pytest.approx(cpu[row][key], rel=1e-2, abs=1e-3), (row, key)
+        curves = [[s["spearman"] for s in r[row]["randomisation"]] for r in (cpu, gpu)]
+        assert curves[1] == pytest.approx(curves[0], abs=5e-2), row
+
+
 def test_inference_mode_first_then_autograd_on_cuda():
     from timesformer.groupings import scheme_groupings
 

@@ -242,6 +242,8 @@ def test_benchmark_command_scores_a_model(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())["models"]["synthmotion-distractor-tiny"]
     assert report["_model"]["task"] == "distractor" and report["_model"]["clips"] == 2
+    assert report["_model"]["device"] == ("CPU" if not torch.cuda.is_available() else
+                                          f"{torch.cuda.get_device_name(0)} (cuda:0)")  # --device auto
     assert set(report) == {"_model", "_temporal", "rollout", "lrp", "random"}
     for method in ("rollout", "lrp"):
         row = report[method]

@@ -33,6 +33,13 @@ def resolve_device(name: str, local_rank: int = 0, setting: str = "--device {}")
     return torch.device("cuda", index)
 
 
+def device_name(device: torch.device) -> str:
+    """For people: "CPU", or the card and its index, "NVIDIA H100 80GB HBM3 (cuda:0)"."""
+    if device.type != "cuda":
+        return device.type.upper()
+    return f"{torch.cuda.get_device_name(device)} ({device})"
+
+
 class Dist:
     """Rank, world size and device of this process; every collective is a no-op without DDP."""
 
