@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from analysis import complexity as cx
 from analysis.figures import breakdown_figure, cost_figure, memory_figure
@@ -254,6 +255,32 @@ def test_cli_writes_csv_json_html(tmp_path):
     assert not (out / "complexity.png").exists()
 
 
+SMALL = ["--embed-dim", "32", "--depth", "2", "--heads", "2", "--frames", "2,4", "--sizes", "32", "--base-frames", "2",
+         "--base-size", "32", "--schemes", "divided_space_time,axial", "--no-png"]
+
+
+def test_cli_measures_at_the_runs_batch_precision_and_optimizer(tmp_path, capsys):
+    """--measure runs the real model with the run's settings (it measured one clip whatever --batch-size said):
+    FLOPs and saved activations equal to the estimate's (on a GPU, whose attention kernels save other
+    tensors, within 5%); on a GPU also the peak, never above the estimate."""
+    out = tmp_path / "cost"
+    assert cx.main(["--out", str(out), *SMALL, "--batch-size", "3", "--optimizer", "adamw",
+                    "--measure", "--device", "cuda" if torch.cuda.is_available() else "cpu"]) == 0
+    rows = json.loads((out / "complexity.json").read_text())["rows"]
+    assert len(rows) == 6
+    for r in rows:
+        assert r["measured_gflops"] == pytest.approx(r["gflops"], rel=1e-9)
+        if torch.cuda.is_available():
+            assert r["measured_activation_bytes"] == pytest.approx(r["activation_bytes_fused"], rel=0.05)
+            assert r["measured_device"] == "cuda:0" and 0 < r["measured_peak_bytes"] <= r["train_bytes_fused"]
+        else:
+            assert r["measured_activation_bytes"] == r["activation_bytes_fused"]
+            assert r["measured_device"] == "cpu" and r["measured_peak_bytes"] is None
+    assert capsys.readouterr().out.count("measured ") == 4  # the two sweeps share their base point
+    assert cx.main(["--out", str(out), *SMALL, "--measure", "--measure-max-gflops", "0"]) == 0  # none cheap enough
+    assert all(r["measured_gflops"] is None for r in json.loads((out / "complexity.json").read_text())["rows"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--frames", "8,-4"], "positive"),
     (["--sizes", "230"], "not divisible by the patch size 16"),
@@ -262,6 +289,7 @@ def test_cli_writes_csv_json_html(tmp_path):
     (["--dtype", "fp16"], "invalid choice"),
     (["--batch-size", "8,16"], "expected an integer ≥ 1, got '8,16'"),
     (["--depth", "0"], "expected an integer ≥ 1, got '0'"),
+    (["--measure", "--device", "tpu"], "--device tpu: Expected one of"),
 ])
 def test_cli_bad_arguments_give_one_line(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:

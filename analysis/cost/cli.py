@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import time
 from pathlib import Path
+
+import torch
 
 from analysis.cost.estimate import DTYPES, OPTIMIZERS, GiB, estimate
 from analysis.cost.measure import Measurement, measure
@@ -21,6 +24,7 @@ from analysis.cost.sweep import IMPLEMENTATIONS, sweep
 from analysis.figures import cost_figure
 from timesformer.cli import at_least
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
+from timesformer.distributed import resolve_device
 from timesformer.files import make_folder
 
 PROG = "complexity.py"
@@ -77,9 +81,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory", dest="gpu_gib", metavar="GIB", type=float, default=32.0,
                    help="GPU memory in GiB (32, a V100-32GB)")
     p.add_argument("--measure", action="store_true",
-                   help="also run the real model on the CPU where it fits in half the RAM (see --measure-max-gflops)")
-    p.add_argument("--measure-max-gflops", type=float, default=500.0,
-                   help="skip measuring points above this many GFLOPs (CPU time; 500)")
+                   help="also run the real model where it fits (half the RAM, or 90%% of the GPU's memory) at the "
+                        "run's batch, precision, optimizer and checkpointing; on a GPU also its peak memory")
+    p.add_argument("--measure-max-gflops", type=float, default=None,
+                   help="skip measuring points above this many GFLOPs (default: 500 on a CPU, no limit on a GPU)")
+    p.add_argument("--device", default="auto",
+                   help="where --measure runs the model: auto (the GPU where there is one), cpu, cuda, cuda:N")
     p.add_argument("--no-png", action="store_true", help="skip the PNG even if a browser is present")
     return p
 
@@ -103,27 +110,47 @@ def _physical_memory() -> int:
         return 8 * GiB
 
 
-def _measure_rows(rows: list[dict], base: TimeSformerConfig, dtype: str, max_gflops: float) -> None:
-    """Add `measured_*` columns to the rows whose real model is cheap enough to run on the CPU."""
-    budget = _physical_memory() // 2
-    measured: dict[tuple, Measurement] = {}
+def _measure_rows(rows: list[dict], base: TimeSformerConfig, options: dict, max_gflops: float | None,
+                  device: torch.device) -> None:
+    """Add `measured_*` columns to the rows whose real model fits on `device` (half the RAM, or 90% of the GPU's
+    memory, by the estimate) and is cheap enough: FLOPs, parameters, the bytes saved for backward and, on a GPU,
+    the peak memory of a training step, with the run's `options` (batch size, precision, optimizer,
+    checkpointing). A point that runs out of GPU memory gets `measured_peak_bytes` None and a line that says so."""
+    on_gpu = device.type == "cuda"
+    budget = int(torch.cuda.get_device_properties(device).total_memory * 0.9) if on_gpu else _physical_memory() // 2
+    if max_gflops is None:
+        max_gflops = math.inf if on_gpu else 500.0
+    measured: dict[tuple, Measurement | None] = {}
     for row in rows:
         cfg = base.replace(attention_type=row["attention_type"], num_frames=row["num_frames"], img_size=row["img_size"])
-        need = estimate(cfg, batch_size=1, dtype=dtype, fused=True).training_bytes
+        need = estimate(cfg, fused=True, **options).training_bytes
         if row["gflops"] > max_gflops or need > budget:
             row["measured_gflops"] = None
             continue
         point = (row["attention_type"], row["num_frames"], row["img_size"])
         fresh = point not in measured  # the two sweeps share their base point
+        name = f"{row['attention_type']} {row['num_frames']}×{row['img_size']}"
         if fresh:
-            measured[point] = measure(cfg, batch_size=1, dtype=dtype)
+            try:
+                measured[point] = measure(cfg, device=device, **options)
+            except torch.cuda.OutOfMemoryError:
+                measured[point] = None
+                print(f"measured {name}: out of GPU memory (estimate {need / GiB:.2f} GiB)", flush=True)
+            finally:
+                if on_gpu:
+                    torch.cuda.empty_cache()
         m = measured[point]
-        row.update(measured_gflops=m.gflops, measured_params=m.params,
-                   measured_activation_bytes=m.activation_bytes, measured_seconds=m.seconds)
+        if m is None:
+            row.update(measured_gflops=None, measured_peak_bytes=None)
+            continue
+        row.update(measured_gflops=m.gflops, measured_params=m.params, measured_activation_bytes=m.activation_bytes,
+                   measured_peak_bytes=m.peak_bytes, measured_seconds=m.seconds, measured_device=m.device)
         if fresh:
-            print(f"measured {row['attention_type']} {row['num_frames']}×{row['img_size']}: {m.gflops:.1f} GFLOPs "
-                  f"(estimate {row['gflops']:.1f}), saved activations {m.activation_bytes / GiB:.2f} GiB "
-                  f"(estimate {row['activation_bytes_fused'] / GiB:.2f}) in {m.seconds:.0f} s", flush=True)
+            peak = (f", peak {m.peak_bytes / GiB:.2f} GiB (estimate {row['train_bytes_fused'] / GiB:.2f})"
+                    if m.peak_bytes is not None else "")
+            print(f"measured {name} on {m.device}: {m.gflops:.1f} GFLOPs (estimate {row['gflops']:.1f}), saved "
+                  f"activations {m.activation_bytes / GiB:.2f} GiB (estimate {row['activation_bytes_fused'] / GiB:.2f})"
+                  f"{peak} in {m.seconds:.0f} s", flush=True)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -163,6 +190,10 @@ def main(argv=None, prog: str | None = None) -> int:
         parser.error(str(exc))
 
     try:
+        device = resolve_device(args.device) if args.measure else None
+    except SystemExit as exc:  # a device that is not there
+        parser.error(str(exc))
+    try:
         out = make_folder(args.out)
     except OSError as exc:
         parser.error(f"--out: {exc}")
@@ -173,7 +204,7 @@ def main(argv=None, prog: str | None = None) -> int:
     rows = sweep(base, args.schemes, args.frames, args.sizes, args.base_frames, args.base_size, gpu, **options)
     print(f"estimated {len(rows)} points in {time.perf_counter() - t0:.2f} s")
     if args.measure:
-        _measure_rows(rows, base, args.dtype, args.measure_max_gflops)
+        _measure_rows(rows, base, options, args.measure_max_gflops, device)
 
     _write_csv(out / "complexity.csv", rows)
     meta = {"gpu_memory_bytes": gpu, "base_config": base.to_dict(), **options,

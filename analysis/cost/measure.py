@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from analysis.cost.estimate import DTYPES
+from analysis.cost.estimate import DTYPES, OPTIMIZERS
 from timesformer.attention import record_attention
 from timesformer.config import TimeSformerConfig
 from timesformer.model import TimeSformer
@@ -66,6 +66,7 @@ def measure(
     device: str | torch.device = "cpu",
     seed: int = 0,
     checkpointing: bool = False,
+    optimizer: str = "adamw",
 ) -> Measurement:
     """Run the real model and count FLOPs, parameters and the bytes saved for backward.
 
@@ -76,10 +77,12 @@ def measure(
     storage size of every saved tensor once (by storage pointer; parameters excluded, their autocast
     copies included). With `fused=False` the model materialises its attention (through
     `record_attention`, the model's own switch). On CUDA, also the peak allocated memory of a full
-    training step with AdamW (forward, backward, optimizer step).
+    training step with `optimizer` (forward, backward, optimizer step: AdamW, or SGD with momentum).
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     device = torch.device(device)
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -124,7 +127,8 @@ def measure(
 
     peak = None
     if device.type == "cuda":
-        opt = torch.optim.AdamW(model.parameters())
+        opt = (torch.optim.AdamW(model.parameters()) if optimizer == "adamw" else
+               torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
         for _ in range(2):  # the second step runs with the optimizer state allocated
             opt.zero_grad(set_to_none=True)
             torch.cuda.synchronize(device)
