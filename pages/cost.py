@@ -4,7 +4,7 @@ Figure 3 for your model and GPU), with the out-of-memory line, and "will my run 
 import streamlit as st
 import torch
 
-from analysis.complexity import IMPLEMENTATIONS, estimate, max_batch_size
+from analysis.complexity import IMPLEMENTATIONS, estimate, max_batch_size, measure
 from analysis.figures import breakdown_figure, cost_figure, memory_figure
 from app import cache, widgets
 from app.sidebar import current
@@ -98,6 +98,25 @@ else:
     st.error(f"Does not fit in {gpu:g} GiB. " + msg + (f" A batch of {best} fits." if best else
                                                         " Not even one clip fits: try bf16, checkpointing or "
                                                         "fewer frames."))
+if on_gpu and fused.fits(torch.cuda.get_device_properties(ctx.device).total_memory):
+    # the estimate against this card: one real training step of the model with random weights and clips
+    key = ("_fit_measured", cfg.to_json(), tuple(opts.items()))
+    if st.button(f"Measure on the {ctx.device_name}", key="fit_measure",
+                 help="runs two training steps of this configuration with random weights and clips"):
+        with st.spinner("Two training steps on the GPU…"):
+            try:
+                st.session_state[key] = measure(cfg, device=ctx.device, **opts).peak_bytes
+            except torch.cuda.OutOfMemoryError:
+                st.session_state[key] = "out of memory"
+            finally:
+                torch.cuda.empty_cache()
+    peak = st.session_state.get(key)
+    if peak == "out of memory":
+        st.error(f"Measured on the {ctx.device_name}: out of memory (estimate {fused.training_bytes / GiB:.2f} GiB; "
+                 "memory other processes hold counts too).")
+    elif peak is not None:
+        st.info(f"Measured on the {ctx.device_name}: a training step peaks at **{peak / GiB:.2f} GiB** allocated, "
+                f"against the estimate's {fused.training_bytes / GiB:.2f} GiB (× {fused.training_bytes / peak:.3f}).")
 c = st.columns(2)
 with c[0]:
     mem = memory_figure(estimates, gpu * GiB)

@@ -554,6 +554,21 @@ def test_cost_will_not_fit(app):
     assert any("Does not fit" in e.value for e in at.error)
 
 
+def test_cost_on_the_apps_gpu(app):
+    """Where the app runs on a GPU, the Cost page starts at that card's memory and measures a configuration's
+    real peak there; on a CPU it offers no measurement."""
+    at = ok(page(app.run(), "cost"))
+    at = ok(at.selectbox(key="k_cost_base").select("the current model").run())
+    buttons = [b.key for b in at.button]
+    if not torch.cuda.is_available() or settings.DEVICE == "cpu":
+        assert "fit_measure" not in buttons and at.number_input(key="k_cost_gpu").value == 32.0
+        return
+    total = torch.cuda.get_device_properties(0).total_memory / 1024**3
+    assert at.number_input(key="k_cost_gpu").value == round(total, 1)
+    at = ok(at.button(key="fit_measure").click().run())
+    assert any("a training step peaks at" in i.value for i in at.info), [i.value for i in at.info]
+
+
 def fake_run(root: Path, model_dir: Path, bad_line: bool = True) -> Path:
     """A run folder in the layout timesformer/train.py writes (metrics.jsonl, train_config.yaml, log.txt,
     ckpt-*/ written by save_model, checkpoint-last)."""
