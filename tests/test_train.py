@@ -626,6 +626,21 @@ def test_cuda_without_cuda_is_a_one_line_error(monkeypatch, tmp_path):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "CUDA is not available" in proc.stderr
 
 
+def test_a_device_this_pytorch_cannot_use_is_a_one_line_error(tmp_path):
+    """mps on Linux, xpu without XPU, meta: said before any work, not a traceback from the first tensor moved."""
+    for name in ("mps", "xpu"):
+        if name == "mps" and torch.backends.mps.is_available() or name == "xpu" and torch.xpu.is_available():
+            continue
+        message = rf"^--device {name}: this PyTorch cannot use it \(.*\); use --device cpu$"
+        with pytest.raises(SystemExit, match=message):
+            resolve_device(name)
+    with pytest.raises(SystemExit, match="TSLAB_DEVICE=meta: meta tensors hold no values; use TSLAB_DEVICE=cpu"):
+        resolve_device("meta", setting="TSLAB_DEVICE={}")
+    proc = subprocess.run([sys.executable, "-m", "timesformer.evaluate", "nowhere", "synthmotion-temporal",
+                           "--device", "meta"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "--device meta" in proc.stderr
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_training_on_cuda(tmp_path):
     res = T.main(toy_args(tmp_path / "run", "--device", "cuda", epochs=1))

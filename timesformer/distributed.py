@@ -20,6 +20,15 @@ def resolve_device(name: str, local_rank: int = 0, setting: str = "--device {}")
         device = torch.device(name)
     except RuntimeError as e:
         raise SystemExit(f"{setting.format(name)}: {e}") from None
+    if device.type == "meta":
+        raise SystemExit(f"{setting.format(name)}: meta tensors hold no values; use {setting.format('cpu')}")
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, ...: usable where a tensor can be made there
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError, NotImplementedError) as e:
+            reason = str(e).strip().split(". ")[0].splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise SystemExit(f"{setting.format(name)}: this PyTorch cannot use it ({reason}); use "
+                             f"{setting.format('cpu')}") from None
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():
