@@ -144,9 +144,10 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
         state.step += 1
         if progress is not None:
             elapsed = max(time.perf_counter() - t0, 1e-9)
-            progress.update(1)
             progress.set_postfix(loss=f"{state.loss_sum / max(state.count, 1):.3f}", lr=f"{lr:.2e}",
-                                 clips_s=f"{clips_seen / elapsed:.1f}", data=f"{waited[0] / elapsed:.0%}")
+                                 clips_s=f"{clips_seen / elapsed:.1f}", data=f"{waited[0] / elapsed:.0%}",
+                                 refresh=False)  # drawn by update, at most every 0.1 s: not a write per step
+            progress.update(1)
         if after_step is not None:
             after_step(state)
     elapsed = max(time.perf_counter() - t0, 1e-9)
