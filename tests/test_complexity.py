@@ -259,7 +259,7 @@ SMALL = ["--embed-dim", "32", "--depth", "2", "--heads", "2", "--frames", "2,4",
          "--base-size", "32", "--schemes", "divided_space_time,axial", "--no-png"]
 
 
-def test_cli_measures_at_the_runs_batch_precision_and_optimizer(tmp_path, capsys):
+def test_cli_measures_at_the_runs_batch_and_optimizer(tmp_path, capsys):
     """--measure runs the real model with the run's settings (it measured one clip whatever --batch-size said):
     FLOPs and saved activations equal to the estimate's (on a GPU, whose attention kernels save other
     tensors, within 5%); on a GPU also the peak, never above the estimate."""
