@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from table1 import cpu_name
 
-from timesformer.data import AtEpoch, EpochBatches, VideoListDataset, collate
+from timesformer.data import TrainLoader, VideoListDataset
 from timesformer.synthmotion import SynthMotion
 from timesformer.video import write_video
 
@@ -57,12 +57,9 @@ def kinetics_like_videos(folder: Path, count: int, frames: int) -> list[Path]:
 
 def loader_rate(size: int, workers: int, seconds: float, batch: int = 16) -> float:
     ds = SynthMotion("temporal", "train", 100_000, 8, size, 0)
-    batches = EpochBatches()
-    kw = dict(persistent_workers=True, prefetch_factor=4) if workers else {}
-    loader = torch.utils.data.DataLoader(AtEpoch(ds), batch_sampler=batches, num_workers=workers,
-                                         collate_fn=collate, **kw)
-    batches.set(0, [list(range(i, i + batch)) for i in range(0, 100_000, batch)])
-    it = iter(loader)
+    loader = TrainLoader(ds, range(len(ds)), batches_per_epoch=len(ds) // batch, batch_size=batch, workers=workers,
+                         prefetch=4, seed=0)  # as tslab train feeds itself
+    it = loader.start(0)
     for _ in range(max(2, workers)):  # the workers' start and first batches are not the steady state
         next(it)
     n, start = 0, time.perf_counter()

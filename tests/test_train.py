@@ -160,6 +160,35 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     assert same_weights(ddp / "checkpoint-last", single / "checkpoint-last", exact=False)
 
 
+def test_the_next_epoch_starts_loading_before_validation(tmp_path, monkeypatch):
+    """Its workers prepare the next epoch's first batches while the loop validates and saves: started at the
+    epoch's first step, the loop waited for them (the data_wait of every epoch's start). A resumed epoch still
+    skips the micro-batches it has done; the last epoch starts nothing after it."""
+    from timesformer.data import TrainLoader
+
+    events = []
+    start, evaluate = TrainLoader.start, T.evaluate
+
+    def spy_start(self, epoch, skip=0):
+        events.append(("start", epoch, skip, len(self.epoch_batches(epoch)[skip:])))
+        return start(self, epoch, skip)
+
+    def spy_evaluate(*args, **kwargs):
+        events.append(("validate",))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(TrainLoader, "start", spy_start)
+    monkeypatch.setattr(T, "evaluate", spy_evaluate)
+    T.main(toy_args(tmp_path / "run", epochs=3))  # 4 steps per epoch
+    assert events == [("start", 0, 0, 4), ("start", 1, 0, 4), ("validate",), ("start", 2, 0, 4), ("validate",),
+                      ("validate",)]
+    T.main(toy_args(tmp_path / "ckpts", "--ckpt-every", "2", "--keep", "10", epochs=3))
+    events.clear()  # resumed from the checkpoint of step 6, in the middle of epoch 1: 2 of its 4 steps are left
+    T.main(toy_args(tmp_path / "resumed", "--resume", str(tmp_path / "ckpts" / "ckpt-s00000006"), epochs=3))
+    assert events == [("start", 1, 2, 2), ("start", 2, 0, 4), ("validate",), ("validate",)]
+    assert rows(tmp_path / "resumed")[-4:] == rows(tmp_path / "ckpts")[-4:]  # as the uninterrupted run
+
+
 ONE_RANK_DIVERGES = """
 import torch
 from timesformer import TimeSformer, TimeSformerConfig

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from .synthmotion import APPEARANCE_CLASSES, TASKS, TEMPORAL_CLASSES, SynthMotion, export_synthmotion
 from .video import VIDEO_EXTENSIONS, VideoError, read_clip, temporal_median
@@ -24,7 +24,7 @@ from .video import VIDEO_EXTENSIONS, VideoError, read_clip, temporal_median
 __all__ = ["APPEARANCE_CLASSES", "TASKS", "TEMPORAL_CLASSES", "SynthMotion", "export_synthmotion", "Skipped",
            "collate", "ClipDataset", "VideoListDataset", "video_folder", "video_csv", "Relabeled",
            "synthmotion_task", "open_split", "build_datasets", "auto_workers", "workers_arg", "EpochBatches",
-           "AtEpoch", "FrameDrop"]
+           "AtEpoch", "TrainLoader", "FrameDrop"]
 
 
 @dataclass
@@ -227,6 +227,42 @@ class AtEpoch(Dataset):
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
         return self.dataset[index]
+
+
+class TrainLoader:
+    """The training loader of a run: one DataLoader whose workers start once and stay (`persistent_workers`),
+    each preparing `prefetch` batches ahead, fed one epoch's batches at a time (`EpochBatches`, `AtEpoch`).
+
+    `start(epoch)` hands the loader that epoch's batches and returns their iterator: the workers begin on them
+    at once. The training loop starts the next epoch before it validates and saves, so that its first batches
+    are ready when it begins. `sampler`: the run's order of indices (a `DistributedSampler`, or any iterable;
+    `set_epoch` is called where it has one); an epoch is its first `batches_per_epoch` batches.
+    """
+
+    def __init__(self, dataset, sampler, *, batches_per_epoch: int, batch_size: int, workers: int, prefetch: int,
+                 seed: int, pin_memory: bool = False):
+        self.dataset, self.sampler = dataset, sampler
+        self.batches_per_epoch, self.batch_size = batches_per_epoch, batch_size
+        self.batches = EpochBatches()
+        kw = dict(persistent_workers=True, prefetch_factor=prefetch) if workers else {}
+        # a private generator: creating a loader must not draw from the global RNG (resume = same stream)
+        self.loader = DataLoader(AtEpoch(dataset), batch_sampler=self.batches, num_workers=workers,
+                                 collate_fn=collate, pin_memory=pin_memory,
+                                 generator=torch.Generator().manual_seed(seed), **kw)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This process's batches of `epoch`."""
+        for part in (self.sampler, self.dataset):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+        # whole optimizer steps only: leftover micro-batches would leak gradients into the next epoch
+        indices = list(self.sampler)[: self.batches_per_epoch * self.batch_size]
+        return [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+
+    def start(self, epoch: int, skip: int = 0):
+        """An iterator over `epoch`'s batches after the first `skip` (the micro-batches a resumed epoch has done)."""
+        self.batches.set(epoch, self.epoch_batches(epoch)[skip:])
+        return iter(self.loader)
 
 
 class FrameDrop(Dataset):

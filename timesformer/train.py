@@ -28,12 +28,12 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 from timesformer.checkpoints import IMAGE_FORMATS, CheckpointError, from_checkpoint, read_checkpoint
 from timesformer.cli import check_ranges
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
-from timesformer.data import AtEpoch, EpochBatches, FrameDrop, auto_workers, build_datasets, collate, workers_arg
+from timesformer.data import FrameDrop, TrainLoader, auto_workers, build_datasets, workers_arg
 from timesformer.distributed import Dist, free_frames
 from timesformer.engine import (
     Trainer,
@@ -319,7 +319,9 @@ def _train(args, dist: Dist, run: Run) -> dict:
 
     val_loader = (eval_loader(val_ds, args.batch_size, args.workers, dist, pin_memory=device.type == "cuda")
                   if val_ds is not None else None)
-    loader, batches = _train_loader(args, train_ds, pin_memory=device.type == "cuda")
+    loader = TrainLoader(train_ds, sampler, batches_per_epoch=steps_per_epoch * args.accum_steps,
+                         batch_size=args.batch_size, workers=args.workers, prefetch=args.prefetch, seed=args.seed,
+                         pin_memory=device.type == "cuda")
     progress = None
     if dist.main and not args.no_progress:
         from tqdm import tqdm
@@ -336,18 +338,21 @@ def _train(args, dist: Dist, run: Run) -> dict:
         if args.ckpt_every and state.step % args.ckpt_every == 0 and not end_of_epoch and state.step < total_steps:
             save(f"ckpt-s{state.step:08d}")
 
-    result = {}
+    result, ahead = {}, None
     try:
         while state.epoch < args.epochs and state.step < total_steps:
             epoch, t_epoch = state.epoch, time.time()
-            batches.set(epoch, _epoch_batches(args, train_ds, sampler, epoch, steps_per_epoch)[state.micro:])
-            train_one_epoch(trainer, loader, state, log=log, progress=progress, after_step=after_step)
+            batches = ahead if ahead is not None else loader.start(epoch, skip=state.micro)
+            train_one_epoch(trainer, batches, state, log=log, progress=progress, after_step=after_step)
             state.wall += time.time() - t_epoch
             result["train"] = row = train_row(trainer, state)
             if row.get("skipped"):
                 log(f"epoch {epoch}: skipped {row['skipped']} unreadable clips")
             run.log_metrics(row)
             finished = state.step >= total_steps or epoch + 1 >= args.epochs
+            # the workers begin the next epoch now: its first batches are ready once validation and the
+            # checkpoint are done (started at its first step, the epoch waited for them)
+            ahead = None if finished else loader.start(epoch + 1)
             if val_loader is not None and ((epoch + 1) % args.eval_every == 0 or finished):
                 ev = evaluate(trainer.ddp_model, val_loader, device, trainer.dtype, dist)
                 result["val"] = row = {"epoch": epoch, "step": state.step, "split": "val", **ev}
@@ -385,26 +390,6 @@ def _build_trainer(args, dist: Dist, model: TimeSformer, total_steps: int, steps
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), dist=dist,
         lr_at=lambda step: lr_at(step, args, total_steps, steps_per_epoch), total_steps=total_steps,
         accum_steps=args.accum_steps, clip_grad=args.clip_grad, dtype=dtype)
-
-
-def _epoch_batches(args, train_ds, sampler: DistributedSampler, epoch: int, steps_per_epoch: int) -> list[list[int]]:
-    """This process's batches of `epoch` (a resumed epoch skips the micro-batches already done)."""
-    sampler.set_epoch(epoch)
-    train_ds.set_epoch(epoch)
-    # whole optimizer steps only: leftover micro-batches would leak gradients into the next epoch
-    indices = list(sampler)[: steps_per_epoch * args.accum_steps * args.batch_size]
-    return [indices[i:i + args.batch_size] for i in range(0, len(indices), args.batch_size)]
-
-
-def _train_loader(args, train_ds, *, pin_memory: bool) -> tuple[DataLoader, EpochBatches]:
-    """One loader for the whole run: its workers start once and stay (`persistent_workers`), each preparing
-    `--prefetch` batches ahead; `EpochBatches.set` gives it each epoch's batches."""
-    batches = EpochBatches()
-    workers = dict(persistent_workers=True, prefetch_factor=args.prefetch) if args.workers else {}
-    # a private generator: creating a loader must not draw from the global RNG (resume = same stream)
-    loader = DataLoader(AtEpoch(train_ds), batch_sampler=batches, num_workers=args.workers, collate_fn=collate,
-                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(args.seed), **workers)
-    return loader, batches
 
 
 def cli(argv=None, prog: str | None = None) -> None:
