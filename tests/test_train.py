@@ -416,6 +416,32 @@ def test_ddp_skips_a_micro_batch_together_when_one_process_has_no_readable_clip(
     assert [(r["step"], r["clips"], r["skipped"]) for r in train] == [(4, 6, 1), (8, 6, 1)]
 
 
+def test_evaluate_under_torchrun_counts_every_clip_once(tmp_path):
+    """2 processes (gloo) each evaluate every other clip; rank 0 prints the metrics of all of them, equal to one
+    process's (11 clips: the shards are unequal, and none is padded)."""
+    from timesformer import evaluate as E
+    from timesformer.synthmotion import TEMPORAL_CLASSES
+
+    model = tmp_path / "model"
+    torch.manual_seed(0)
+    save_model(TimeSformer(TimeSformerConfig.tiny(img_size=32, num_frames=4, num_classes=4,
+                                                  class_names=list(TEMPORAL_CLASSES))), model)
+    flags = [str(model), "synthmotion-temporal", "--num-clips", "11", "--batch-size", "2", "--json"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "timesformer.evaluate", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, proc.stdout  # rank 0 alone prints
+    two, one = json.loads(lines[0]), E.run(model, "synthmotion-temporal", num_clips=11, batch_size=2)
+    assert two["processes"] == 2 and one["processes"] == 1
+    for view in ("clip", "video"):
+        assert two[view]["clips"] == one[view]["clips"] == 11
+        assert two[view]["loss"] == pytest.approx(one[view]["loss"], rel=1e-5)
+        assert two[view]["acc1"] == one[view]["acc1"]
+
+
 def test_frame_drop_flag(tmp_path):
     T.main(toy_args(tmp_path / "plain", epochs=1))
     T.main(toy_args(tmp_path / "drop", "--frame-drop", "0.5", epochs=1))

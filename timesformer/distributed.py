@@ -60,7 +60,8 @@ class Dist:
         self.device = resolve_device(device_arg, self.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        if self.ddp and not dist.is_initialized():
+        self.owns_group = self.ddp and not dist.is_initialized()  # closed by `close` only where opened here
+        if self.owns_group:
             dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
         # flags the processes agree on before they queue work: exchanged by the CPUs, so that nothing waits
         # for a GPU (the default group, where it is gloo already)
@@ -101,7 +102,7 @@ class Dist:
         return t
 
     def close(self) -> None:
-        if self.ddp and dist.is_initialized():
+        if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 

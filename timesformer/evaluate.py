@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -20,7 +21,7 @@ import torch
 from timesformer.checkpoints import CheckpointError, load_model
 from timesformer.cli import at_least
 from timesformer.data import auto_workers, open_split, synthmotion_task, workers_arg
-from timesformer.distributed import resolve_device
+from timesformer.distributed import Dist
 from timesformer.engine import eval_loader, evaluate
 from timesformer.optim import AMP, amp_dtype
 
@@ -35,10 +36,20 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
     CPU; "none", "bf16" or "fp16"."""
     if amp not in AMP:
         raise ValueError(f"amp must be one of {', '.join(AMP)}, got {amp!r}")
-    device = resolve_device(device)
+    dist = Dist(device)  # under torchrun, each process evaluates every world-th clip on its own device
+    try:
+        return _run(dist, checkpoint, data, split, batch_size, num_frames, size, sampling_rate, num_clips, seed,
+                    workers, amp)
+    finally:
+        dist.close()
+
+
+def _run(dist: Dist, checkpoint, data, split, batch_size, num_frames, size, sampling_rate, num_clips, seed, workers,
+         amp) -> dict:
+    device = dist.device
     dtype = amp_dtype(argparse.Namespace(amp=amp), device)
     if workers == "auto":
-        workers = auto_workers(device)
+        workers = auto_workers(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     try:
         model = load_model(checkpoint)
     except (CheckpointError, OSError) as e:
@@ -56,11 +67,12 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None
     t0 = time.time()
-    loader = eval_loader(ds, batch_size, workers, pin_memory=device.type == "cuda")
-    video = evaluate(model, loader, device, dtype, view=1)  # every clip decoded and run once for both
+    loader = eval_loader(ds, batch_size, workers, dist, pin_memory=device.type == "cuda")
+    video = evaluate(model, loader, device, dtype, dist, view=1)  # every clip decoded and run once for both
     seconds = round(time.time() - t0, 2)
     return {"clip": {**video.pop("view"), "seconds": seconds}, "video": {**video, "seconds": seconds},
-            "amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]}
+            "amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+            "processes": dist.world}
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -87,6 +99,8 @@ def main(argv=None, prog: str | None = None) -> None:
     a = build_parser(prog).parse_args(argv)
     res = run(a.checkpoint, a.data, a.split, a.batch_size, a.num_frames, a.img_size, a.sampling_rate, a.num_clips,
               a.seed, a.device, a.workers, a.amp)
+    if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 prints the metrics of all processes
+        return
     if a.json:
         print(json.dumps(res))
         return
