@@ -322,6 +322,26 @@ def training_figure(rows: list[dict], title: str) -> go.Figure:
     return fig
 
 
+def throughput_figure(rows: list[dict], title: str) -> go.Figure | None:
+    """Training clips/s (left axis) and the share of each epoch spent waiting for data (right axis) against
+    the step, from the train rows of metrics.jsonl that have them (None where none has: an older run)."""
+    pts = sorted((r for r in rows if r.get("split") == "train" and "clips_per_s" in r), key=lambda r: r["step"])
+    if not pts:
+        return None
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=[r["step"] for r in pts], y=[r["clips_per_s"] for r in pts], mode="lines+markers",
+                             name="clips/s", line=dict(color="#636EFA")), secondary_y=False)
+    if any("data_wait" in r for r in pts):
+        fig.add_trace(go.Scatter(x=[r["step"] for r in pts], y=[r.get("data_wait") for r in pts],
+                                 mode="lines+markers", name="waiting for data", line=dict(color="#EF553B", dash="dot")),
+                      secondary_y=True)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="training clips/s", rangemode="tozero", secondary_y=False)
+    fig.update_yaxes(title_text="share of the epoch", range=[0, 1], tickformat=".0%", secondary_y=True)
+    fig.update_layout(template="plotly_white", height=340, title=title, legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
 # --------------------------------------------------------------------------------------------------
 # Temporal evidence (analysis.temporal)
 

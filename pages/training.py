@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 import yaml
 
-from analysis.figures import training_figure
+from analysis.figures import throughput_figure, training_figure
 from app import settings, widgets
 
 st.title("Training runs")
@@ -63,6 +63,11 @@ if rows:
     fig = training_figure(rows, f"{run.name}: {len(rows)} evaluations")
     st.plotly_chart(fig, key="runs_curves", width="stretch")
     widgets.download_figure(fig, f"{run.name}_curves", "runs_dl_curves")
+    speed = throughput_figure(rows, "speed, per epoch")
+    if speed is not None:
+        st.plotly_chart(speed, key="runs_speed", width="stretch")
+        st.caption("Waiting for data near 0: the loader keeps up with the model. Well above it, the GPU idles "
+                   "for want of clips: give the loader more cores (`--workers`) or make the clips cheaper.")
     last = {r["split"]: r for r in rows}
     st.dataframe(list(last.values()), hide_index=True, key="runs_last")
 else:

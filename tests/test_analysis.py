@@ -4,7 +4,7 @@ import torch
 
 from analysis.attribution import METHODS, attribute, cost, to_grid
 from analysis.faithfulness import curves_cost, deletion_insertion, random_map
-from analysis.figures import pattern_figure
+from analysis.figures import pattern_figure, throughput_figure
 from analysis.maps import attention_row, fuse_heads, query_index, query_map, summarize
 from analysis.media import animation_bytes, grid_image, overlay, save_pattern
 from analysis.patterns import blocks_to_full_clip, pattern_codes, receptive_field, steps_seeing
@@ -411,3 +411,14 @@ def test_rollout_and_integrated_gradients_beat_random_on_the_shipped_model():
     for name in ("rollout", "integrated_gradients"):
         assert mean[name][0] < mean["random"][0], (name, mean)  # deletion: lower is better
         assert mean[name][1] > mean["random"][1], (name, mean)  # insertion: higher is better
+
+
+def test_throughput_figure_plots_the_train_rows_speed_and_data_wait():
+    rows = [{"step": 8, "split": "train", "clips_per_s": 100.0, "data_wait": 0.1},
+            {"step": 8, "split": "val", "loss": 1.0},
+            {"step": 4, "split": "train", "clips_per_s": 90.0, "data_wait": 0.3}]
+    fig = throughput_figure(rows, "speed")
+    speed, wait = fig.data
+    assert list(speed.x) == [4, 8] and list(speed.y) == [90.0, 100.0]  # in step order, train rows only
+    assert list(wait.y) == [0.3, 0.1] and wait.yaxis == "y2"  # the share on its own axis
+    assert throughput_figure([{"step": 1, "split": "train", "loss": 1.0}], "old run") is None

@@ -576,6 +576,8 @@ def fake_run(root: Path, model_dir: Path, bad_line: bool = True) -> Path:
     run.mkdir(parents=True)
     rows = [{"epoch": e, "step": 64 * (e + 1), "split": s, "loss": 1.4 / (e + 1) + 0.05 * (s == "val"),
              "acc1": min(1.0, 0.25 + 0.09 * e - 0.02 * (s == "val"))} for e in range(8) for s in ("train", "val")]
+    for r in rows[::2]:  # train rows: speed and the share spent waiting for data
+        r.update(clips_per_s=120.0 + r["epoch"], data_wait=0.02)
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + ("\nnot json\n" if bad_line else "\n"))
     (run / "train_config.yaml").write_text("args:\n  lr: 0.001\nmodel:\n  depth: 4\n")
     (run / "log.txt").write_text("epoch 0\n")
@@ -590,7 +592,7 @@ def test_training_runs_and_open_in_explore(app, assets, tmp_path, clip_bytes):
     next(u for u in at.get("file_uploader") if u.key == "clip_upload").upload("mine.mp4", clip_bytes, "video/mp4")
     at = ok(page(at.run(), "training"))
     assert at.text_input(key="k_runs_path").value.endswith("demo")  # found under runs/
-    assert "runs_curves" in charts(at)
+    assert {"runs_curves", "runs_speed"} <= set(charts(at))
     assert any("not metrics" in w.value for w in at.warning)  # the bad line is skipped, said so
     at = ok(at.button(key="runs_open").click().run())
     assert at.title[0].value == "Explore"
