@@ -337,7 +337,8 @@ def throughput_figure(rows: list[dict], title: str) -> go.Figure | None:
                       secondary_y=True)
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="training clips/s", rangemode="tozero", secondary_y=False)
-    fig.update_yaxes(title_text="share of the epoch", range=[0, 1], tickformat=".0%", secondary_y=True)
+    fig.update_yaxes(title_text="share of the epoch", range=[0, 1], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%",
+                     showgrid=False, secondary_y=True)
     fig.update_layout(template="plotly_white", height=340, title=title, legend=dict(orientation="h", y=-0.25))
     return fig
 

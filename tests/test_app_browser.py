@@ -119,6 +119,7 @@ def shoot(page, name: str, anchor: str | None = None) -> None:
         if anchor:
             page.get_by_text(anchor, exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
             page.wait_for_timeout(500)
+        page.add_style_tag(content=".plotly-notifier { display: none !important; }")  # download toasts
         Path(out).mkdir(parents=True, exist_ok=True)
         from PIL import Image
 
