@@ -105,6 +105,12 @@ class Dist:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
+    def __enter__(self) -> Dist:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def free_frames(error: BaseException) -> None:
     """Clear the local variables of the frames that `error`, and the exceptions it arose from, hold.

@@ -36,43 +36,34 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
     CPU; "none", "bf16" or "fp16"."""
     if amp not in AMP:
         raise ValueError(f"amp must be one of {', '.join(AMP)}, got {amp!r}")
-    dist = Dist(device)  # under torchrun, each process evaluates every world-th clip on its own device
-    try:
-        return _run(dist, checkpoint, data, split, batch_size, num_frames, size, sampling_rate, num_clips, seed,
-                    workers, amp)
-    finally:
-        dist.close()
-
-
-def _run(dist: Dist, checkpoint, data, split, batch_size, num_frames, size, sampling_rate, num_clips, seed, workers,
-         amp) -> dict:
-    device = dist.device
-    dtype = amp_dtype(argparse.Namespace(amp=amp), device)
-    if workers == "auto":
-        workers = auto_workers(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    try:
-        model = load_model(checkpoint)
-    except (CheckpointError, OSError) as e:
-        raise SystemExit(str(e)) from None
-    model = model.to(device).eval()
-    cfg = model.config
-    num_frames, size = num_frames or cfg.num_frames, size or cfg.img_size
-    if size % cfg.patch_size:
-        raise SystemExit(f"--img-size {size} is not a multiple of the model's patch size {cfg.patch_size}")
-    if synthmotion_task(data) is not None:
-        split = "test"  # a stream that neither training nor validation draws from
-    try:  # the paper's 3 crops; the middle one is the centre crop that a single view takes
-        ds = open_split(data, split, model.class_names, num_frames=num_frames, size=size,
-                        sampling_rate=sampling_rate, seed=seed, num_clips=num_clips, spatial_crops=3)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(str(e)) from None
-    t0 = time.time()
-    loader = eval_loader(ds, batch_size, workers, dist, pin_memory=device.type == "cuda")
-    video = evaluate(model, loader, device, dtype, dist, view=1)  # every clip decoded and run once for both
-    seconds = round(time.time() - t0, 2)
-    return {"clip": {**video.pop("view"), "seconds": seconds}, "video": {**video, "seconds": seconds},
-            "amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
-            "processes": dist.world}
+    with Dist(device) as dist:  # under torchrun, each process evaluates every world-th clip on its own device
+        device = dist.device
+        dtype = amp_dtype(argparse.Namespace(amp=amp), device)
+        if workers == "auto":
+            workers = auto_workers(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        try:
+            model = load_model(checkpoint)
+        except (CheckpointError, OSError) as e:
+            raise SystemExit(str(e)) from None
+        model = model.to(device).eval()
+        cfg = model.config
+        num_frames, size = num_frames or cfg.num_frames, size or cfg.img_size
+        if size % cfg.patch_size:
+            raise SystemExit(f"--img-size {size} is not a multiple of the model's patch size {cfg.patch_size}")
+        if synthmotion_task(data) is not None:
+            split = "test"  # a stream that neither training nor validation draws from
+        try:  # the paper's 3 crops; the middle one is the centre crop that a single view takes
+            ds = open_split(data, split, model.class_names, num_frames=num_frames, size=size,
+                            sampling_rate=sampling_rate, seed=seed, num_clips=num_clips, spatial_crops=3)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(str(e)) from None
+        t0 = time.time()
+        loader = eval_loader(ds, batch_size, workers, dist, pin_memory=device.type == "cuda")
+        video = evaluate(model, loader, device, dtype, dist, view=1)  # every clip decoded and run once for both
+        seconds = round(time.time() - t0, 2)
+        return {"clip": {**video.pop("view"), "seconds": seconds}, "video": {**video, "seconds": seconds},
+                "amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+                "processes": dist.world}
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
