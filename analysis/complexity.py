@@ -26,15 +26,15 @@ from analysis.cost.estimate import (
     estimate,
     max_batch_size,
 )
-from analysis.cost.measure import Measurement, measure
+from analysis.cost.measure import Measurement, measure, measure_if_it_fits
 from analysis.cost.references import OFFICIAL_GFLOPS, PAPER_TFLOPS, references
 from analysis.cost.shapes import StepShape, step_shapes
 from analysis.cost.sweep import IMPLEMENTATIONS, sweep
 
 __all__ = [
     "DTYPES", "OPTIMIZERS", "OVERHEAD_BYTES", "GiB", "Estimate", "StepShape", "count_params", "estimate",
-    "max_batch_size", "step_shapes", "Measurement", "measure", "IMPLEMENTATIONS", "sweep", "OFFICIAL_GFLOPS",
-    "PAPER_TFLOPS", "references", "build_parser", "main", "write_png",
+    "max_batch_size", "step_shapes", "Measurement", "measure", "measure_if_it_fits", "IMPLEMENTATIONS", "sweep",
+    "OFFICIAL_GFLOPS", "PAPER_TFLOPS", "references", "build_parser", "main", "write_png",
 ]
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Figure 3 for your model and GPU), with the out-of-memory line, and "will my run 
 import streamlit as st
 import torch
 
-from analysis.complexity import IMPLEMENTATIONS, estimate, max_batch_size, measure
+from analysis.complexity import IMPLEMENTATIONS, estimate, max_batch_size, measure_if_it_fits
 from analysis.figures import breakdown_figure, cost_figure, memory_figure
 from app import cache, widgets
 from app.sidebar import current
@@ -104,12 +104,8 @@ if on_gpu and fused.fits(torch.cuda.get_device_properties(ctx.device).total_memo
     if st.button(f"Measure on the {ctx.device_name}", key="fit_measure",
                  help="runs two training steps of this configuration with random weights and clips"):
         with st.spinner("Two training steps on the GPU…"):
-            try:
-                st.session_state[key] = measure(cfg, device=ctx.device, **opts).peak_bytes
-            except torch.cuda.OutOfMemoryError:
-                st.session_state[key] = "out of memory"
-            finally:
-                torch.cuda.empty_cache()
+            m = measure_if_it_fits(cfg, device=ctx.device, **opts)
+        st.session_state[key] = "out of memory" if m is None else m.peak_bytes
     peak = st.session_state.get(key)
     if peak == "out of memory":
         st.error(f"Measured on the {ctx.device_name}: out of memory (estimate {fused.training_bytes / GiB:.2f} GiB; "

@@ -381,3 +381,16 @@ def test_cli_needs_out(capsys):
     with pytest.raises(SystemExit):
         cx.main([])
     assert "--out" in capsys.readouterr().err
+
+
+def test_measure_if_it_fits_says_none_when_the_gpu_runs_out(monkeypatch):
+    import analysis.cost.measure as measure_module
+
+    cfg = small("divided_space_time")
+    assert cx.measure_if_it_fits(cfg).params == cx.measure(cfg).params
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(measure_module, "measure", out_of_memory)
+    assert cx.measure_if_it_fits(cfg) is None

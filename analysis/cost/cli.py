@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from analysis.cost.estimate import DTYPES, OPTIMIZERS, GiB, estimate
-from analysis.cost.measure import Measurement, measure
+from analysis.cost.measure import Measurement, measure_if_it_fits
 from analysis.cost.references import references
 from analysis.cost.sweep import IMPLEMENTATIONS, sweep
 from analysis.figures import cost_figure
@@ -131,14 +131,9 @@ def _measure_rows(rows: list[dict], base: TimeSformerConfig, options: dict, max_
         fresh = point not in measured  # the two sweeps share their base point
         name = f"{row['attention_type']} {row['num_frames']}×{row['img_size']}"
         if fresh:
-            try:
-                measured[point] = measure(cfg, device=device, **options)
-            except torch.cuda.OutOfMemoryError:
-                measured[point] = None
+            measured[point] = measure_if_it_fits(cfg, device=device, **options)
+            if measured[point] is None:
                 print(f"measured {name}: out of GPU memory (estimate {need / GiB:.2f} GiB)", flush=True)
-            finally:
-                if on_gpu:
-                    torch.cuda.empty_cache()
         m = measured[point]
         if m is None:
             row.update(measured_gflops=None, measured_peak_bytes=None)

@@ -145,3 +145,16 @@ def measure(
         activation_bytes=activation_bytes, peak_bytes=peak, flops_by_op=by_op,
         seconds=time.perf_counter() - start,
     )
+
+
+def measure_if_it_fits(config: TimeSformerConfig, device: str | torch.device = "cpu", **kwargs) -> Measurement | None:
+    """`measure`, or None where the GPU runs out of memory; the allocator's cached blocks are given back either
+    way, so that the next measurement (or whatever else shares the GPU) starts from what is really in use."""
+    device = torch.device(device)
+    try:
+        return measure(config, device=device, **kwargs)
+    except torch.cuda.OutOfMemoryError:
+        return None
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
