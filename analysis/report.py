@@ -29,7 +29,7 @@ from analysis.media import grid_image, overlay, png_bytes, save_pattern, upscale
 from analysis.rollout import rollout
 from analysis.temporal import temporal_evidence
 from timesformer import ATTENTION_TYPES, CheckpointError, load_model
-from timesformer.cli import at_least
+from timesformer.cli import HelpFormatter, at_least
 from timesformer.distributed import resolve_device
 from timesformer.engine import predict
 from timesformer.files import make_folder
@@ -64,28 +64,28 @@ def parse_head(text: str):
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog or "python -m analysis.report", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=prog or "python -m analysis.report", description=__doc__.split("\n\n")[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("clip", help="a video file (mp4, webm, avi, mov, mkv, gif)")
     ap.add_argument("--out", required=True, type=Path, help="output folder (created)")
     ap.add_argument("--checkpoint", default=None, help="any checkpoint load_model opens (default: shipped model)")
     ap.add_argument("--scheme", nargs="+", choices=ATTENTION_TYPES, default=None,
                     help="schemes to draw patch diagrams for (default: the model's)")
-    ap.add_argument("--query", type=parse_query, default="cls", help="'cls' or a patch t,h,w (default cls)")
-    ap.add_argument("--layer", type=int, default=-1, help="layer whose attention is drawn (default last)")
-    ap.add_argument("--head", type=parse_head, default="mean", help="head index or mean/max/min (default mean)")
+    ap.add_argument("--query", type=parse_query, default="cls", help="'cls' or a patch t,h,w")
+    ap.add_argument("--layer", type=int, default=-1, help="layer whose attention is drawn (-1: the last)")
+    ap.add_argument("--head", type=parse_head, default="mean", help="head index or mean/max/min")
     ap.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop the weakest share of weights")
     ap.add_argument("--sampling-rate", type=at_least(0), default=SPREAD,
                     help="frames between samples (default 0: spread the frames over the whole clip)")
     ap.add_argument("--crops", type=int, choices=(1, 3), default=3, help="spatial crops for the video-level score")
     ap.add_argument("--format", choices=("gif", "mp4"), default="gif", help="overlay video format")
-    ap.add_argument("--scale", type=at_least(0), default=0,
-                    help="upscale frames to at least this many pixels (default 256)")
+    ap.add_argument("--scale", type=at_least(1), default=256, help="upscale frames to at least this many pixels")
     ap.add_argument("--methods", nargs="+", choices=list(EXPLANATIONS), default=[],
                     help="also draw these explanations of --target (e.g. gae lrp)")
     ap.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
     ap.add_argument("--baseline", type=parse_baseline, default="temporal_median",
                     help="what a removed patch becomes, for --methods that remove or interpolate: a number "
-                         f"(0 = the mean colour) or one of {', '.join(BASELINES)} (default temporal_median)")
+                         f"(0 = the mean colour) or one of {', '.join(BASELINES)}")
     ap.add_argument("--temporal", action="store_true", help="also measure the evidence about time")
     ap.add_argument("--device", default="auto",
                     help="where the model runs: auto (CUDA where available, else the CPU), cpu, cuda, cuda:1, ...")
@@ -110,7 +110,7 @@ def run(args) -> dict:
     logits, rec = recorded_forward(model, centre)
     preds = predict(model, views, k=5)
     out = make_folder(args.out)
-    frames = upscale(denormalize(centre[0]), args.scale or 256)
+    frames = upscale(denormalize(centre[0]), args.scale)
     (out / "frames.png").write_bytes(png_bytes(grid_image(frames)))
     layer_maps = [m for m in rec if m.layer == layer]
     maps = {f"attention_{m.step}": query_map(m, args.query, args.head)[0] for m in layer_maps

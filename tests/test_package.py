@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
+import importlib
 import re
 import subprocess
 import sys
@@ -33,6 +35,24 @@ def test_tslab_lists_every_command_and_each_has_help(tmp_path):
         assert sub.stdout.startswith(f"usage: tslab {name}"), (name, sub.stdout[:200])
     bad = run(TSLAB, "fly")
     assert bad.returncode == 2 and "unknown command 'fly'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("module", ["timesformer.train", "timesformer.evaluate", "analysis.report",
+                                    "analysis.cost.cli"])
+def test_every_flag_says_what_it_does_and_its_default(module):
+    """argparse's own ArgumentDefaultsHelpFormatter prints nothing for a flag without help, "(default: None)" for
+    one whose default the help explains, and tuples as "(8, 16, 32)"; cli.HelpFormatter names each default once."""
+    parser = importlib.import_module(module).build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or action.default is argparse.SUPPRESS:  # positionals, --help
+            continue
+        flag = action.option_strings[-1]
+        assert action.help, f"{module}: {flag} has no help"
+        text = formatter._expand_help(action)
+        assert "(default: None)" not in text and "(default: (" not in text, (flag, text)
+        if not (action.default is None or action.default is False or action.default == []):
+            assert "default" in text, f"{module}: the help of {flag} does not name its default: {text!r}"
 
 
 def test_tslab_app_refuses_a_device_that_is_not_there():

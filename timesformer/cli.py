@@ -50,6 +50,19 @@ def at_least(low: int):
     return integer
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """`--help` that gives every option's default: "(default: X)" after its help, unless the help already says
+    what the default is or there is none (None, False, an empty list). Every command's parser uses it."""
+
+    def _get_help_string(self, action):
+        text, default = action.help or "", action.default
+        if (not action.option_strings or "default" in text or default is None or default is False
+                or default is argparse.SUPPRESS or default == []):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
+
 def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace, ranges: dict) -> None:
     """A one-line SystemExit for the first int or float flag of `parser` whose value in `args` is not a number
     of its type, or is out of its range in `ranges` (dest → (lowest, whether the lowest is allowed, the value

@@ -19,7 +19,7 @@ import time
 import torch
 
 from timesformer.checkpoints import CheckpointError, load_model
-from timesformer.cli import at_least
+from timesformer.cli import HelpFormatter, at_least
 from timesformer.data import auto_workers, open_split, synthmotion_task, workers_arg
 from timesformer.distributed import Dist
 from timesformer.engine import eval_loader, evaluate
@@ -67,19 +67,21 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog or "python -m timesformer.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog or "python -m timesformer.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="anything load_model opens (a run's checkpoint-last, a .pyth, a HF folder)")
-    p.add_argument("data")
+    p.add_argument("data", help="synthmotion-temporal, synthmotion-appearance, ROOT (ROOT/<split>/<class>/<clip> or "
+                                  "ROOT/<split>.csv), or a CSV list (path,label)")
     p.add_argument("--split", default="val", help="split folder or CSV name (folders/CSV lists)")
-    p.add_argument("--batch-size", type=at_least(1), default=8)
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="clips per forward")
     p.add_argument("--num-frames", type=at_least(1), help="default: the checkpoint's")
     p.add_argument("--img-size", type=at_least(1), help="default: the checkpoint's")
-    p.add_argument("--sampling-rate", type=at_least(1), default=32)
+    p.add_argument("--sampling-rate", type=at_least(1), default=32, help="frame stride of a clip (real videos)")
     p.add_argument("--num-clips", type=at_least(1), default=512, help="SynthMotion test clips")
-    p.add_argument("--seed", type=int, default=12345, help="SynthMotion seed (differs from training's by default)")
+    p.add_argument("--seed", type=int, default=12345, help="SynthMotion seed (not training's: clips it never saw)")
     p.add_argument("--device", default="auto", help="auto (CUDA where available, else the CPU), cpu, cuda:1, ...")
     p.add_argument("--workers", type=workers_arg, default="auto",
-                   help="data loader processes, or auto: none on the CPU, the free cores on a GPU (default)")
+                   help="data loader processes, or auto: none on the CPU, the free cores on a GPU")
     p.add_argument("--amp", default="auto", choices=AMP,
                    help="mixed precision, as tslab train's: auto is bf16 on CUDA (else fp16), none on the CPU")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")

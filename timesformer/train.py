@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from timesformer.checkpoints import IMAGE_FORMATS, CheckpointError, from_checkpoint, read_checkpoint
-from timesformer.cli import check_ranges
+from timesformer.cli import HelpFormatter, check_ranges
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
 from timesformer.data import FrameDrop, TrainLoader, auto_workers, build_datasets, workers_arg
 from timesformer.distributed import Dist, free_frames
@@ -56,7 +56,7 @@ PRESETS = ("tiny", "base", "hr", "large")
 # arguments
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog or "python -m timesformer.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--config", help="YAML file whose keys (flag names, - or _) set defaults; flags override it")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="synthmotion-temporal",
@@ -72,10 +72,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--prefetch", type=int, default=4, help="batches each worker prepares ahead")
     g.add_argument("--frame-drop", type=float, default=0.0, metavar="P",
                    help="replace each training frame, with probability P, by the clip's median over time (what "
-                        "moves is gone from it), so the model cannot rest its decision on a few frames (default 0)")
+                        "moves is gone from it), so the model cannot rest its decision on a few frames")
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="tiny", choices=PRESETS)
-    g.add_argument("--attention", default="divided_space_time", choices=ATTENTION_TYPES)
+    g.add_argument("--preset", default="tiny", choices=PRESETS,
+                   help="tiny (8 frames of 64², width 128, 4 blocks: trains on a CPU), base (ViT-B/16, 8×224²), "
+                        "hr (16×448²), large (96×224²)")
+    g.add_argument("--attention", default="divided_space_time", choices=ATTENTION_TYPES, help="attention scheme")
     g.add_argument("--num-frames", type=int, help="frames per clip (default: the preset's)")
     g.add_argument("--img-size", type=int, help="crop side (default: the preset's)")
     g.add_argument("--patch-size", type=int, help="patch side (default: the preset's)")
@@ -85,7 +87,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                                   "resized to --num-frames/--img-size; an image ViT (timm, HuggingFace) becomes a "
                                   "TimeSformer of --attention")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--epochs", type=int, default=10, help="passes over the training data")
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     g.add_argument("--batch-size", type=int, default=16, help="clips per process and micro-step")
     g.add_argument("--accum-steps", type=int, default=1, help="micro-steps per optimizer step")
@@ -94,7 +96,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help="peak learning rate (default: 0.005 sgd, 1e-3 adamw)")
     g.add_argument("--min-lr", type=float, default=0.0, help="cosine floor")
     g.add_argument("--weight-decay", type=float, help="default: 1e-4 sgd, 0.05 adamw")
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--momentum", type=float, default=0.9, help="sgd momentum")
     g.add_argument("--schedule", default="auto", choices=["auto", "cosine", "steps", "constant"],
                    help="auto: steps for sgd (×0.1 at 11/15 and 14/15 of the epochs), cosine for adamw")
     g.add_argument("--warmup-steps", type=int, help="linear warm-up (default: 5%% of the steps, ≤ 500)")
@@ -104,7 +106,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (inductor); the first steps compile it, for tens of "
                         "seconds")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seeds the model, SynthMotion and the loader")
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/train", help="run folder")
     g.add_argument("--resume", nargs="?", const="auto", metavar="RUN_OR_CKPT",

@@ -22,7 +22,7 @@ from analysis.cost.measure import Measurement, measure_if_it_fits
 from analysis.cost.references import references
 from analysis.cost.sweep import IMPLEMENTATIONS, sweep
 from analysis.figures import cost_figure
-from timesformer.cli import at_least
+from timesformer.cli import HelpFormatter, at_least
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
 from timesformer.distributed import resolve_device
 from timesformer.files import make_folder
@@ -57,29 +57,32 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description=(
+    p = _Parser(prog=prog, formatter_class=HelpFormatter, description=(
         "FLOPs, parameters and training memory of the five TimeSformer attention schemes against frames and "
         "crop size (the paper's Figure 3, for your configuration and GPU). Writes complexity.csv, "
         "complexity.json, complexity.html and complexity.png (when kaleido finds a Chromium)."))
     p.add_argument("--out", help="output folder (created); required unless --references")
     p.add_argument("--references", action="store_true",
                    help="print the reference tables of docs/complexity.md (FLOPs, parameters, memory) and exit")
-    p.add_argument("--schemes", type=_schemes, default=ATTENTION_TYPES, help="comma-separated, or 'all' (default)")
-    p.add_argument("--frames", type=_positive_ints, default=(8, 16, 32, 64, 96), help="frame counts (8,16,32,64,96)")
-    p.add_argument("--sizes", type=_positive_ints, default=(224, 336, 448, 560), help="crop sizes (224,336,448,560)")
-    p.add_argument("--base-frames", type=at_least(1), default=8, help="frames of the crop-size sweep (8)")
-    p.add_argument("--base-size", type=at_least(1), default=224, help="crop of the frame sweep (224)")
-    p.add_argument("--patch-size", type=at_least(1), default=16)
-    p.add_argument("--embed-dim", type=at_least(1), default=768)
-    p.add_argument("--depth", type=at_least(1), default=12)
-    p.add_argument("--heads", type=at_least(1), default=12)
-    p.add_argument("--num-classes", type=at_least(1), default=400)
-    p.add_argument("--batch-size", type=at_least(1), default=1, help="clips per GPU (1, as the official configs)")
+    p.add_argument("--schemes", type=_schemes, default=ATTENTION_TYPES,
+                   help="scheme names, comma-separated, or all (default: all)")
+    p.add_argument("--frames", type=_positive_ints, default=(8, 16, 32, 64, 96),
+                   help="frame counts of the frame sweep, comma-separated")
+    p.add_argument("--sizes", type=_positive_ints, default=(224, 336, 448, 560),
+                   help="crop sizes of the crop-size sweep, comma-separated")
+    p.add_argument("--base-frames", type=at_least(1), default=8, help="frames of the crop-size sweep")
+    p.add_argument("--base-size", type=at_least(1), default=224, help="crop of the frame sweep")
+    p.add_argument("--patch-size", type=at_least(1), default=16, help="patch side")
+    p.add_argument("--embed-dim", type=at_least(1), default=768, help="token width")
+    p.add_argument("--depth", type=at_least(1), default=12, help="blocks")
+    p.add_argument("--heads", type=at_least(1), default=12, help="attention heads")
+    p.add_argument("--num-classes", type=at_least(1), default=400, help="classes of the head, as Kinetics-400's")
+    p.add_argument("--batch-size", type=at_least(1), default=1, help="clips per GPU, as the official configs")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="fp32, or bf16 autocast")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd", help="sgd (official) or adamw")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     p.add_argument("--gpu-memory", dest="gpu_gib", metavar="GIB", type=float, default=32.0,
-                   help="GPU memory in GiB (32, a V100-32GB)")
+                   help="GPU memory in GiB (default: 32, a V100-32GB)")
     p.add_argument("--measure", action="store_true",
                    help="also run the real model where it fits (half the RAM, or 90%% of the GPU's memory) at the "
                         "run's batch, precision, optimizer and checkpointing; on a GPU also its peak memory")
