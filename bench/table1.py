@@ -68,9 +68,10 @@ def command(args: list[str], out: Path) -> str:
 
 
 def train(args: list[str], out: Path) -> dict:
-    """Run `python -m timesformer.train ARGS --out OUT` on one thread; writes OUT/bench.json (the command,
-    wall time, hardware) and returns it, with the last val/train metrics rows, or an `error`."""
-    cmd = [sys.executable, "-m", "timesformer.train", *args, "--out", shown(out)]
+    """Run `python -m timesformer.train ARGS --out OUT --resume` on one thread (a run an earlier call left
+    unfinished goes on); writes OUT/bench.json (the command, wall time, hardware) and returns it, with the last
+    val/train metrics rows, or an `error`."""
+    cmd = [sys.executable, "-m", "timesformer.train", *args, "--out", shown(out), "--resume"]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

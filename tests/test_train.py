@@ -62,6 +62,7 @@ def test_run_folder(tmp_path):
         assert 0 <= r["acc1"] <= 1 and r["loss"] > 0
     assert lines[0]["clips_per_s"] > 0 and res["val"]["clips"] == 8
     model = load_model(out / "checkpoint-last")
+    assert same_weights(out, out / "checkpoint-last")  # the run's folder opens as its newest checkpoint
     assert model.class_names == ["moving right", "moving left", "right and back", "left and back"]
     assert model.config.embed_dim == 32 and model.config.num_frames == 4 and model.config.time_embed_std == 1.0
     assert (out / "checkpoint-last").resolve().name == "ckpt-s00000008-end"
@@ -362,7 +363,7 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
     assert train_row["split"] == "train" and train_row["skipped"] == 1 and train_row["clips"] == 8
     from timesformer import evaluate as E
 
-    E.main([str(out / "checkpoint-last"), str(root), "--split", "val", "--sampling-rate", "1"])
+    E.main([str(out), str(root), "--split", "val", "--sampling-rate", "1"])  # a run's folder: its checkpoint-last
     text = capsys.readouterr().out
     assert "clip accuracy (1 clip, centre crop): top-1" in text and "video accuracy (1 clip × 3 crops)" in text
     assert "over 4 clips" in text
@@ -505,7 +506,26 @@ def test_bad_training_input_is_a_one_line_error(tmp_path, extra, message):
     flags = toy_args(tmp_path / "run", epochs=1) + [a.replace("{tmp}", str(tmp_path)) for a in extra]
     with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)")):
         T.main(flags)
-    assert not (tmp_path / "run" / "checkpoint-last").exists()
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind
+
+
+def test_a_folder_holding_a_run_is_refused_without_resume(tmp_path):
+    """Training again into a run's folder overwrote its metrics and config and mixed two runs' checkpoints;
+    now it is a one-line error that changes nothing, and --resume goes on as the message says."""
+    out = tmp_path / "run"
+    T.main(toy_args(out, epochs=1))
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    checkpoints = sorted(p.name for p in out.glob("ckpt-*"))
+    with pytest.raises(SystemExit, match=r"--out .*run holds an earlier run \(1 checkpoint, 2 metrics rows\): add "
+                                         "--resume to continue it, or choose another --out"):
+        T.main(toy_args(out, "--seed", "1", epochs=1))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+    assert sorted(p.name for p in out.glob("ckpt-*")) == checkpoints
+    T.main(toy_args(out, "--resume", epochs=2))
+    assert [r["epoch"] for r in rows(out) if r["split"] == "train"] == [0, 1]
+    (tmp_path / "empty").mkdir()  # a folder without a run is fine
+    T.main(toy_args(tmp_path / "empty", epochs=1))
+    assert (tmp_path / "empty" / "checkpoint-last").is_dir()
 
 
 def test_recipes_and_schedules():

@@ -1,11 +1,12 @@
 """Loading and saving models without executing code from the file.
 
-`load_model(source, **overrides)` opens every format of `FORMATS`: our own folders (`save_model`), official
-TimeSformer checkpoints, mmaction2 checkpoints, HuggingFace Timesformer folders and hub ids, and image ViTs
-(timm state dicts, HuggingFace ViT folders) to start from; also the name of a model shipped in assets/models/
-(`timesformer.shipped.models()`). Loading is two steps, which `--init` uses apart: `read_checkpoint(source)`
-reads the file into a `Checkpoint` (weights in the official layout, the config fields the file tells), and
-`from_checkpoint(checkpoint, **overrides)` builds the model:
+`load_model(source, **overrides)` opens every format of `FORMATS`: our own folders (`save_model`; a training
+run's folder opens as its `checkpoint-last`), official TimeSformer checkpoints, mmaction2 checkpoints,
+HuggingFace Timesformer folders and hub ids, and image ViTs (timm state dicts, HuggingFace ViT folders) to start
+from; also the name of a model shipped in assets/models/ (`timesformer.shipped.models()`). Loading is two
+steps, which `--init` uses apart: `read_checkpoint(source)` reads the file into a `Checkpoint` (weights in the
+official layout, the config fields the file tells), and `from_checkpoint(checkpoint, **overrides)` builds the
+model:
 - from an image layout (no time embedding, no extra steps) it builds any scheme (`formats.vit`);
 - `time_embed` and `pos_embed` are resized to an overridden `num_frames` / `img_size`, with one log line;
 - then a strict key and shape check names whatever does not fit.
@@ -39,6 +40,7 @@ __all__ = ["FORMATS", "IMAGE_FORMATS", "Checkpoint", "CheckpointError", "from_ch
 FORMAT = "timesformer-lab"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+LAST = "checkpoint-last"  # a training run's newest checkpoint (timesformer.runs writes it)
 FORMATS = {  # what load_model opens (docs/model.md has a table of what each tells)
     FORMAT: "a folder written by save_model, or its model.safetensors alone",
     "official": "an official TimeSformer checkpoint (.pyth/.pth, weights under model_state)",
@@ -137,6 +139,8 @@ def read_checkpoint(source) -> Checkpoint:
     if not path.exists() and (shipped := find_model(str(source))) is not None:
         path = shipped
     if path.is_dir():
+        if not (path / CONFIG).is_file() and (path / LAST / CONFIG).is_file():
+            path = path / LAST  # a training run's folder opens as its newest checkpoint
         if not (path / CONFIG).is_file():
             raise CheckpointError(f"{path} is a folder without a config.json: not a checkpoint folder")
         cfg = read_json(path / CONFIG)

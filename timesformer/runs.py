@@ -16,23 +16,22 @@ from pathlib import Path
 
 import torch
 
-from timesformer.checkpoints import load_model, write_model
+from timesformer.checkpoints import LAST, load_model, write_model
 from timesformer.distributed import Dist
 from timesformer.engine import Trainer, TrainState
 from timesformer.files import atomic_folder, make_folder
 from timesformer.model import TimeSformer
 
-LAST = "checkpoint-last"
 STATE = "train_state.pt"
 METRICS = "metrics.jsonl"
 
 
 class Logger:
     """`log(msg)`: rank 0 prints to stderr (above the progress bar, when there is one) and appends to
-    `log.txt`; the other ranks stay silent."""
+    `log.txt` (opened at the first message); the other ranks stay silent."""
 
     def __init__(self, run: Path, main: bool):
-        self.main, self.file = main, (open(run / "log.txt", "a") if main else None)
+        self.main, self.path, self.file = main, run / "log.txt", None
         self.progress = None  # a tqdm bar: messages go above it instead of through it
 
     def __call__(self, msg: str) -> None:
@@ -41,6 +40,8 @@ class Logger:
                 self.progress.write(msg, file=sys.stderr)
             else:
                 print(msg, file=sys.stderr, flush=True)
+            if self.file is None:
+                self.file = open(self.path, "a")
             self.file.write(msg + "\n")
             self.file.flush()
 
@@ -50,10 +51,19 @@ class Logger:
 
 
 class Run:
-    """The run folder `path` (created by rank 0); `log`, metrics rows, the config file and checkpoints."""
+    """The run folder `path` (created by rank 0); `log`, metrics rows, the config file and checkpoints.
 
-    def __init__(self, path, dist: Dist):
+    A folder that holds an earlier run is refused unless the run resumes (`resume`): training into it would
+    overwrite that run's metrics and config and mix checkpoints of two runs. A folder this run created and
+    left empty (it stopped on bad flags before writing anything) is removed by `close`."""
+
+    def __init__(self, path, dist: Dist, resume: bool = False):
         self.path, self.dist = Path(path), dist
+        earlier = holds_run(self.path)
+        if earlier and not resume:
+            raise SystemExit(f"--out {self.path} holds an earlier run ({earlier}): add --resume to continue it, "
+                             "or choose another --out")
+        self.created = dist.main and not self.path.exists()
         if dist.main:
             make_folder(self.path)
         dist.barrier()
@@ -123,6 +133,17 @@ class Run:
             self.tb.close()
             self.tb = None
         self.log.close()
+        if self.created and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+
+def holds_run(path: Path) -> str | None:
+    """What of a training run the folder `path` holds (its checkpoints, its metrics), or None."""
+    checkpoints = [p.name for p in path.glob("ckpt-*") if p.is_dir()] if path.is_dir() else []
+    rows = len((path / METRICS).read_text().splitlines()) if (path / METRICS).is_file() else 0
+    found = ([f"{len(checkpoints)} checkpoint{'s' * (len(checkpoints) != 1)}"] if checkpoints else []) + \
+        ([f"{rows} metrics row{'s' * (rows != 1)}"] if rows else [])
+    return ", ".join(found) or None
 
 
 def save_checkpoint(run: Path, name: str, model: TimeSformer, train_state: dict, keep: int) -> Path:

@@ -238,7 +238,7 @@ def main(argv=None, prog: str | None = None) -> dict:
         args.workers = auto_workers(dist.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     try:
         try:
-            run = Run(args.out, dist)
+            run = Run(args.out, dist, resume=bool(args.resume))
         except OSError as e:
             raise SystemExit(f"--out: {e}") from None
         try:
@@ -348,8 +348,8 @@ def _train(args, dist: Dist, run: Run) -> dict:
             train_one_epoch(trainer, batches, state, log=log, progress=progress, after_step=after_step)
             state.wall += time.time() - t_epoch
             result["train"] = row = train_row(trainer, state)
-            if row.get("skipped"):
-                log(f"epoch {epoch}: skipped {row['skipped']} unreadable clips")
+            if skipped := row.get("skipped"):
+                log(f"epoch {epoch}: skipped {skipped} unreadable clip{'s' * (skipped != 1)}")
             run.log_metrics(row)
             finished = state.step >= total_steps or epoch + 1 >= args.epochs
             # the workers begin the next epoch now: its first batches are ready once validation and the
