@@ -55,6 +55,17 @@ def test_every_flag_says_what_it_does_and_its_default(module):
             assert "default" in text, f"{module}: the help of {flag} does not name its default: {text!r}"
 
 
+def test_ctrl_c_in_any_command_is_one_line(monkeypatch, capsys):
+    from timesformer import evaluate
+
+    def interrupted(argv, prog):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "main", interrupted)
+    assert cli.main(["evaluate", "run", "data"]) == 130
+    assert capsys.readouterr().err == "tslab evaluate: stopped by Ctrl-C\n"
+
+
 def test_tslab_app_refuses_a_device_that_is_not_there():
     """Checked before Streamlit starts: a one-line error, not an app that fails on its first page."""
     bad = run(TSLAB, "app", "--device", "tpu")

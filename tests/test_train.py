@@ -18,6 +18,7 @@ from timesformer.distributed import Dist, resolve_device
 from timesformer.engine import TrainState, predict
 from timesformer.files import atomic_folder
 from timesformer.optim import build_optimizer, lr_at
+from timesformer.runs import Interrupted
 from timesformer.synthmotion import export_synthmotion
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,6 +135,64 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     # --resume on a finished run has nothing left to do and changes nothing
     T.main(args(out) + ["--resume"])
     assert rows(out) == rows(ref)
+
+
+def interrupt_at(monkeypatch, step: int, times: int = 1):
+    """Ctrl-C `times` over, right after optimizer step `step` of `tslab train`'s loop."""
+    original = T.train_one_epoch
+
+    def train_one_epoch(*args, after_step, **kw):
+        def after(state):
+            for _ in range(times if state.step == step else 0):
+                signal.raise_signal(signal.SIGINT)
+            after_step(state)
+        original(*args, after_step=after, **kw)
+
+    monkeypatch.setattr(T, "train_one_epoch", train_one_epoch)
+
+
+def test_ctrl_c_saves_a_checkpoint_after_the_step_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Ctrl-C lost the work since the last epoch's checkpoint, with a KeyboardInterrupt traceback."""
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    T.main(toy_args(ref, epochs=2))  # 8 steps
+    interrupt_at(monkeypatch, 3)
+    with pytest.raises(Interrupted, match=r"stopped by Ctrl-C at step 3 of 8; the last checkpoint is .*"
+                                          r"ckpt-s00000003: --resume goes on from it"):
+        T.main(toy_args(out, epochs=2))
+    assert (out / "checkpoint-last").resolve().name == "ckpt-s00000003"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again
+    monkeypatch.undo()
+    T.main(toy_args(out, "--resume", epochs=2))
+    assert rows(out) == rows(ref) and same_weights(out / "checkpoint-last", ref / "checkpoint-last")
+    # Ctrl-C twice stops at once; before the first checkpoint there is none to name
+    interrupt_at(monkeypatch, 2, times=2)
+    with pytest.raises(SystemExit) as stopped:
+        T.cli(toy_args(tmp_path / "again", epochs=2))
+    assert stopped.value.code == 130 and not list((tmp_path / "again").glob("ckpt-*"))
+    assert "stopped by Ctrl-C at step 2 of 8; the last checkpoint is none" in \
+        (tmp_path / "again" / "log.txt").read_text()
+
+
+def test_ctrl_c_in_a_terminal_stops_the_loader_workers_without_a_traceback(tmp_path):
+    """A terminal's Ctrl-C reaches the loader's workers as well: the main process saves and stops them."""
+    for attempt in range(3):
+        out = tmp_path / f"run{attempt}"
+        cmd = [sys.executable, "-m", "timesformer.train", *toy_args(out, "--workers", "2", clips=128, epochs=3)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # its own process group, as a terminal's job
+        deadline = time.time() + 120
+        while not (out / "checkpoint-last").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        step = torch.load(out / "checkpoint-last" / "train_state.pt", weights_only=True)["state"]["step"]
+        if step < 96:
+            break
+    else:
+        pytest.fail("could not interrupt the run before it finished")
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert f"stopped by Ctrl-C at step {step} of 96; the last checkpoint is " in err
+    assert step > 32 or (out / "checkpoint-last").resolve().name == "ckpt-s00000032-end"
 
 
 def test_gradient_accumulation_equals_a_bigger_batch(tmp_path):

@@ -156,7 +156,11 @@ def main(argv=None) -> int:
         print(f"tslab: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, func = COMMANDS[name][1].split(":")
-    code = getattr(importlib.import_module(module), func)(rest, prog=f"tslab {name}")
+    try:
+        code = getattr(importlib.import_module(module), func)(rest, prog=f"tslab {name}")
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (tslab train says where its checkpoint is)
+        print(f"tslab {name}: stopped by Ctrl-C", file=sys.stderr)
+        return 130
     return int(code or 0)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,6 +230,13 @@ class AtEpoch(Dataset):
         return self.dataset[index]
 
 
+def ignore_interrupts(worker_id: int) -> None:
+    """A loader worker's start (`worker_init_fn`). Ctrl-C reaches every process of the terminal's group: the
+    workers leave it to the main process, which stops them when it stops (a forked worker would otherwise run
+    the main process's handler too, or end its loop on KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class TrainLoader:
     """The training loader of a run: one DataLoader whose workers start once and stay (`persistent_workers`),
     each preparing `prefetch` batches ahead, fed one epoch's batches at a time (`EpochBatches`, `AtEpoch`).
@@ -247,7 +255,7 @@ class TrainLoader:
         kw = dict(persistent_workers=True, prefetch_factor=prefetch) if workers else {}
         # a private generator: creating a loader must not draw from the global RNG (resume = same stream)
         self.loader = DataLoader(AtEpoch(dataset), batch_sampler=self.batches, num_workers=workers,
-                                 collate_fn=collate, pin_memory=pin_memory,
+                                 collate_fn=collate, pin_memory=pin_memory, worker_init_fn=ignore_interrupts,
                                  generator=torch.Generator().manual_seed(seed), **kw)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:

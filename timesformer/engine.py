@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from timesformer.data import collate
+from timesformer.data import collate, ignore_interrupts
 from timesformer.distributed import Dist
 
 
@@ -298,7 +298,8 @@ def eval_loader(dataset, batch_size: int, workers: int, dist: Dist | None = None
         indices = indices[dist.rank::dist.world]
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
+                      pin_memory=pin_memory, worker_init_fn=ignore_interrupts,
+                      generator=torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import torch
 
 from timesformer.checkpoints import LAST, load_model, write_model
 from timesformer.distributed import Dist
-from timesformer.engine import Trainer, TrainState
+from timesformer.engine import Trainer, TrainingDiverged, TrainState
 from timesformer.files import atomic_folder, make_folder
 from timesformer.model import TimeSformer
 
@@ -128,6 +130,20 @@ class Run:
         last = self.path / LAST
         return last.resolve() if last.exists() else None
 
+    def stopped(self, error: BaseException, where: str) -> Exception:
+        """The exception to end the run with, after `error` (TrainingDiverged, Interrupted or KeyboardInterrupt)
+        stopped it `where`: its logged message says which checkpoint is the last good one and what to do."""
+        last = self.last_checkpoint()
+        if isinstance(error, TrainingDiverged):
+            out = TrainingDiverged(f"training stopped: {error}. The last good checkpoint is "
+                                   f"{last or 'none (no checkpoint yet)'}; try a lower --lr, --clip-grad 1.0 or "
+                                   "--amp none.")
+        else:
+            out = Interrupted(f"stopped by Ctrl-C {where}; the last checkpoint is "
+                              + (f"{last}: --resume goes on from it" if last else "none (no checkpoint yet)"))
+        self.log(str(out))
+        return out
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -135,6 +151,37 @@ class Run:
         self.log.close()
         if self.created and self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C; its message says where its last checkpoint is."""
+
+
+class CtrlC:
+    """Until `close()`, Ctrl-C (SIGINT) asks a one-process run to stop: `requested` turns true, and the loop saves a
+    checkpoint after the step under way and stops, instead of losing the work since the last checkpoint. A
+    second Ctrl-C stops at once (KeyboardInterrupt). Without `enabled` (under torchrun, which stops every
+    process itself) and off the main thread, Ctrl-C stays Python's KeyboardInterrupt. The loader's workers
+    ignore SIGINT (`data.ignore_interrupts`): they are the main process's to stop."""
+
+    def __init__(self, enabled: bool = True):
+        self.requested, self.previous = False, None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def close(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        try:  # straight to the file descriptor: the interrupted code may be inside a write to sys.stderr
+            os.write(2, b"\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again stops at once)\n")
+        except OSError:
+            pass
 
 
 def holds_run(path: Path) -> str | None:

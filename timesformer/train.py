@@ -47,7 +47,7 @@ from timesformer.engine import (
 )
 from timesformer.model import TimeSformer, compile_model
 from timesformer.optim import AMP, amp_dtype, build_optimizer, lr_at
-from timesformer.runs import LAST, Resume, Run, find_resume
+from timesformer.runs import LAST, CtrlC, Interrupted, Resume, Run, find_resume
 
 PRESETS = ("tiny", "base", "hr", "large")
 
@@ -335,10 +335,17 @@ def _train(args, dist: Dist, run: Run) -> dict:
         check_finite(model, state)  # no checkpoint after a bad step: the last one stays the last good one
         run.checkpoint(name, trainer, state, args)
 
+    ctrl_c = CtrlC(enabled=not dist.ddp)
+
     def after_step(state: TrainState) -> None:
-        end_of_epoch = state.micro >= steps_per_epoch * args.accum_steps  # the epoch's own checkpoint follows
-        if args.ckpt_every and state.step % args.ckpt_every == 0 and not end_of_epoch and state.step < total_steps:
+        # a mid-epoch checkpoint every --ckpt-every steps, and where Ctrl-C asks to stop (not at the end of an
+        # epoch or the run: the epoch's own checkpoint follows)
+        if state.micro >= steps_per_epoch * args.accum_steps or state.step >= total_steps:
+            return
+        if ctrl_c.requested or args.ckpt_every and state.step % args.ckpt_every == 0:
             save(f"ckpt-s{state.step:08d}")
+        if ctrl_c.requested:
+            raise Interrupted
 
     result, ahead = {}, None
     try:
@@ -361,13 +368,12 @@ def _train(args, dist: Dist, run: Run) -> dict:
                 run.log_metrics(row)
             state.next_epoch()
             save(f"ckpt-s{state.step:08d}-end")
-    except TrainingDiverged as e:
-        last = run.last_checkpoint()
-        msg = (f"training stopped: {e}. The last good checkpoint is {last or 'none (no checkpoint yet)'}; "
-               "try a lower --lr, --clip-grad 1.0 or --amp none.")
-        log(msg)
-        raise TrainingDiverged(msg) from None
+            if ctrl_c.requested and not finished:
+                raise Interrupted
+    except (TrainingDiverged, Interrupted, KeyboardInterrupt) as e:
+        raise run.stopped(e, f"at step {state.step} of {total_steps}") from None
     finally:
+        ctrl_c.close()
         if progress is not None:
             progress.close()
             log.progress = None
@@ -400,6 +406,11 @@ def cli(argv=None, prog: str | None = None) -> None:
         main(argv, prog)
     except TrainingDiverged:
         sys.exit(2)
+    except Interrupted:  # said where the last checkpoint is
+        sys.exit(130)
+    except KeyboardInterrupt:  # before the loop began
+        print("stopped by Ctrl-C", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
