@@ -600,6 +600,9 @@ def test_training_runs_and_open_in_explore(app, assets, tmp_path, clip_bytes):
     assert at.text_input(key="model_path").value == str((run / "checkpoint-last").resolve())
     assert "explore_pick" in charts(at)
     assert any("mine.mp4" in c.value for c in at.sidebar.caption)  # st.switch_page kept the uploaded clip
+    at.text_input(key="model_path").input(str(run))  # the run's folder opens as its checkpoint-last
+    at = ok(page(at, "explore"))
+    assert "explore_pick" in charts(at) and not at.sidebar.error
 
 
 def test_training_bad_folder(app, tmp_path):
