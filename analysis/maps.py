@@ -42,7 +42,7 @@ def fuse_heads(x: torch.Tensor, head="mean", dim: int = 1) -> torch.Tensor:
     """Select head `head` (an int) or fuse all heads with "mean", "max" or "min" along `dim`."""
     if isinstance(head, int):
         if not -x.shape[dim] <= head < x.shape[dim]:
-            raise ValueError(f"head {head} out of range for {x.shape[dim]} heads")
+            raise ValueError(f"head {head}: the model has {x.shape[dim]} heads (0 to {x.shape[dim] - 1}; -1: the last)")
         return x.select(dim, head)
     if head == "mean":
         return x.mean(dim)
@@ -50,7 +50,7 @@ def fuse_heads(x: torch.Tensor, head="mean", dim: int = 1) -> torch.Tensor:
         return x.amax(dim)
     if head == "min":
         return x.amin(dim)
-    raise ValueError(f"head must be an index or one of {HEAD_FUSIONS}, got {head!r}")
+    raise ValueError(f"head must be an index or one of {', '.join(HEAD_FUSIONS)}, got {head!r}")
 
 
 def target_classes(logits: torch.Tensor, target=None) -> torch.Tensor:

@@ -171,6 +171,8 @@ def _target(text: str | None, names: list[str]) -> int | None:
         return names.index(text)
     if text.lstrip("-").isdigit() and -len(names) <= int(text) < len(names):
         return int(text) % len(names)
+    if text.lstrip("-").isdigit():
+        raise ValueError(f"--target {text}: the model has {len(names)} classes (0 to {len(names) - 1})")
     raise ValueError(f"--target {text!r} is neither a class of this model ({', '.join(names)}) nor an index")
 
 

@@ -41,9 +41,9 @@ def test_query_and_head_validation():
         query_index((4, 0, 0), GRID)
     with pytest.raises(ValueError, match="'cls' or a patch"):
         query_index("token", GRID)
-    with pytest.raises(ValueError, match="head"):
+    with pytest.raises(ValueError, match="head must be an index or one of mean, max, min, got 'median'"):
         fuse_heads(torch.ones(1, 4, 3), head="median")
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match=r"head 4: the model has 4 heads \(0 to 3; -1: the last\)"):
         fuse_heads(torch.ones(1, 4, 3), head=4)
 
 
@@ -338,6 +338,9 @@ def test_cli_explanations_and_time_evidence(tmp_path, capsys):
     rc = main([str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(out),
                "--methods", "gae", "--target", "sideways"])
     assert rc == 2 and "neither a class" in capsys.readouterr().err
+    rc = main([str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(out),
+               "--methods", "gae", "--target", "3"])
+    assert rc == 2 and "--target 3: the model has 3 classes (0 to 2)" in capsys.readouterr().err
     # methods that remove patches take --baseline (default: the temporal median); a bad one is one line
     maps = {}
     for baseline in ("temporal_median", "0"):
