@@ -119,7 +119,8 @@ def run(args) -> dict:
                  if not takes_part(m, args.query)}
     maps["rollout"] = rollout(rec, discard_ratio=args.discard_ratio, query=args.query)[0]
     target = _target(args.target, model.class_names)
-    for method in args.methods:
+    for i, method in enumerate(args.methods, 1):  # some take minutes on a CPU: say which one runs
+        print(f"explaining with {method} ({i} of {len(args.methods)})", file=sys.stderr, flush=True)
         options = EXPLANATIONS[method].pick({"baseline": args.baseline})
         maps[f"explain_{method}"] = explain(model, centre, method, target=target, **options)[0]
     written = ["frames.png"]
@@ -155,6 +156,7 @@ def run(args) -> dict:
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if args.temporal:
+        print("measuring the evidence about time", file=sys.stderr, flush=True)
         e = temporal_evidence(model, centre, target)
         report["temporal"] = {"target": model.class_names[int(e["target"][0])],
                               "order_effects": {k: float(v[0]) for k, v in e["order_effects"].items()},

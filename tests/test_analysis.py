@@ -328,6 +328,8 @@ def test_cli_explanations_and_time_evidence(tmp_path, capsys):
     rc = main([str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(out),
                "--methods", "gae", "lrp", "--target", "down", "--temporal"])
     assert rc == 0
+    said = capsys.readouterr().err  # which of the slow steps runs
+    assert "explaining with gae (1 of 2)\nexplaining with lrp (2 of 2)\nmeasuring the evidence about time\n" in said
     report = json.loads((out / "predictions.json").read_text())
     assert set(report["not_drawn"]) == {"attention_time"} and not (out / "attention_time.png").exists()
     assert (out / "attention_space.png").exists() and (out / "explain_gae.gif").exists()

@@ -28,12 +28,12 @@ from timesformer.optim import AMP, amp_dtype
 
 def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_frames: int | None = None,
         size: int | None = None, sampling_rate: int = 32, num_clips: int = 512, seed: int = 12345,
-        device: str = "cpu", workers: int | str = "auto", amp: str = "auto") -> dict:
+        device: str = "cpu", workers: int | str = "auto", amp: str = "auto", progress: bool = False) -> dict:
     """{'clip': metrics of the centre crop, 'video': of 3 crops averaged} (loss, acc1, [acc5], clips; both
     from one pass, whose time both report as `seconds`), and 'amp', the precision the model ran in.
     `workers`: loader processes, or "auto" (as `tslab train`: none on the CPU, the free cores on a GPU).
     `amp`: as `tslab train --amp`: "auto" is bf16 autocast on CUDA (fp16 where bf16 is missing), none on the
-    CPU; "none", "bf16" or "fp16"."""
+    CPU; "none", "bf16" or "fp16". `progress`: a progress bar of the batches on stderr (rank 0's, under torchrun)."""
     if amp not in AMP:
         raise ValueError(f"amp must be one of {', '.join(AMP)}, got {amp!r}")
     with Dist(device) as dist:  # under torchrun, each process evaluates every world-th clip on its own device
@@ -59,6 +59,10 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
             raise SystemExit(str(e)) from None
         t0 = time.time()
         loader = eval_loader(ds, batch_size, workers, dist, pin_memory=device.type == "cuda")
+        if progress and dist.main:
+            from tqdm import tqdm
+
+            loader = tqdm(loader, total=len(loader), desc="evaluating", unit="batch", dynamic_ncols=True, leave=False)
         video = evaluate(model, loader, device, dtype, dist, view=1)  # every clip decoded and run once for both
         seconds = round(time.time() - t0, 2)
         return {"clip": {**video.pop("view"), "seconds": seconds}, "video": {**video, "seconds": seconds},
@@ -85,13 +89,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--amp", default="auto", choices=AMP,
                    help="mixed precision, as tslab train's: auto is bf16 on CUDA (else fp16), none on the CPU")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv=None, prog: str | None = None) -> None:
     a = build_parser(prog).parse_args(argv)
     res = run(a.checkpoint, a.data, a.split, a.batch_size, a.num_frames, a.img_size, a.sampling_rate, a.num_clips,
-              a.seed, a.device, a.workers, a.amp)
+              a.seed, a.device, a.workers, a.amp, progress=not a.no_progress)
     if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 prints the metrics of all processes
         return
     if a.json:
