@@ -20,6 +20,7 @@ import torch
 from analysis.maps import recorded_forward, summary_table
 from analysis.rollout import gae, rollout
 from timesformer import TimeSformer, TimeSformerConfig, load_model
+from timesformer.cli import HelpFormatter
 from timesformer.shipped import DEFAULT_MODEL
 
 
@@ -53,9 +54,11 @@ def speed(model) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="tslab bench analysis_speed", description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=str(DEFAULT_MODEL))
-    ap.add_argument("--json", type=Path, default=None)
+    ap = argparse.ArgumentParser(prog="tslab bench analysis_speed", description=__doc__.splitlines()[0],
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--checkpoint", default=str(DEFAULT_MODEL),
+                    help="the model timed: any checkpoint load_model opens (default: the shipped default model)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     args = ap.parse_args(argv)
     result = {"checkpoint": args.checkpoint, "speed": speed(load_model(args.checkpoint))}
     for k, v in result["speed"].items():

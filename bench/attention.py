@@ -29,6 +29,7 @@ from gpu import Clock, configs, save_results  # bench/gpu.py, beside this script
 
 from timesformer import ATTENTION_TYPES, attention, compile_model
 from timesformer.attention import attend, packing, scheme_groupings
+from timesformer.cli import HelpFormatter
 
 KERNELS = ("flash", "efficient", "cudnn", "math")
 
@@ -96,16 +97,18 @@ def time_way(way: dict, qkv: torch.Tensor, grad: torch.Tensor, grouping, heads: 
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--schemes", nargs="+", default=list(ATTENTION_TYPES), choices=ATTENTION_TYPES)
-    ap.add_argument("--batch", type=int, default=8)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where the attention runs (default: cuda where there is one, else cpu)")
+    ap.add_argument("--schemes", nargs="+", default=list(ATTENTION_TYPES), choices=ATTENTION_TYPES,
+                    help="the schemes whose steps are timed (default: all)")
+    ap.add_argument("--batch", type=int, default=8, help="clips whose groups one step attends")
     ap.add_argument("--pack-to", type=int, nargs="*", default=[64, 128], help="sequence lengths to pack groups into")
     ap.add_argument("--compile", action="store_true", help="also time the core's paths under torch.compile")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls of each way first")
+    ap.add_argument("--repeats", type=int, default=10, help="timed calls of each way")
     ap.add_argument("--smoke", action="store_true", help="toy sizes: every path in seconds")
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, help="the result file (default: bench/results/attention-<device>.json)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -18,6 +18,7 @@ import numpy as np
 from analysis.grounding import object_cells
 from analysis.maps import query_map, recorded_forward
 from timesformer import load_model
+from timesformer.cli import HelpFormatter
 from timesformer.shipped import DEFAULT_MODEL
 from timesformer.synthmotion import SynthMotion
 
@@ -25,9 +26,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="tslab bench attention_follow", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=str(DEFAULT_MODEL))
-    p.add_argument("--clips", type=int, default=32)
+    p = argparse.ArgumentParser(prog="tslab bench attention_follow", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", default=str(DEFAULT_MODEL),
+                   help="a model of SynthMotion's temporal task (default: the shipped default model)")
+    p.add_argument("--clips", type=int, default=32, help="SynthMotion test clips")
     a = p.parse_args(argv)
     model = load_model(a.checkpoint)
     cfg = model.config

@@ -22,6 +22,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig
+from timesformer.cli import HelpFormatter
 
 CATEGORY = {"index": "gather", "index_select": "gather", "gather": "gather",
             "index_put": "scatter", "index_put_": "scatter", "_index_put_impl_": "scatter", "index_add": "scatter",
@@ -92,10 +93,11 @@ def measure(model, video, train: bool) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--schemes", nargs="*", default=list(ATTENTION_TYPES), choices=ATTENTION_TYPES)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", type=Path)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    ap.add_argument("--schemes", nargs="*", default=list(ATTENTION_TYPES), choices=ATTENTION_TYPES,
+                    help="the schemes profiled (default: all)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--json", type=Path, help="also write the result to this file")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from table1 import cpu_name
 
+from timesformer.cli import HelpFormatter
 from timesformer.data import TrainLoader, VideoListDataset
 from timesformer.synthmotion import SynthMotion
 from timesformer.video import write_video
@@ -69,13 +70,13 @@ def loader_rate(size: int, workers: int, seconds: float, batch: int = 16) -> flo
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[224, 32], help="SynthMotion frame sizes")
     ap.add_argument("--workers", type=int, nargs="*", default=[], help="DataLoader worker counts to time")
     ap.add_argument("--videos", type=int, default=8, help="mp4 files (0: skip decoding)")
-    ap.add_argument("--video-frames", type=int, default=300)
+    ap.add_argument("--video-frames", type=int, default=300, help="frames of each mp4 file")
     ap.add_argument("--seconds", type=float, default=5.0, help="per measurement")
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, help="the result file (default: bench/results/data-<cores>cores.json)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     result = {"cpu": cpu_name(), "cores": os.cpu_count(),

@@ -32,7 +32,7 @@ from analysis.explanations import EXPLANATIONS
 from analysis.sanity import PASS_BELOW
 from analysis.temporal import temporal_evidence
 from timesformer import CheckpointError, load_model
-from timesformer.cli import at_least
+from timesformer.cli import HelpFormatter, at_least
 from timesformer.distributed import device_name, resolve_device
 from timesformer.shipped import models
 from timesformer.synthmotion import TASKS, SynthMotion
@@ -118,15 +118,17 @@ def table(name: str, result: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="tslab bench explain", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="tslab bench explain", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--models", nargs="*", help="shipped model names or checkpoint paths (default: every shipped model)")
     p.add_argument("--task", default="temporal", help="SynthMotion task of models whose name does not say it")
-    p.add_argument("--clips", type=at_least(1), default=32)
+    p.add_argument("--clips", type=at_least(1), default=32, help="held-out clips per model")
     p.add_argument("--methods", nargs="*", choices=list(EXPLANATIONS), help="default: all")
     p.add_argument("--seed", type=int, default=31337, help="SynthMotion seed of the held-out clips")
-    p.add_argument("--threads", type=at_least(1), default=1, help="CPU threads (1)")
+    p.add_argument("--threads", type=at_least(1), default=1, help="CPU threads")
     p.add_argument("--device", default="auto", help="auto (the GPU where there is one), cpu, cuda, cuda:N")
-    p.add_argument("--out", type=Path, default=RESULTS / "explain.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "explain.json",
+                   help="the result file, the .md beside it (default: bench/results/explain.json)")
     p.add_argument("--report", action="store_true", help="only rewrite the .md beside --out from its JSON, and exit")
     a = p.parse_args(argv)
     if a.report:

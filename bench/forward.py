@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from timesformer import TimeSformerConfig, record_attention
+from timesformer.cli import HelpFormatter
 
 GEMM_SHAPE = (1568, 768, 3072)  # the MLP's fc1 at 8×14×14 tokens: the bulk of ViT-B's FLOPs
 GEMM_CALLS = 10
@@ -49,10 +50,10 @@ def timed(fn, repeats):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=7)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    ap.add_argument("--repeats", type=int, default=7, help="timed forwards of each configuration")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig, attention, compile_model, load_model
 from timesformer.attention import scheme_groupings
+from timesformer.cli import HelpFormatter
 
 ROOT = Path(__file__).resolve().parent.parent
 HF_SCHEMES = ("divided_space_time",)  # HF's space_only returns per-frame logits; joint is no separate claim
@@ -329,14 +330,15 @@ def card_name(device: torch.device) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--schemes", nargs="*", default=list(ATTENTION_TYPES), choices=ATTENTION_TYPES)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    ap.add_argument("--device", default="cuda", help="the GPU (cpu with --smoke: every path at toy size)")
+    ap.add_argument("--schemes", nargs="*", default=list(ATTENTION_TYPES), choices=ATTENTION_TYPES,
+                    help="the schemes timed (default: all)")
     ap.add_argument("--compile-schemes", nargs="*", default=["divided_space_time"], choices=ATTENTION_TYPES,
                     help="also time these with torch.compile (tens of seconds of compiling each)")
     ap.add_argument("--compile-modes", nargs="+", default=["default"], metavar="MODE",
-                    help="torch.compile modes to time the --compile-schemes in (default, reduce-overhead: CUDA "
-                         "graphs, max-autotune-no-cudagraphs)")
+                    help="torch.compile modes to time the --compile-schemes in: default, reduce-overhead (CUDA "
+                         "graphs), max-autotune-no-cudagraphs (default: default)")
     ap.add_argument("--math-below", type=int, default=16,
                     help="also time ours with groups of at most this many tokens attended by matmul + softmax "
                          "(0: only the fused kernel)")
@@ -344,16 +346,16 @@ def main(argv=None) -> dict:
                     help="also time the schemes whose groups are shorter with them packed into sequences of up to "
                          "this many tokens (timesformer.attention.PACK_TO; 0: not)")
     ap.add_argument("--batch", type=int, default=8, help="training clips per step")
-    ap.add_argument("--infer-batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--infer-batch", type=int, default=16, help="inference clips per forward")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps of each loop")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     ap.add_argument("--e2e-steps", type=int, default=128, help="steps per epoch of the tslab train run (0: skip)")
     ap.add_argument("--memory-batches", type=int, nargs="*", default=[4, 8, 16],
                     help="batch sizes of the memory breakdown per scheme (CUDA only; none: skip)")
     ap.add_argument("--no-speed", action="store_true", help="skip the clips/s timings (memory and e2e only)")
-    ap.add_argument("--gemm-n", type=int, default=8192)
+    ap.add_argument("--gemm-n", type=int, default=8192, help="side of the square bf16 matmuls of the GEMM rate")
     ap.add_argument("--smoke", action="store_true", help="toy sizes: exercises every path in seconds")
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, help="the result file (default: bench/results/gpu-<card>.json)")
     ap.add_argument("--profile", nargs="+", choices=ATTENTION_TYPES, metavar="SCHEME",
                     help="print the profiler's table of these schemes' training step (batch --batch) and exit")
     ap.add_argument("--reestimate", type=Path, nargs="+", metavar="RESULTS",

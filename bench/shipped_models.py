@@ -25,6 +25,7 @@ from pathlib import Path
 from table1 import RECIPE, RUNS, command, hardware, metrics, train
 
 from timesformer import load_model, save_model
+from timesformer.cli import HelpFormatter
 from timesformer.config import ATTENTION_TYPES
 from timesformer.evaluate import run as evaluate
 from timesformer.shipped import DEFAULT_NAME, MODELS, SAMPLES, TEMPORAL
@@ -184,7 +185,7 @@ def write_samples(model_name: str = DEFAULT_NAME) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--skip-train", action="store_true", help="export, evaluate and card the runs already there")
     p.add_argument("--only", nargs="*", help="these models only (names)")
     a = p.parse_args(argv)

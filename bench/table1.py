@@ -26,6 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from timesformer.cli import HelpFormatter
 from timesformer.config import ATTENTION_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,11 +192,11 @@ def load(path: Path = RESULTS / "table1.jsonl") -> list[dict]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    p.add_argument("--schemes", nargs="*", default=list(ATTENTION_TYPES))
-    p.add_argument("--tasks", nargs="*", default=["temporal", "appearance"])
-    p.add_argument("--runs", default=str(RUNS))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="training seeds of each cell")
+    p.add_argument("--schemes", nargs="*", default=list(ATTENTION_TYPES), help="the schemes trained (default: all)")
+    p.add_argument("--tasks", nargs="*", default=["temporal", "appearance"], help="SynthMotion tasks")
+    p.add_argument("--runs", default=str(RUNS), help="the folder of the run folders (default: runs/table1)")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (each 1 thread)")
     p.add_argument("--report", action="store_true", help="print the tables from table1.jsonl and exit")
     p.add_argument("--held-out", action="store_true",

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig
+from timesformer.cli import HelpFormatter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,11 +39,11 @@ def measure(scheme: str, img_size: int, batch: int, steps: int, warmup: int = 2)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--img-size", type=int, nargs="*", default=[64, 32])
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=5)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--img-size", type=int, nargs="*", default=[64, 32], help="crop sizes timed")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per training step")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     rows = []
