@@ -52,6 +52,13 @@ def test_compiled_training_on_cuda(tmp_path):
     close_rows(rows(tmp_path / "compiled"), rows(tmp_path / "eager"))
 
 
+def test_grad_checkpointing_on_cuda(tmp_path):
+    """bf16 with workers: recomputing each block in the backward trains as keeping its activations does."""
+    T.main(cuda_args(tmp_path / "kept", clips=8, epochs=1))
+    T.main(cuda_args(tmp_path / "recomputed", "--grad-checkpointing", clips=8, epochs=1))
+    close_rows(rows(tmp_path / "recomputed"), rows(tmp_path / "kept"))
+
+
 @pytest.mark.parametrize("attention_type", list(SCHEMES))
 def test_every_scheme_compiles_on_cuda(attention_type):
     """compile_model of each scheme in bf16: the same logits and gradients as eager, within bf16's rounding."""

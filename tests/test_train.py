@@ -174,6 +174,45 @@ def test_ctrl_c_saves_a_checkpoint_after_the_step_and_resume_matches_an_uninterr
         (tmp_path / "again" / "log.txt").read_text()
 
 
+def test_a_gpu_out_of_memory_says_what_to_change_and_how_to_estimate_it(tmp_path, monkeypatch, capsys):
+    """CUDA's OutOfMemoryError ended the run in a traceback; now one logged line names what ran out, the last
+    checkpoint, the flags that help and a `tslab cost` command for this very run, which works as given."""
+    import shlex
+
+    from analysis.cost.cli import main as cost
+
+    original = T.train_one_epoch
+
+    def train_one_epoch(*args, after_step, **kw):
+        def after(state):
+            if state.step == 6:
+                raise torch.OutOfMemoryError(
+                    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of "
+                    "which 1.02 GiB is free. Including non-PyTorch memory, this process has 78.16 GiB in use")
+            after_step(state)
+        original(*args, after_step=after, **kw)
+
+    monkeypatch.setattr(T, "train_one_epoch", train_one_epoch)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        T.cli(toy_args(out, "--batch-size", "2", "--accum-steps", "2", epochs=2))
+    said = (out / "log.txt").read_text().splitlines()[-1]
+    assert stopped.value.code == 1 and said.startswith(
+        "the GPU ran out of memory at step 6 of 8: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
+        f"total capacity of 79.19 GiB of which 1.02 GiB is free. The last checkpoint is {out.resolve()}/"
+        "ckpt-s00000004-end. Try a smaller --batch-size (with --accum-steps 4 at half the batch, an optimizer step "
+        "takes as many clips), --grad-checkpointing or --amp bf16; `tslab cost --schemes divided_space_time "
+        "--frames 4 --sizes 32 "), said
+    command = shlex.split(said[said.index("`tslab cost") + 1 : said.rindex("`")])
+    assert command[command.index("--batch-size") + 1] == "2" and "--optimizer" in command
+    capsys.readouterr()
+    assert cost([*command[2:-2], "--out", str(tmp_path / "cost"), "--no-png"]) in (0, None)
+    (row, *_) = json.loads((tmp_path / "cost" / "complexity.json").read_text())["rows"]
+    model = load_model(out)  # the command describes this very model, at the run's batch and optimizer
+    assert row["params"] == sum(p.numel() for p in model.parameters()) and row["tokens"] == 1 + 4 * 4 * 4
+    assert (row["batch_size"], row["optimizer"], row["dtype"]) == (2, "adamw", "fp32")
+
+
 def test_ctrl_c_in_a_terminal_stops_the_loader_workers_without_a_traceback(tmp_path):
     """A terminal's Ctrl-C reaches the loader's workers as well: the main process saves and stops them."""
     for attempt in range(3):
@@ -194,6 +233,24 @@ def test_ctrl_c_in_a_terminal_stops_the_loader_workers_without_a_traceback(tmp_p
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert f"stopped by Ctrl-C at step {step} of 96; the last checkpoint is " in err
     assert step > 32 or (out / "checkpoint-last").resolve().name == "ckpt-s00000032-end"
+
+
+def test_grad_checkpointing_trains_the_same_model(tmp_path, monkeypatch):
+    """--grad-checkpointing recomputes each block in the backward (less memory): same losses, same weights,
+    DropPath's random masks included (the recomputation replays the RNG)."""
+    from timesformer import model as M
+
+    calls = []
+    checkpoint = M.checkpoint
+    monkeypatch.setattr(M, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    arch = ["--model", "embed_dim=32", "depth=2", "num_heads=2", "drop_path_rate=0.2"]
+    T.main(toy_args(tmp_path / "plain", *arch, epochs=1))
+    assert not calls
+    T.main(toy_args(tmp_path / "recomputed", *arch, "--grad-checkpointing", epochs=1))
+    assert len(calls) == 2 * 4  # two blocks in each of the 4 training steps (not in validation)
+    assert rows(tmp_path / "recomputed") == rows(tmp_path / "plain")
+    assert same_weights(tmp_path / "recomputed" / "checkpoint-last", tmp_path / "plain" / "checkpoint-last")
+    assert "grad_checkpointing: true" in (tmp_path / "recomputed" / "train_config.yaml").read_text()
 
 
 def test_gradient_accumulation_equals_a_bigger_batch(tmp_path):
@@ -411,7 +468,7 @@ def test_init_from_a_checkpoint_with_other_classes(tmp_path):
     assert not torch.equal(before["blocks.0.attn.qkv.weight"], after.state_dict()["blocks.0.attn.qkv.weight"])
 
 
-def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, capsys):
+def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, capsys, monkeypatch):
     root = export_synthmotion(tmp_path / "videos", "temporal", num_train=8, num_val=4, seed=0, num_frames=4,
                               size=32)
     bad = next((root / "train").iterdir()) / "zz-broken.mp4"
@@ -447,6 +504,15 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
     assert "expected auto or a number ≥ 0, got '-1'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no such file or folder"):
         E.main([str(out / "checkpoint-last"), str(tmp_path / "nothing")])
+    with monkeypatch.context() as m:  # the GPU's out-of-memory error, as one line
+        m.setattr(E, "evaluate", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 9.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 3.02 GiB "
+            "is free. Including non-PyTorch memory")))
+        with pytest.raises(SystemExit, match=r"^the GPU ran out of memory at --batch-size 8 \(3 crops of each clip "
+                                             r"in one forward\): CUDA out of memory. Tried to allocate 9.00 GiB. GPU 0 "
+                                             r"has a total capacity of 79.19 GiB of which 3.02 GiB is free; try a "
+                                             r"smaller --batch-size$"):
+            E.main([str(out), "synthmotion-temporal", "--num-clips", "4", "--no-progress"])
     with pytest.raises(SystemExit, match="not SynthMotion appearance's"):
         E.run(out / "checkpoint-last", "synthmotion-appearance", num_clips=8)
     for flags, message in (([str(tmp_path / "nothing"), str(root)], "no such checkpoint"),

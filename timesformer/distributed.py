@@ -49,6 +49,12 @@ def device_name(device: torch.device) -> str:
     return f"{torch.cuda.get_device_name(device)} ({device})"
 
 
+def out_of_memory(error: BaseException) -> str:
+    """The first sentences of a CUDA out-of-memory error: what it tried to allocate, and what the card has
+    and has free (the rest is allocator advice)."""
+    return ". ".join(str(error).split(". ")[:3]).rstrip(".")
+
+
 class Dist:
     """Rank, world size and device of this process; every collective is a no-op without DDP."""
 

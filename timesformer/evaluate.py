@@ -21,7 +21,7 @@ import torch
 from timesformer.checkpoints import CheckpointError, load_model
 from timesformer.cli import HelpFormatter, at_least
 from timesformer.data import auto_workers, open_split, synthmotion_task, workers_arg
-from timesformer.distributed import Dist
+from timesformer.distributed import Dist, out_of_memory
 from timesformer.engine import eval_loader, evaluate
 from timesformer.optim import AMP, amp_dtype
 
@@ -63,7 +63,11 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
             from tqdm import tqdm
 
             loader = tqdm(loader, total=len(loader), desc="evaluating", unit="batch", dynamic_ncols=True, leave=False)
-        video = evaluate(model, loader, device, dtype, dist, view=1)  # every clip decoded and run once for both
+        try:
+            video = evaluate(model, loader, device, dtype, dist, view=1)  # every clip decoded and run once for both
+        except torch.OutOfMemoryError as e:
+            raise SystemExit(f"the GPU ran out of memory at --batch-size {batch_size} (3 crops of each clip in one "
+                             f"forward): {out_of_memory(e)}; try a smaller --batch-size") from None
         seconds = round(time.time() - t0, 2)
         return {"clip": {**video.pop("view"), "seconds": seconds}, "video": {**video, "seconds": seconds},
                 "amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],

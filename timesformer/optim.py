@@ -1,17 +1,35 @@
 """The optimiser, its learning-rate schedule and the mixed-precision dtype, from the training arguments.
 
 `args` is the resolved namespace of `timesformer.train` (`optimizer`, `lr`, `weight_decay`, `momentum`,
-`schedule`, `warmup_steps`, `min_lr`, `epochs`, `amp`).
+`schedule`, `warmup_steps`, `min_lr`, `epochs`, `amp`); `resolve` fills its recipe defaults.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
 from torch import nn
 
 NO_DECAY_NAMES = ("pos_embed", "time_embed", "cls_token")
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the recipe defaults that depend on other arguments (`--optimizer auto` and the defaults that follow
+    the optimizer: lr, weight decay, schedule, gradient clipping)."""
+    if args.optimizer == "auto":
+        args.optimizer = "adamw" if args.preset == "tiny" else "sgd"
+    sgd = args.optimizer == "sgd"
+    if args.lr is None:
+        args.lr = 0.005 if sgd else 1e-3
+    if args.weight_decay is None:
+        args.weight_decay = 1e-4 if sgd else 0.05
+    if args.schedule == "auto":
+        args.schedule = "steps" if sgd else "cosine"
+    if args.clip_grad is None and not sgd:
+        args.clip_grad = 1.0
+    return args
 
 
 def build_optimizer(args, model: nn.Module) -> torch.optim.Optimizer:

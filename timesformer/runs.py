@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from timesformer.checkpoints import LAST, load_model, write_model
-from timesformer.distributed import Dist
+from timesformer.distributed import Dist, out_of_memory
 from timesformer.engine import Trainer, TrainingDiverged, TrainState
 from timesformer.files import atomic_folder, make_folder
 from timesformer.model import TimeSformer
@@ -130,11 +130,15 @@ class Run:
         last = self.path / LAST
         return last.resolve() if last.exists() else None
 
-    def stopped(self, error: BaseException, where: str) -> Exception:
-        """The exception to end the run with, after `error` (TrainingDiverged, Interrupted or KeyboardInterrupt)
-        stopped it `where`: its logged message says which checkpoint is the last good one and what to do."""
+    def stopped(self, error: BaseException, where: str, advice: str = "") -> Exception:
+        """The exception to end the run with, after `error` (TrainingDiverged, Interrupted, KeyboardInterrupt or
+        the GPU's OutOfMemoryError) stopped it `where`: its logged message says which checkpoint is the last good
+        one and what to do (`advice`, for running out of memory)."""
         last = self.last_checkpoint()
-        if isinstance(error, TrainingDiverged):
+        if isinstance(error, torch.OutOfMemoryError):
+            out = OutOfMemory(f"the GPU ran out of memory {where}: {out_of_memory(error)}. The last checkpoint is "
+                              f"{last or 'none (no checkpoint yet)'}. {advice}")
+        elif isinstance(error, TrainingDiverged):
             out = TrainingDiverged(f"training stopped: {error}. The last good checkpoint is "
                                    f"{last or 'none (no checkpoint yet)'}; try a lower --lr, --clip-grad 1.0 or "
                                    "--amp none.")
@@ -155,6 +159,28 @@ class Run:
 
 class Interrupted(Exception):
     """A run stopped by Ctrl-C; its message says where its last checkpoint is."""
+
+
+class OutOfMemory(RuntimeError):
+    """A run stopped by the GPU running out of memory; its message says what to change."""
+
+
+def memory_advice(args, config, dtype, device: torch.device) -> str:
+    """What to change when a run (its resolved arguments, model config and autocast dtype) does not fit the GPU
+    `device`, and the `tslab cost` command that estimates its training memory (its one configuration, at its
+    batch, precision, optimizer and checkpointing)."""
+    T, S, checkpointing = config.num_frames, config.img_size, args.grad_checkpointing
+    gpu_bytes = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    flags = (f"--schemes {config.attention_type} --frames {T} --sizes {S} --base-frames {T} --base-size {S} "
+             f"--patch-size {config.patch_size} --embed-dim {config.embed_dim} --depth {config.depth} "
+             f"--heads {config.num_heads} --num-classes {config.num_classes} --batch-size {args.batch_size} "
+             f"--dtype {'fp32' if dtype is None else 'bf16'} --optimizer {args.optimizer}"
+             + " --checkpointing" * checkpointing + (f" --gpu-memory {gpu_bytes / 2**30:.0f}" if gpu_bytes else ""))
+    fixes = [f"a smaller --batch-size (with --accum-steps {2 * args.accum_steps} at half the batch, an optimizer "
+             "step takes as many clips)"] + ["--grad-checkpointing"] * (not checkpointing) + ["--amp bf16"] * (
+        dtype is None)
+    listed = fixes[0] if len(fixes) == 1 else ", ".join(fixes[:-1]) + " or " + fixes[-1]
+    return f"Try {listed}; `tslab cost {flags} --out runs/cost` estimates what this run needs and what fits."
 
 
 class CtrlC:
@@ -237,7 +263,7 @@ def find_resume(resume: str, out) -> Path | None:
 
 # flags that a resumed run may change without changing what it computes
 SAME_RUN = {"out", "resume", "config", "workers", "prefetch", "no_progress", "threads", "device", "ckpt_every", "keep",
-            "eval_every", "compile"}
+            "eval_every", "compile", "grad_checkpointing"}
 
 
 @dataclass
