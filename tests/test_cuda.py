@@ -33,7 +33,7 @@ def test_bf16_training_with_workers_resumes_from_a_checkpoint(tmp_path):
     res = T.main(cuda_args(ref, "--ckpt-every", "2", "--keep", "10", clips=16, epochs=2))  # 8 steps
     config = yaml.safe_load((ref / "train_config.yaml").read_text())
     assert config["amp"] == "torch.bfloat16" and config["args"]["workers"] >= 1  # auto: workers on a GPU
-    assert "1 × cuda:0" in (ref / "log.txt").read_text() and res["val"]["clips"] == 8
+    assert f"1 × {torch.cuda.get_device_name(0)} (cuda:0)" in (ref / "log.txt").read_text() and res["val"]["clips"] == 8
     train_rows = [r for r in rows(ref, drop=()) if r["split"] == "train"]
     assert all(0 <= r["data_wait"] < 1 and r["clips_per_s"] > 0 for r in train_rows)
     # resume from the step-2 checkpoint into a fresh folder: it must finish as the uninterrupted run did

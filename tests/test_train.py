@@ -267,7 +267,7 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 × cpu" in proc.stderr
+    assert "2 × CPU" in proc.stderr
     single = tmp_path / "single"
     T.main(toy_args(single, clips=32, batch=8))
     a, b = rows(ddp), rows(single)
@@ -848,4 +848,4 @@ def test_a_device_this_pytorch_cannot_use_is_a_one_line_error(tmp_path):
 def test_training_on_cuda(tmp_path):
     res = T.main(toy_args(tmp_path / "run", "--device", "cuda", epochs=1))
     assert res["val"]["clips"] == 8
-    assert "1 × cuda:0" in (tmp_path / "run" / "log.txt").read_text()
+    assert f"1 × {torch.cuda.get_device_name(0)} (cuda:0)" in (tmp_path / "run" / "log.txt").read_text()

@@ -34,7 +34,7 @@ from timesformer.checkpoints import IMAGE_FORMATS, CheckpointError, from_checkpo
 from timesformer.cli import HelpFormatter, check_ranges
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
 from timesformer.data import FrameDrop, TrainLoader, auto_workers, build_datasets, workers_arg
-from timesformer.distributed import Dist, free_frames
+from timesformer.distributed import Dist, device_name, free_frames
 from timesformer.engine import (
     Trainer,
     TrainingDiverged,
@@ -305,7 +305,7 @@ def _train(args, dist: Dist, run: Run) -> dict:
     log(f"{type(train_ds).__name__}: {len(train_ds)} training clips, {len(val_ds) if val_ds else 0} validation "
         f"clips, {len(classes)} classes; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
         f"({model.config.attention_type}); {steps_per_epoch} steps/epoch × {args.epochs} epochs on "
-        f"{dist.world} × {device}; {args.optimizer} lr {args.lr}")
+        f"{dist.world} × {device_name(device)}; {args.optimizer} lr {args.lr}")
 
     val_loader = (eval_loader(val_ds, args.batch_size, args.workers, dist, pin_memory=device.type == "cuda")
                   if val_ds is not None else None)
