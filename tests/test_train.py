@@ -213,8 +213,10 @@ def test_a_gpu_out_of_memory_says_what_to_change_and_how_to_estimate_it(tmp_path
     assert (row["batch_size"], row["optimizer"], row["dtype"]) == (2, "adamw", "fp32")
 
 
-def test_ctrl_c_in_a_terminal_stops_the_loader_workers_without_a_traceback(tmp_path):
-    """A terminal's Ctrl-C reaches the loader's workers as well: the main process saves and stops them."""
+@pytest.mark.parametrize("sig, name, status", [(signal.SIGINT, "Ctrl-C", 130), (signal.SIGTERM, "SIGTERM", 143)])
+def test_a_signal_to_the_whole_job_saves_and_stops_without_a_traceback(tmp_path, sig, name, status):
+    """A terminal's Ctrl-C and a cluster scheduler's SIGTERM (sent before it kills a job) reach the loader's
+    workers as well: the main process saves a checkpoint and stops them. (SIGTERM killed the run where it was.)"""
     for attempt in range(3):
         out = tmp_path / f"run{attempt}"
         cmd = [sys.executable, "-m", "timesformer.train", *toy_args(out, "--workers", "2", clips=128, epochs=3)]
@@ -223,15 +225,15 @@ def test_ctrl_c_in_a_terminal_stops_the_loader_workers_without_a_traceback(tmp_p
         deadline = time.time() + 120
         while not (out / "checkpoint-last").exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, sig)
         _, err = proc.communicate(timeout=120)
         step = torch.load(out / "checkpoint-last" / "train_state.pt", weights_only=True)["state"]["step"]
         if step < 96:
             break
     else:
         pytest.fail("could not interrupt the run before it finished")
-    assert proc.returncode == 130 and "Traceback" not in err, err
-    assert f"stopped by Ctrl-C at step {step} of 96; the last checkpoint is " in err
+    assert proc.returncode == status and "Traceback" not in err, err
+    assert f"stopped by {name} at step {step} of 96; the last checkpoint is " in err
     assert step > 32 or (out / "checkpoint-last").resolve().name == "ckpt-s00000032-end"
 
 

@@ -231,10 +231,12 @@ class AtEpoch(Dataset):
 
 
 def ignore_interrupts(worker_id: int) -> None:
-    """A loader worker's start (`worker_init_fn`). Ctrl-C reaches every process of the terminal's group: the
-    workers leave it to the main process, which stops them when it stops (a forked worker would otherwise run
-    the main process's handler too, or end its loop on KeyboardInterrupt)."""
+    """A loader worker's start (`worker_init_fn`). Ctrl-C reaches every process of the terminal's group, and a
+    scheduler's SIGTERM every process of the job: the workers leave both to the main process, which stops them
+    when it stops (a forked worker would otherwise run the main process's handler too, or end, and the loader
+    would fail for the worker it lost)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class TrainLoader:

@@ -130,10 +130,11 @@ class Run:
         last = self.path / LAST
         return last.resolve() if last.exists() else None
 
-    def stopped(self, error: BaseException, where: str, advice: str = "") -> Exception:
+    def stopped(self, error: BaseException, where: str, advice: str = "", by: str | None = None) -> Exception:
         """The exception to end the run with, after `error` (TrainingDiverged, Interrupted, KeyboardInterrupt or
         the GPU's OutOfMemoryError) stopped it `where`: its logged message says which checkpoint is the last good
-        one and what to do (`advice`, for running out of memory)."""
+        one and what to do (`advice`, for running out of memory). `by`: the signal that asked the run to stop
+        (`StopRequest.requested`; Ctrl-C where none did)."""
         last = self.last_checkpoint()
         if isinstance(error, torch.OutOfMemoryError):
             out = OutOfMemory(f"the GPU ran out of memory {where}: {out_of_memory(error)}. The last checkpoint is "
@@ -143,8 +144,10 @@ class Run:
                                    f"{last or 'none (no checkpoint yet)'}; try a lower --lr, --clip-grad 1.0 or "
                                    "--amp none.")
         else:
-            out = Interrupted(f"stopped by Ctrl-C {where}; the last checkpoint is "
+            by = by or "Ctrl-C"
+            out = Interrupted(f"stopped by {by} {where}; the last checkpoint is "
                               + (f"{last}: --resume goes on from it" if last else "none (no checkpoint yet)"))
+            out.status = 128 + STOP_SIGNALS[by]  # the shell's status of a process that the signal ended
         self.log(str(out))
         return out
 
@@ -158,7 +161,10 @@ class Run:
 
 
 class Interrupted(Exception):
-    """A run stopped by Ctrl-C; its message says where its last checkpoint is."""
+    """A run stopped by Ctrl-C or SIGTERM; its message says where its last checkpoint is, `status` is the exit
+    status (130, 143)."""
+
+    status = 130
 
 
 class OutOfMemory(RuntimeError):
@@ -183,29 +189,34 @@ def memory_advice(args, config, dtype, device: torch.device) -> str:
     return f"Try {listed}; `tslab cost {flags} --out runs/cost` estimates what this run needs and what fits."
 
 
-class CtrlC:
-    """Until `close()`, Ctrl-C (SIGINT) asks a one-process run to stop: `requested` turns true, and the loop saves a
-    checkpoint after the step under way and stops, instead of losing the work since the last checkpoint. A
-    second Ctrl-C stops at once (KeyboardInterrupt). Without `enabled` (under torchrun, which stops every
-    process itself) and off the main thread, Ctrl-C stays Python's KeyboardInterrupt. The loader's workers
-    ignore SIGINT (`data.ignore_interrupts`): they are the main process's to stop."""
+STOP_SIGNALS = {"Ctrl-C": signal.SIGINT, "SIGTERM": signal.SIGTERM}
+
+
+class StopRequest:
+    """Until `close()`, Ctrl-C (SIGINT) or SIGTERM (what a cluster's scheduler sends a job before it kills it)
+    asks a one-process run to stop: `requested` names the signal, and the loop saves a checkpoint after the step
+    under way and stops, instead of losing the work since the last checkpoint. A second signal stops at once
+    (KeyboardInterrupt). Without `enabled` (under torchrun, which stops every process itself) and off the main
+    thread, the signals keep their handlers. The loader's workers ignore both (`data.ignore_interrupts`): they
+    are the main process's to stop."""
 
     def __init__(self, enabled: bool = True):
-        self.requested, self.previous = False, None
+        self.requested, self.previous = None, {}
         if enabled and threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS.values()}
 
     def close(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested = next(name for name, sig in STOP_SIGNALS.items() if sig == signum)
         try:  # straight to the file descriptor: the interrupted code may be inside a write to sys.stderr
-            os.write(2, b"\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again stops at once)\n")
+            os.write(2, f"\n{self.requested}: stopping after this step with a checkpoint ({self.requested} again "
+                        "stops at once)\n".encode())
         except OSError:
             pass
 

@@ -47,7 +47,7 @@ from timesformer.engine import (
 )
 from timesformer.model import TimeSformer, compile_model
 from timesformer.optim import AMP, amp_dtype, build_optimizer, lr_at, resolve
-from timesformer.runs import LAST, CtrlC, Interrupted, OutOfMemory, Resume, Run, find_resume, memory_advice
+from timesformer.runs import LAST, Interrupted, OutOfMemory, Resume, Run, StopRequest, find_resume, memory_advice
 
 PRESETS = ("tiny", "base", "hr", "large")
 
@@ -323,16 +323,16 @@ def _train(args, dist: Dist, run: Run) -> dict:
         check_finite(model, state)  # no checkpoint after a bad step: the last one stays the last good one
         run.checkpoint(name, trainer, state, args)
 
-    ctrl_c = CtrlC(enabled=not dist.ddp)
+    stop = StopRequest(enabled=not dist.ddp)
 
     def after_step(state: TrainState) -> None:
-        # a mid-epoch checkpoint every --ckpt-every steps, and where Ctrl-C asks to stop (not at the end of an
+        # a mid-epoch checkpoint every --ckpt-every steps, and where a signal asks to stop (not at the end of an
         # epoch or the run: the epoch's own checkpoint follows)
         if state.micro >= steps_per_epoch * args.accum_steps or state.step >= total_steps:
             return
-        if ctrl_c.requested or args.ckpt_every and state.step % args.ckpt_every == 0:
+        if stop.requested or args.ckpt_every and state.step % args.ckpt_every == 0:
             save(f"ckpt-s{state.step:08d}")
-        if ctrl_c.requested:
+        if stop.requested:
             raise Interrupted
 
     result, ahead = {}, None
@@ -356,14 +356,14 @@ def _train(args, dist: Dist, run: Run) -> dict:
                 run.log_metrics(row)
             state.next_epoch()
             save(f"ckpt-s{state.step:08d}-end")
-            if ctrl_c.requested and not finished:
+            if stop.requested and not finished:
                 raise Interrupted
     except (TrainingDiverged, Interrupted, KeyboardInterrupt, torch.OutOfMemoryError) as e:
         oom = isinstance(e, torch.OutOfMemoryError)
         advice = memory_advice(args, model.config, trainer.dtype, device) if oom else ""
-        raise run.stopped(e, f"at step {state.step} of {total_steps}", advice) from None
+        raise run.stopped(e, f"at step {state.step} of {total_steps}", advice, by=stop.requested) from None
     finally:
-        ctrl_c.close()
+        stop.close()
         if progress is not None:
             progress.close()
             log.progress = None
@@ -396,8 +396,8 @@ def cli(argv=None, prog: str | None = None) -> None:
         main(argv, prog)
     except TrainingDiverged:
         sys.exit(2)
-    except Interrupted:  # said where the last checkpoint is
-        sys.exit(130)
+    except Interrupted as e:  # said where the last checkpoint is
+        sys.exit(e.status)
     except OutOfMemory:  # said what to change
         sys.exit(1)
     except KeyboardInterrupt:  # before the loop began
