@@ -67,11 +67,28 @@ def test_run_folder(tmp_path):
     assert model.class_names == ["moving right", "moving left", "right and back", "left and back"]
     assert model.config.embed_dim == 32 and model.config.num_frames == 4 and model.config.time_embed_std == 1.0
     assert (out / "checkpoint-last").resolve().name == "ckpt-s00000008-end"
-    assert len(list(out.glob("ckpt-*"))) == 2 and not list(out.glob(".tmp*"))  # --keep 2, no leftovers
+    # --keep 2, and the best validated one; no leftovers
+    assert {p.name for p in out.glob("ckpt-*")} == {"ckpt-s00000006", "ckpt-s00000008-end",
+                                                     os.readlink(out / "checkpoint-best")}
+    assert not list(out.glob(".tmp*")) and not list(out.glob(".checkpoint-*"))
     state = torch.load(out / "checkpoint-last" / "train_state.pt", weights_only=True)
     assert state["state"]["step"] == 8 and state["state"]["epoch"] == 2
     cfg = (out / "train_config.yaml").read_text()
     assert "divided_space_time" in cfg and "adamw" in cfg and "log.txt" in os.listdir(out)
+
+
+def test_checkpoint_best_follows_the_validation_accuracy_and_is_never_pruned(tmp_path, monkeypatch):
+    """--keep 1 removed the best epoch's weights once a later epoch validated worse; checkpoint-best keeps them."""
+    accuracies = iter([0.5, 0.9, 0.7, 0.9, 0.95, 0.6])  # epochs 0-3, then 4-5 after a resume
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: {"loss": 1.0, "acc1": next(accuracies), "clips": 8})
+    out = tmp_path / "run"
+    T.main(toy_args(out, "--keep", "1", epochs=4))  # 4 steps per epoch
+    assert os.readlink(out / "checkpoint-best") == "ckpt-s00000008-end"  # epoch 1; epoch 3's tie is not better
+    assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-s00000008-end", "ckpt-s00000016-end"]
+    assert same_weights(out / "checkpoint-best", out / "ckpt-s00000008-end")
+    T.main(toy_args(out, "--keep", "1", "--resume", epochs=6))  # the best so far comes from metrics.jsonl
+    assert os.readlink(out / "checkpoint-best") == "ckpt-s00000020-end"  # epoch 4's 0.95
+    assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-s00000020-end", "ckpt-s00000024-end"]
 
 
 def test_resume_says_which_flags_changed_and_when_nothing_is_left(tmp_path):

@@ -1,5 +1,6 @@
 """Run folders: `log.txt`, `metrics.jsonl`, `train_config.yaml`, TensorBoard scalars, and the checkpoints
-`ckpt-sSTEP[-end]/` (a `save_model` folder plus `train_state.pt`) with `checkpoint-last` naming the newest.
+`ckpt-sSTEP[-end]/` (a `save_model` folder plus `train_state.pt`) with `checkpoint-last` naming the newest and
+`checkpoint-best` the one of the best validation accuracy.
 
 Checkpoints are written to a temporary folder and renamed, and the link is replaced atomically, so a kill at
 any moment leaves a loadable last checkpoint. Every process may call everything here; only rank 0 writes.
@@ -24,6 +25,7 @@ from timesformer.engine import Trainer, TrainingDiverged, TrainState
 from timesformer.files import atomic_folder, make_folder
 from timesformer.model import TimeSformer
 
+BEST = "checkpoint-best"  # the checkpoint of the best validation accuracy so far; never pruned
 STATE = "train_state.pt"
 METRICS = "metrics.jsonl"
 
@@ -114,8 +116,9 @@ class Run:
                     self.tb.add_scalar(f"{row['split']}/{k}", row[k], row["step"])
         self.log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
 
-    def checkpoint(self, name: str, trainer: Trainer, state: TrainState, args) -> None:
-        """Rank 0 writes checkpoint `name` with everything `--resume` needs; all ranks wait for it."""
+    def checkpoint(self, name: str, trainer: Trainer, state: TrainState, args, best: bool = False) -> None:
+        """Rank 0 writes checkpoint `name` with everything `--resume` needs (`best`: it is `checkpoint-best` as
+        well); all ranks wait for it."""
         if self.dist.main:
             train_state = {
                 "optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict(),
@@ -123,8 +126,13 @@ class Run:
                 "args": {k: v for k, v in vars(args).items()
                          if isinstance(v, (int, float, str, bool, list, type(None)))},
             }
-            save_checkpoint(self.path, name, trainer.model, train_state, args.keep)
+            save_checkpoint(self.path, name, trainer.model, train_state, args.keep, best)
         self.dist.barrier()
+
+    def best_accuracy(self) -> float | None:
+        """The best validation accuracy (acc1) in `metrics.jsonl`, which `checkpoint-best` holds."""
+        val = [row["acc1"] for row in map(json.loads, self.metrics_lines()) if row.get("split") == "val"]
+        return max(val, default=None)
 
     def last_checkpoint(self) -> Path | None:
         last = self.path / LAST
@@ -230,22 +238,26 @@ def holds_run(path: Path) -> str | None:
     return ", ".join(found) or None
 
 
-def save_checkpoint(run: Path, name: str, model: TimeSformer, train_state: dict, keep: int) -> Path:
-    """Write `run/name/` (save_model + train_state.pt) atomically, point `checkpoint-last` at it and keep the
-    newest `keep` checkpoints (by step), never removing the one just written."""
+def save_checkpoint(run: Path, name: str, model: TimeSformer, train_state: dict, keep: int,
+                    best: bool = False) -> Path:
+    """Write `run/name/` (save_model + train_state.pt) atomically, point `checkpoint-last` (and with `best`,
+    `checkpoint-best`) at it and keep the newest `keep` checkpoints (by step), never removing the one just
+    written or the one `checkpoint-best` names."""
     run = Path(run)
     # an existing `name` is a stale checkpoint from before a resume, never the one checkpoint-last points at
     with atomic_folder(run / name) as tmp:
         write_model(model, tmp)
         torch.save(train_state, tmp / STATE)
-    link = run / f".{LAST}-{os.getpid()}"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    os.symlink(name, link)
-    os.replace(link, run / LAST)  # atomic: the link always names a complete checkpoint
+    for link in [LAST] + [BEST] * best:
+        temporary = run / f".{link}-{os.getpid()}"
+        if temporary.is_symlink() or temporary.exists():
+            temporary.unlink()
+        os.symlink(name, temporary)
+        os.replace(temporary, run / link)  # atomic: the link always names a complete checkpoint
+    kept = {name, os.readlink(run / BEST) if (run / BEST).is_symlink() else None}
     ckpts = sorted((p for p in run.glob("ckpt-*") if p.is_dir()), key=_ckpt_step)
     for old in ckpts[:-keep] if keep > 0 else []:
-        if old.name != name:
+        if old.name not in kept:
             shutil.rmtree(old, ignore_errors=True)
     return run / name
 

@@ -319,9 +319,9 @@ def _train(args, dist: Dist, run: Run) -> dict:
         progress = tqdm(total=total_steps, initial=state.step, unit="step", dynamic_ncols=True)
         log.progress = progress
 
-    def save(name: str) -> None:
+    def save(name: str, best: bool = False) -> None:
         check_finite(model, state)  # no checkpoint after a bad step: the last one stays the last good one
-        run.checkpoint(name, trainer, state, args)
+        run.checkpoint(name, trainer, state, args, best)
 
     stop = StopRequest(enabled=not dist.ddp)
 
@@ -335,7 +335,7 @@ def _train(args, dist: Dist, run: Run) -> dict:
         if stop.requested:
             raise Interrupted
 
-    result, ahead = {}, None
+    result, ahead, best = {}, None, run.best_accuracy()
     try:
         while state.epoch < args.epochs and state.step < total_steps:
             epoch, t_epoch = state.epoch, time.time()
@@ -350,12 +350,15 @@ def _train(args, dist: Dist, run: Run) -> dict:
             # the workers begin the next epoch now: its first batches are ready once validation and the
             # checkpoint are done (started at its first step, the epoch waited for them)
             ahead = None if finished else loader.start(epoch + 1)
+            improved = False  # its validation accuracy is the best so far: checkpoint-best
             if val_loader is not None and ((epoch + 1) % args.eval_every == 0 or finished):
                 ev = evaluate(trainer.ddp_model, val_loader, device, trainer.dtype, dist)
                 result["val"] = row = {"epoch": epoch, "step": state.step, "split": "val", **ev}
                 run.log_metrics(row)
+                improved = best is None or row["acc1"] > best
+                best = row["acc1"] if improved else best
             state.next_epoch()
-            save(f"ckpt-s{state.step:08d}-end")
+            save(f"ckpt-s{state.step:08d}-end", best=improved)
             if stop.requested and not finished:
                 raise Interrupted
     except (TrainingDiverged, Interrupted, KeyboardInterrupt, torch.OutOfMemoryError) as e:
