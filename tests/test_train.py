@@ -79,16 +79,17 @@ def test_run_folder(tmp_path):
 
 def test_checkpoint_best_follows_the_validation_accuracy_and_is_never_pruned(tmp_path, monkeypatch):
     """--keep 1 removed the best epoch's weights once a later epoch validated worse; checkpoint-best keeps them."""
-    accuracies = iter([0.5, 0.9, 0.7, 0.9, 0.95, 0.6])  # epochs 0-3, then 4-5 after a resume
-    monkeypatch.setattr(T, "evaluate", lambda *a, **k: {"loss": 1.0, "acc1": next(accuracies), "clips": 8})
+    # (accuracy, loss) of epochs 0-3, then of 4-5 after a resume
+    validations = iter([(0.5, 1.0), (0.9, 1.0), (0.7, 1.0), (0.9, 1.0), (0.95, 1.0), (0.95, 0.8)])
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: dict(zip(("acc1", "loss"), next(validations)), clips=8))
     out = tmp_path / "run"
     T.main(toy_args(out, "--keep", "1", epochs=4))  # 4 steps per epoch
-    assert os.readlink(out / "checkpoint-best") == "ckpt-s00000008-end"  # epoch 1; epoch 3's tie is not better
+    assert os.readlink(out / "checkpoint-best") == "ckpt-s00000008-end"  # epoch 1; epoch 3 only equals it
     assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-s00000008-end", "ckpt-s00000016-end"]
     assert same_weights(out / "checkpoint-best", out / "ckpt-s00000008-end")
     T.main(toy_args(out, "--keep", "1", "--resume", epochs=6))  # the best so far comes from metrics.jsonl
-    assert os.readlink(out / "checkpoint-best") == "ckpt-s00000020-end"  # epoch 4's 0.95
-    assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-s00000020-end", "ckpt-s00000024-end"]
+    assert os.readlink(out / "checkpoint-best") == "ckpt-s00000024-end"  # epoch 5: epoch 4's 0.95, a lower loss
+    assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-s00000024-end"]  # the best is the last
 
 
 def test_resume_says_which_flags_changed_and_when_nothing_is_left(tmp_path):

@@ -1,6 +1,6 @@
 """Run folders: `log.txt`, `metrics.jsonl`, `train_config.yaml`, TensorBoard scalars, and the checkpoints
 `ckpt-sSTEP[-end]/` (a `save_model` folder plus `train_state.pt`) with `checkpoint-last` naming the newest and
-`checkpoint-best` the one of the best validation accuracy.
+`checkpoint-best` the one of the best validation accuracy (then the lowest loss).
 
 Checkpoints are written to a temporary folder and renamed, and the link is replaced atomically, so a kill at
 any moment leaves a loadable last checkpoint. Every process may call everything here; only rank 0 writes.
@@ -129,10 +129,11 @@ class Run:
             save_checkpoint(self.path, name, trainer.model, train_state, args.keep, best)
         self.dist.barrier()
 
-    def best_accuracy(self) -> float | None:
-        """The best validation accuracy (acc1) in `metrics.jsonl`, which `checkpoint-best` holds."""
-        val = [row["acc1"] for row in map(json.loads, self.metrics_lines()) if row.get("split") == "val"]
-        return max(val, default=None)
+    def beats_earlier(self, row: dict) -> bool:
+        """Whether the validation `row` ranks above every validation row already in `metrics.jsonl` (by accuracy,
+        then by the lower loss): its checkpoint becomes `checkpoint-best`."""
+        earlier = [(r["acc1"], -r["loss"]) for r in map(json.loads, self.metrics_lines()) if r.get("split") == "val"]
+        return not earlier or (row["acc1"], -row["loss"]) > max(earlier)
 
     def last_checkpoint(self) -> Path | None:
         last = self.path / LAST

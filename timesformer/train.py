@@ -335,7 +335,7 @@ def _train(args, dist: Dist, run: Run) -> dict:
         if stop.requested:
             raise Interrupted
 
-    result, ahead, best = {}, None, run.best_accuracy()
+    result, ahead = {}, None
     try:
         while state.epoch < args.epochs and state.step < total_steps:
             epoch, t_epoch = state.epoch, time.time()
@@ -354,9 +354,8 @@ def _train(args, dist: Dist, run: Run) -> dict:
             if val_loader is not None and ((epoch + 1) % args.eval_every == 0 or finished):
                 ev = evaluate(trainer.ddp_model, val_loader, device, trainer.dtype, dist)
                 result["val"] = row = {"epoch": epoch, "step": state.step, "split": "val", **ev}
+                improved = run.beats_earlier(row)
                 run.log_metrics(row)
-                improved = best is None or row["acc1"] > best
-                best = row["acc1"] if improved else best
             state.next_epoch()
             save(f"ckpt-s{state.step:08d}-end", best=improved)
             if stop.requested and not finished:
