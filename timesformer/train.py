@@ -304,8 +304,8 @@ def _train(args, dist: Dist, run: Run) -> dict:
     run.open_tensorboard()
     log(f"{type(train_ds).__name__}: {len(train_ds)} training clips, {len(val_ds) if val_ds else 0} validation "
         f"clips, {len(classes)} classes; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
-        f"({model.config.attention_type}); {steps_per_epoch} steps/epoch × {args.epochs} epochs on "
-        f"{dist.world} × {device_name(device)}; {args.optimizer} lr {args.lr}")
+        f"({model.config.attention_type}); {steps_per_epoch} steps/epoch × {args.epochs} "
+        f"epoch{'s' * (args.epochs != 1)} on {dist.world} × {device_name(device)}; {args.optimizer} lr {args.lr}")
 
     val_loader = (eval_loader(val_ds, args.batch_size, args.workers, dist, pin_memory=device.type == "cuda")
                   if val_ds is not None else None)
