@@ -39,6 +39,11 @@ def rows(run: Path, drop=("wall_s", "clips_per_s", "data_wait")) -> list[dict]:
     return out
 
 
+def res_wall(run: Path) -> float:
+    """The training seconds of a run's last train row (what its last log line reports)."""
+    return [r for r in rows(run, drop=()) if r["split"] == "train"][-1]["wall_s"]
+
+
 def weights(path) -> dict:
     return load_model(path).state_dict()
 
@@ -75,6 +80,13 @@ def test_run_folder(tmp_path):
     assert state["state"]["step"] == 8 and state["state"]["epoch"] == 2
     cfg = (out / "train_config.yaml").read_text()
     assert "divided_space_time" in cfg and "adamw" in cfg and "log.txt" in os.listdir(out)
+    best = os.readlink(out / "checkpoint-best")  # the last line says where both checkpoints are, and how good
+    val = {r["step"]: r["acc1"] for r in lines if r["split"] == "val"}
+    assert (out / "log.txt").read_text().splitlines()[-1] == (
+        f"finished at step 8 after {res_wall(out):.0f} s of training; checkpoint-last"
+        + (f" and checkpoint-best: {out / best} (step 8, validation accuracy {val[8]:.1%})" if best.endswith("8-end")
+           else f": {out / 'ckpt-s00000008-end'} (step 8, validation accuracy {val[8]:.1%}); checkpoint-best: "
+                f"{out / best} (step 4, validation accuracy {val[4]:.1%})"))
 
 
 def test_checkpoint_best_follows_the_validation_accuracy_and_is_never_pruned(tmp_path, monkeypatch):

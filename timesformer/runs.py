@@ -139,6 +139,18 @@ class Run:
         last = self.path / LAST
         return last.resolve() if last.exists() else None
 
+    def finished(self, step: int, seconds: float) -> None:
+        """Log where a finished run left its last and its best checkpoint, with their validation accuracy."""
+        val = {r["step"]: r["acc1"] for r in map(json.loads, self.metrics_lines()) if r.get("split") == "val"}
+        links = {link: os.readlink(self.path / link) for link in (LAST, BEST) if (self.path / link).is_symlink()}
+        said = []
+        for name in dict.fromkeys(links.values()):  # checkpoint-last first; once where both name one checkpoint
+            step_of = _ckpt_step(Path(name))[0]
+            acc = f", validation accuracy {val[step_of]:.1%}" if step_of in val else ""
+            said.append(f"{' and '.join(k for k, v in links.items() if v == name)}: {self.path / name} (step "
+                        f"{step_of}{acc})")
+        self.log(f"finished at step {step} after {seconds:.0f} s of training; " + "; ".join(said))
+
     def stopped(self, error: BaseException, where: str, advice: str = "", by: str | None = None) -> Exception:
         """The exception to end the run with, after `error` (TrainingDiverged, Interrupted, KeyboardInterrupt or
         the GPU's OutOfMemoryError) stopped it `where`: its logged message says which checkpoint is the last good

@@ -373,6 +373,7 @@ def _train(args, dist: Dist, run: Run) -> dict:
         # not live on through them past `Dist.close()` (see `free_frames`)
         trainer.ddp_model = None
     result["checkpoint"] = str(run.path / LAST)
+    run.finished(state.step, state.wall)
     return result
 
 
