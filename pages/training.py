@@ -9,6 +9,7 @@ import yaml
 
 from analysis.figures import throughput_figure, training_figure
 from app import settings, widgets
+from timesformer.runs import ending
 
 st.title("Training runs")
 
@@ -43,6 +44,13 @@ metrics_path = run / "metrics.jsonl"
 if not metrics_path.is_file():
     st.error(f"{typed.strip()} is not a training run: it has no metrics.jsonl.")
     st.stop()
+
+ended = ending(run)
+if ended is None:
+    st.info("log.txt has no final line: the run is still training, or a kill or a crash stopped it without a word "
+            "(`--resume` goes on from its last checkpoint).")
+else:
+    (st.success if ended[0] == "finished" else st.warning)(ended[1])
 
 rows, bad = [], 0
 for line in metrics_path.read_text(errors="replace").splitlines():

@@ -593,6 +593,9 @@ def test_training_runs_and_open_in_explore(app, assets, tmp_path, clip_bytes):
     at = ok(page(at.run(), "training"))
     assert at.text_input(key="k_runs_path").value.endswith("demo")  # found under runs/
     assert {"runs_curves", "runs_speed"} <= set(charts(at))
+    assert any("no final line" in i.value for i in at.info) and not at.success  # training, or killed
+    (run / "log.txt").write_text("epoch 0\nstopped by SIGTERM at step 600 of 1024; the last checkpoint is x\n")
+    assert [w.value for w in at.run().warning][0].startswith("stopped by SIGTERM at step 600")
     assert any("not metrics" in w.value for w in at.warning)  # the bad line is skipped, said so
     at = ok(at.button(key="runs_open").click().run())
     assert at.title[0].value == "Explore"

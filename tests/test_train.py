@@ -18,7 +18,7 @@ from timesformer.distributed import Dist, resolve_device
 from timesformer.engine import TrainState, predict
 from timesformer.files import atomic_folder
 from timesformer.optim import build_optimizer, lr_at
-from timesformer.runs import Interrupted
+from timesformer.runs import Interrupted, ending
 from timesformer.synthmotion import export_synthmotion
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,9 +191,11 @@ def test_ctrl_c_saves_a_checkpoint_after_the_step_and_resume_matches_an_uninterr
                                           r"ckpt-s00000003: --resume goes on from it"):
         T.main(toy_args(out, epochs=2))
     assert (out / "checkpoint-last").resolve().name == "ckpt-s00000003"
+    assert ending(out)[0] == "stopped" and ending(out)[1].startswith("stopped by Ctrl-C at step 3 of 8")
     assert signal.getsignal(signal.SIGINT) is handler  # the one before the run again
     monkeypatch.undo()
     T.main(toy_args(out, "--resume", epochs=2))
+    assert ending(out)[0] == "finished" and ending(out)[1].startswith("finished at step 8 after ")
     assert rows(out) == rows(ref) and same_weights(out / "checkpoint-last", ref / "checkpoint-last")
     # Ctrl-C twice stops at once; before the first checkpoint there is none to name
     interrupt_at(monkeypatch, 2, times=2)
@@ -478,6 +480,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     step = torch.load(last / "train_state.pt", weights_only=True)["state"]["step"]
     assert f"at step {step} " in str(err.value)  # the checkpoint is the one just before the bad step
+    assert ending(out) == ("stopped", str(err.value))  # what the app's Training runs page says of the run
     # the CLI exits with status 2 and the message
     proc = subprocess.run([sys.executable, "timesformer/train.py",
                            *toy_args(tmp_path / "nan2", "--optimizer", "sgd", "--lr", "1e6")],

@@ -242,6 +242,20 @@ class StopRequest:
             pass
 
 
+# how the last line of log.txt begins when a run ended with a word (Run.finished, Run.stopped)
+ENDINGS = {"finished": ("finished at step ",),
+           "stopped": ("stopped by ", "the GPU ran out of memory ", "training stopped: ")}
+
+
+def ending(path: Path) -> tuple[str, str] | None:
+    """How the run in folder `path` ended, from the last line of its log: ("finished" or "stopped", the line), or
+    None where there is no such line (it is still training, or a kill or a crash ended it without a word)."""
+    log = Path(path) / "log.txt"
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    last = next((line for line in reversed(lines) if line.strip()), "")
+    return next(((kind, last) for kind, starts in ENDINGS.items() if last.startswith(starts)), None)
+
+
 def holds_run(path: Path) -> str | None:
     """What of a training run the folder `path` holds (its checkpoints, its metrics), or None."""
     checkpoints = [p.name for p in path.glob("ckpt-*") if p.is_dir()] if path.is_dir() else []
