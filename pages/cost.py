@@ -36,9 +36,9 @@ batch = c[0].number_input("Batch size (clips per GPU)", 1, 4096, key="k_cost_bat
 dtype = c[1].selectbox("Precision", ["fp32", "bf16"], key="k_cost_dtype")
 optimizer = c[2].selectbox("Optimizer", ["sgd", "adamw"], key="k_cost_optimizer")
 gpu = c[3].number_input("GPU memory (GiB)", 1.0, 1024.0, step=8.0, key="k_cost_gpu")
-ckpt = c[4].checkbox("Activation checkpointing", key="k_cost_ckpt",
-                     help="tslab train --grad-checkpointing: each block keeps only its input and is computed again "
-                          "in the backward, for about a third more compute")
+ckpt = c[4].checkbox("Checkpointing", key="k_cost_ckpt",
+                     help="activation checkpointing (tslab train --grad-checkpointing): each block keeps only its "
+                          "input and is computed again in the backward, for about a third more compute")
 
 base = ctx.model.config if base_name == "the current model" else PRESETS[base_name]()
 

@@ -580,7 +580,9 @@ def fake_run(root: Path, model_dir: Path, bad_line: bool = True) -> Path:
         r.update(clips_per_s=120.0 + r["epoch"], data_wait=0.02)
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + ("\nnot json\n" if bad_line else "\n"))
     (run / "train_config.yaml").write_text("args:\n  lr: 0.001\nmodel:\n  depth: 4\n")
-    (run / "log.txt").write_text("epoch 0\n")
+    (run / "log.txt").write_text(f"epoch 0\nfinished at step 512 after 301 s of training; checkpoint-last and "
+                                 f"checkpoint-best: {run / 'ckpt-s00000512-end'} (step 512, validation accuracy "
+                                 "86.0%)\n")
     save_model(load_model(model_dir), run / "ckpt-s00000512-end")
     os.symlink("ckpt-s00000512-end", run / "checkpoint-last")
     return run
@@ -593,9 +595,11 @@ def test_training_runs_and_open_in_explore(app, assets, tmp_path, clip_bytes):
     at = ok(page(at.run(), "training"))
     assert at.text_input(key="k_runs_path").value.endswith("demo")  # found under runs/
     assert {"runs_curves", "runs_speed"} <= set(charts(at))
-    assert any("no final line" in i.value for i in at.info) and not at.success  # training, or killed
+    assert at.success[0].value.startswith("finished at step 512 after 301 s")  # how the run ended, from its log
     (run / "log.txt").write_text("epoch 0\nstopped by SIGTERM at step 600 of 1024; the last checkpoint is x\n")
     assert [w.value for w in at.run().warning][0].startswith("stopped by SIGTERM at step 600")
+    (run / "log.txt").write_text("epoch 0\n")
+    assert any("no final line" in i.value for i in at.run().info) and not at.success  # training, or killed
     assert any("not metrics" in w.value for w in at.warning)  # the bad line is skipped, said so
     at = ok(at.button(key="runs_open").click().run())
     assert at.title[0].value == "Explore"
