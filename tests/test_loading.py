@@ -45,10 +45,13 @@ def test_epoch_batches_pair_every_index_with_its_epoch():
 
 def test_auto_workers(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert auto_workers(cpu) == 0  # the model computes on every core already
     for cores, per_node, expected in ((16, 1, 15), (16, 2, 7), (128, 1, 16), (1, 1, 1), (8, 8, 1)):
         monkeypatch.setattr("os.sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
         assert auto_workers(cuda, per_node) == expected, (cores, per_node)
+        # on the CPU the model computes on every core already: one worker decodes video files where a process
+        # has two cores or more; SynthMotion's clips are made in the loop
+        assert auto_workers(cpu, per_node) == 0
+        assert auto_workers(cpu, per_node, decodes=True) == int(cores // per_node >= 2), (cores, per_node)
 
 
 def test_workers_flag(capsys):

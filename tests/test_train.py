@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from timesformer import TimeSformer, TimeSformerConfig, load_model, save_model
 from timesformer import train as T
@@ -513,6 +514,9 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
             *TOY])
     train_row = rows(out)[0]
     assert train_row["split"] == "train" and train_row["skipped"] == 1 and train_row["clips"] == 8
+    # --workers auto: on the CPU, a worker decodes the video files where there are two cores
+    workers = yaml.safe_load((out / "train_config.yaml").read_text())["args"]["workers"]
+    assert workers == int(len(os.sched_getaffinity(0)) >= 2)
     from timesformer import evaluate as E
 
     E.main([str(out), str(root), "--split", "val", "--sampling-rate", "1"])  # a run's folder: its checkpoint-last

@@ -171,14 +171,16 @@ def video_csv(path, classes: list[str] | None = None, root=None, **kw) -> VideoL
 MAX_AUTO_WORKERS = 16  # beyond this, more processes mostly add memory (each holds its prefetched batches)
 
 
-def auto_workers(device: torch.device, processes_per_node: int = 1) -> int:
+def auto_workers(device: torch.device, processes_per_node: int = 1, decodes: bool = False) -> int:
     """`--workers auto`: on a GPU, every core this process may use except one (the training loop's), split
-    between the processes of this node, at most MAX_AUTO_WORKERS; on the CPU none, since the model already
-    computes on every core and making a clip costs little beside a training step (docs/training.md)."""
-    if device.type == "cpu":
-        return 0
+    between the processes of this node, at most MAX_AUTO_WORKERS. On the CPU, where the model computes on every
+    core already, one worker where clips are decoded from video files (`decodes`) and the process has two cores
+    or more, else none: SynthMotion's clips cost little beside a step, decoding does not (docs/training.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(MAX_AUTO_WORKERS, cores // max(1, processes_per_node) - 1))
+    cores //= max(1, processes_per_node)
+    if device.type == "cpu":
+        return int(decodes and cores >= 2)
+    return max(1, min(MAX_AUTO_WORKERS, cores - 1))
 
 
 def workers_arg(value: str) -> int | str:

@@ -31,7 +31,8 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
         device: str = "cpu", workers: int | str = "auto", amp: str = "auto", progress: bool = False) -> dict:
     """{'clip': metrics of the centre crop, 'video': of 3 crops averaged} (loss, acc1, [acc5], clips; both
     from one pass, whose time both report as `seconds`), and 'amp', the precision the model ran in.
-    `workers`: loader processes, or "auto" (as `tslab train`: none on the CPU, the free cores on a GPU).
+    `workers`: loader processes, or "auto" (as `tslab train`: on the CPU one for video files, none for
+    SynthMotion; the free cores on a GPU).
     `amp`: as `tslab train --amp`: "auto" is bf16 autocast on CUDA (fp16 where bf16 is missing), none on the
     CPU; "none", "bf16" or "fp16". `progress`: a progress bar of the batches on stderr (rank 0's, under torchrun)."""
     if amp not in AMP:
@@ -40,7 +41,8 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
         device = dist.device
         dtype = amp_dtype(argparse.Namespace(amp=amp), device)
         if workers == "auto":
-            workers = auto_workers(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+            workers = auto_workers(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                                   decodes=synthmotion_task(data) is None)
         try:
             model = load_model(checkpoint)
         except (CheckpointError, OSError) as e:
@@ -89,7 +91,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="SynthMotion seed (not training's: clips it never saw)")
     p.add_argument("--device", default="auto", help="auto (CUDA where available, else the CPU), cpu, cuda:1, ...")
     p.add_argument("--workers", type=workers_arg, default="auto",
-                   help="data loader processes, or auto: none on the CPU, the free cores on a GPU")
+                   help="data loader processes, or auto: on the CPU 1 for video files (0 for SynthMotion), the free "
+                        "cores on a GPU")
     p.add_argument("--amp", default="auto", choices=AMP,
                    help="mixed precision, as tslab train's: auto is bf16 on CUDA (else fp16), none on the CPU")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")

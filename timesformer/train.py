@@ -33,7 +33,7 @@ from torch.utils.data import DistributedSampler
 from timesformer.checkpoints import IMAGE_FORMATS, CheckpointError, from_checkpoint, read_checkpoint
 from timesformer.cli import HelpFormatter, check_ranges
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
-from timesformer.data import FrameDrop, TrainLoader, auto_workers, build_datasets, workers_arg
+from timesformer.data import FrameDrop, TrainLoader, auto_workers, build_datasets, synthmotion_task, workers_arg
 from timesformer.distributed import Dist, device_name, free_frames
 from timesformer.engine import (
     Trainer,
@@ -68,7 +68,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--sampling-rate", type=int, default=32, help="frame stride of a clip (real videos)")
     g.add_argument("--workers", type=workers_arg, default="auto",
                    help="DataLoader worker processes; auto: on a GPU, the cores this process may use (shared with "
-                        "the other processes of its node) minus one for the loop, at most 16; on the CPU, 0")
+                        "the other processes of its node) minus one for the loop, at most 16; on the CPU, 1 for video "
+                        "files (0 for SynthMotion)")
     g.add_argument("--prefetch", type=int, default=4, help="batches each worker prepares ahead")
     g.add_argument("--frame-drop", type=float, default=0.0, metavar="P",
                    help="replace each training frame, with probability P, by the clip's median over time (what "
@@ -223,7 +224,8 @@ def main(argv=None, prog: str | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.workers == "auto":  # torchrun says how many processes share this node's cores
-        args.workers = auto_workers(dist.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        args.workers = auto_workers(dist.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                                    decodes=synthmotion_task(args.data) is None)
     try:
         try:
             run = Run(args.out, dist, resume=bool(args.resume))
