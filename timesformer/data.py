@@ -233,10 +233,8 @@ class AtEpoch(Dataset):
 
 
 def ignore_interrupts(worker_id: int) -> None:
-    """A loader worker's start (`worker_init_fn`). Ctrl-C reaches every process of the terminal's group, and a
-    scheduler's SIGTERM every process of the job: the workers leave both to the main process, which stops them
-    when it stops (a forked worker would otherwise run the main process's handler too, or end, and the loader
-    would fail for the worker it lost)."""
+    """A loader worker's start: Ctrl-C and a scheduler's SIGTERM reach every process of the job, and the workers
+    leave both to the main process, which stops them (else a worker ends and the loader fails for it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
