@@ -35,7 +35,9 @@ def test_gpu_benchmark_smoke_mode_runs_on_cpu(tmp_path):
     e2e = res["train_py"]
     assert e2e["train_py_clips_per_s"] > 0 and e2e["bare_loop_clips_per_s"] > 0 and e2e["workers"] == 0
     assert 0 <= e2e["train_py_data_wait"] < 1
+    assert e2e["loop_clips_per_s"] > 0 and e2e["loop_over_bare"] > 0  # tslab train's loop without the loader
     assert "ours / HuggingFace: training" in proc.stdout and "tslab train (divided" in proc.stdout
+    assert "its loop alone on clips in memory: " in proc.stdout
     assert "ours: the host queues a training step in" in proc.stdout
 
 
