@@ -83,7 +83,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("data", help="synthmotion-temporal, synthmotion-appearance, ROOT (ROOT/<split>/<class>/<clip> or "
                                   "ROOT/<split>.csv), or a CSV list (path,label)")
     p.add_argument("--split", default="val", help="split folder or CSV name (folders/CSV lists)")
-    p.add_argument("--batch-size", type=at_least(1), default=8, help="clips per forward")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="clips per forward (3 crops each)")
     p.add_argument("--num-frames", type=at_least(1), help="default: the checkpoint's")
     p.add_argument("--img-size", type=at_least(1), help="default: the checkpoint's")
     p.add_argument("--sampling-rate", type=at_least(1), default=32, help="frame stride of a clip (real videos)")
