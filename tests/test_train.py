@@ -182,6 +182,26 @@ def interrupt_at(monkeypatch, step: int, times: int = 1):
     monkeypatch.setattr(T, "train_one_epoch", train_one_epoch)
 
 
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_the_last_one_whole(tmp_path, monkeypatch):
+    """A full disk ended the run in an OSError traceback; the atomic write already kept the last checkpoint."""
+    from timesformer import runs
+
+    out, written = tmp_path / "run", []
+    real = runs.save_checkpoint
+
+    def full_disk(run, name, *args):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(name)
+        return real(run, name, *args)
+
+    monkeypatch.setattr(runs, "save_checkpoint", full_disk)
+    with pytest.raises(SystemExit, match=r"^could not write the checkpoint ckpt-s00000008-end in .*run: \[Errno 28\] "
+                                         r"No space left on device. The last checkpoint is .*ckpt-s00000004-end$"):
+        T.main(toy_args(out, epochs=2))
+    assert load_model(out / "checkpoint-last").config.embed_dim == 32
+
+
 def test_ctrl_c_saves_a_checkpoint_after_the_step_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     """Ctrl-C lost the work since the last epoch's checkpoint, with a KeyboardInterrupt traceback."""
     ref, out = tmp_path / "ref", tmp_path / "run"

@@ -126,7 +126,11 @@ class Run:
                 "args": {k: v for k, v in vars(args).items()
                          if isinstance(v, (int, float, str, bool, list, type(None)))},
             }
-            save_checkpoint(self.path, name, trainer.model, train_state, args.keep, best)
+            try:
+                save_checkpoint(self.path, name, trainer.model, train_state, args.keep, best)
+            except OSError as e:  # a full disk, a lost mount: the last checkpoint is still whole
+                raise SystemExit(f"could not write the checkpoint {name} in {self.path}: {e}. The last checkpoint "
+                                 f"is {self.last_checkpoint() or 'none (no checkpoint yet)'}") from None
         self.dist.barrier()
 
     def beats_earlier(self, row: dict) -> bool:
