@@ -96,7 +96,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="auto: sgd (official recipe) for base/hr/large, adamw + cosine for tiny")
     g.add_argument("--lr", type=float, help="peak learning rate (default: 0.005 sgd, 1e-3 adamw)")
     g.add_argument("--min-lr", type=float, default=0.0, help="cosine floor")
-    g.add_argument("--weight-decay", type=float, help="default: 1e-4 sgd, 0.05 adamw")
+    g.add_argument("--weight-decay", type=float, help="weight decay (default: 1e-4 sgd, 0.05 adamw)")
     g.add_argument("--momentum", type=float, default=0.9, help="sgd momentum")
     g.add_argument("--schedule", default="auto", choices=["auto", "cosine", "steps", "constant"],
                    help="auto: steps for sgd (×0.1 at 11/15 and 14/15 of the epochs), cosine for adamw")
