@@ -123,7 +123,7 @@ def main(argv=None):
     p.add_argument("--models", nargs="*", help="shipped model names or checkpoint paths (default: every shipped model)")
     p.add_argument("--task", default="temporal", help="SynthMotion task of models whose name does not say it")
     p.add_argument("--clips", type=at_least(1), default=32, help="held-out clips per model")
-    p.add_argument("--methods", nargs="*", choices=list(EXPLANATIONS), help="default: all")
+    p.add_argument("--methods", nargs="*", choices=list(EXPLANATIONS), help="the explanations scored (default: all)")
     p.add_argument("--seed", type=int, default=31337, help="SynthMotion seed of the held-out clips")
     p.add_argument("--threads", type=at_least(1), default=1, help="CPU threads")
     p.add_argument("--device", default="auto", help="auto (the GPU where there is one), cpu, cuda, cuda:N")

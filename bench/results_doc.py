@@ -80,6 +80,6 @@ TABLES = {f.__name__: f for f in (shipped, pilots, follow, fp16, spread)}
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(prog="tslab bench results_doc", description=__doc__.split("\n\n")[0])
-    p.add_argument("tables", nargs="*", choices=list(TABLES), help="default: all")
+    p.add_argument("tables", nargs="*", choices=list(TABLES), help="the tables printed (default: all)")
     for name in p.parse_args().tables or TABLES:
         print(TABLES[name]())
