@@ -17,7 +17,8 @@ PRESETS = {"ViT-B/16 (TimeSformer)": TimeSformerConfig.base, "TimeSformer-HR": T
            "TimeSformer-L": TimeSformerConfig.large}
 # the GPU memory starts at the app's own GPU's, where it runs on one
 on_gpu = ctx.device is not None and ctx.device.type == "cuda"
-gpu_gib = round(torch.cuda.get_device_properties(ctx.device).total_memory / GiB, 1) if on_gpu else 32.0
+card_bytes = torch.cuda.get_device_properties(ctx.device).total_memory if on_gpu else None
+gpu_gib = round(card_bytes / GiB, 1) if on_gpu else 32.0
 options = (["the current model"] if ctx.model is not None else []) + list(PRESETS)
 widgets.sanitize("k_cost_base", options)
 for key, value in (("k_cost_base", "ViT-B/16 (TimeSformer)"), ("k_cost_schemes", list(ATTENTION_TYPES)),
@@ -100,7 +101,7 @@ else:
     st.error(f"Does not fit in {gpu:g} GiB. " + msg + (f" A batch of {best} fits." if best else
                                                         " Not even one clip fits: try bf16, checkpointing or "
                                                         "fewer frames."))
-if on_gpu and fused.fits(torch.cuda.get_device_properties(ctx.device).total_memory):
+if on_gpu and fused.fits(card_bytes):
     # the estimate against this card: one real training step of the model with random weights and clips
     key = ("_fit_measured", cfg.to_json(), tuple(opts.items()))
     if st.button(f"Measure on the {ctx.device_name}", key="fit_measure",

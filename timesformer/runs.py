@@ -133,10 +133,14 @@ class Run:
                                  f"is {self.last_checkpoint() or 'none (no checkpoint yet)'}") from None
         self.dist.barrier()
 
+    def val_rows(self) -> list[dict]:
+        """The validation rows of `metrics.jsonl`."""
+        return [row for row in map(json.loads, self.metrics_lines()) if row.get("split") == "val"]
+
     def beats_earlier(self, row: dict) -> bool:
         """Whether the validation `row` ranks above every validation row already in `metrics.jsonl` (by accuracy,
         then by the lower loss): its checkpoint becomes `checkpoint-best`."""
-        earlier = [(r["acc1"], -r["loss"]) for r in map(json.loads, self.metrics_lines()) if r.get("split") == "val"]
+        earlier = [(r["acc1"], -r["loss"]) for r in self.val_rows()]
         return not earlier or (row["acc1"], -row["loss"]) > max(earlier)
 
     def last_checkpoint(self) -> Path | None:
@@ -145,7 +149,7 @@ class Run:
 
     def finished(self, step: int, seconds: float) -> None:
         """Log where a finished run left its last and its best checkpoint, with their validation accuracy."""
-        val = {r["step"]: r["acc1"] for r in map(json.loads, self.metrics_lines()) if r.get("split") == "val"}
+        val = {r["step"]: r["acc1"] for r in self.val_rows()}
         links = {link: os.readlink(self.path / link) for link in (LAST, BEST) if (self.path / link).is_symlink()}
         said = []
         for name in dict.fromkeys(links.values()):  # checkpoint-last first; once where both name one checkpoint
