@@ -1,8 +1,10 @@
 """The explanation benchmark: every method of `analysis.EXPLANATIONS` scored on held-out SynthMotion clips,
-whose evidence has a known place (`SynthMotion.object_masks`). For each method: agreement with the ground
-truth (`analysis.grounding`), faithfulness (deletion and insertion AUC, `analysis.faithfulness`), the
+whose evidence has a known place (`SynthMotion.object_masks`), or on any clips (a researcher's own videos),
+whose evidence has none. For each method: agreement with the ground truth where there is one
+(`analysis.grounding`), faithfulness (deletion and insertion AUC, `analysis.faithfulness`), the
 model-randomisation sanity check (`analysis.sanity`) and the cost (clip evaluations and milliseconds per clip);
-a random map is the row every method must beat. `tslab bench explain` runs it on the shipped models.
+a random map is the row every method must beat. `tslab bench explain` runs it on the shipped models, or on
+any checkpoint and data.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from analysis.explanations import EXPLANATIONS, explain
 from analysis.faithfulness import deletion_insertion, random_map
 from analysis.grounding import grounding_scores, object_cells, used_frames
 from analysis.sanity import PASS_BELOW, cascading_randomisation, similarity_curve
+from timesformer.data import Skipped
 
 # options that keep every method affordable on a CPU for a benchmark (the defaults otherwise)
 BENCH_OPTIONS = {"integrated_gradients": {"n_steps": 32}, "occlusion": {"window": (1, 1)}}
@@ -49,15 +52,30 @@ def _split(row: str) -> tuple[str, dict]:
     return method, options
 
 
-def clips(dataset, count: int) -> tuple[torch.Tensor, list[dict[str, np.ndarray]], torch.Tensor]:
-    """(videos (count, 3, T, S, S), per-clip {object: bool (T, H_p, W_p) cells}, labels) of a SynthMotion set."""
+def clips(dataset, count: int, skipped: list[Skipped] | None = None
+          ) -> tuple[torch.Tensor, list[dict[str, np.ndarray]] | None, torch.Tensor]:
+    """(videos (n, 3, T, S, S), masks, labels) of the first `count` readable clips of `dataset` (the centre view
+    of each): a SynthMotion set, or any dataset of `timesformer.data` (a clip that cannot be read is passed over,
+    and added to `skipped`). masks: per clip {object: bool (T, H_p, W_p) cells} where the dataset knows where
+    its evidence is (`object_masks`), else None."""
     videos, cells, labels = [], [], []
-    for i in range(count):
-        video, label, _ = dataset[i]
-        videos.append(video[0])
-        cells.append(dataset.object_masks(i))
+    known = hasattr(dataset, "object_masks")
+    for i in range(len(dataset)):
+        if len(videos) == count:
+            break
+        item = dataset[i]
+        if isinstance(item, Skipped):
+            if skipped is not None:
+                skipped.append(item)
+            continue
+        video, label, _ = item
+        videos.append(video[len(video) // 2])
+        if known:
+            cells.append(dataset.object_masks(i))
         labels.append(label)
-    return torch.stack(videos), cells, torch.tensor(labels)
+    if not videos:
+        raise ValueError(f"none of the {len(dataset)} clips could be read")
+    return torch.stack(videos), cells if known else None, torch.tensor(labels)
 
 
 def frame_drops(model, videos: torch.Tensor, target: torch.Tensor, batch: int = 8) -> np.ndarray:
@@ -68,13 +86,13 @@ def frame_drops(model, videos: torch.Tensor, target: torch.Tensor, batch: int = 
     return torch.cat(drops).cpu().numpy() / (3 * patch * patch)  # the map sums the drop over a cell's pixels
 
 
-def score_method(model, videos: torch.Tensor, masks: list[dict], row: str, target: torch.Tensor,
+def score_method(model, videos: torch.Tensor, masks: list[dict] | None, row: str, target: torch.Tensor,
                  batch: int = 8, curve_steps: int = 16, sanity_clips: int = 8, seed: int = 0,
                  curve_baseline="temporal_mean", frames: np.ndarray | None = None) -> dict:
     """Mean scores of a benchmark row (a method, "method|baseline", or "random" for random maps) over the
-    clips, explaining `target` (B,); `frames`: bool (B, T), the frames the model uses in each clip (for the
-    pointing in used frames). Every row's deletion and insertion curves remove patches into the same
-    `curve_baseline`, so that their AUCs compare."""
+    clips, explaining `target` (B,); the scores against ground truth only where there are `masks`; `frames`:
+    bool (B, T), the frames the model uses in each clip (for the pointing in used frames). Every row's deletion
+    and insertion curves remove patches into the same `curve_baseline`, so that their AUCs compare."""
     patch = model.config.patch_size
     grid = model.grid_of(videos[:1])
     method, options = _split(row)
@@ -90,9 +108,11 @@ def score_method(model, videos: torch.Tensor, masks: list[dict], row: str, targe
     maps = torch.cat(maps)
     rows = []
     for i in range(len(videos)):
-        cells = object_cells(masks[i], patch)
-        row = grounding_scores(maps[i], cells["signal"], cells.get("distractor"),
-                               None if frames is None else frames[i])
+        row = {}
+        if masks is not None:
+            cells = object_cells(masks[i], patch)
+            row = grounding_scores(maps[i], cells["signal"], cells.get("distractor"),
+                                   None if frames is None else frames[i])
         curves = deletion_insertion(model, videos[i : i + 1], maps[i], target=int(target[i]), steps=curve_steps,
                                     baseline=curve_baseline)
         row.update(auc_deletion=curves.auc_deletion, auc_insertion=curves.auc_insertion)
@@ -116,20 +136,21 @@ def score_method(model, videos: torch.Tensor, masks: list[dict], row: str, targe
     return out
 
 
-def benchmark(model, dataset, count: int = 32, methods=None, progress: Callable[[str], None] | None = None,
-              **kwargs) -> dict[str, dict]:
-    """{row: mean scores} for `methods` (default: every registered one; `rows_of` each) and "random", on the
-    first `count` clips of a SynthMotion `dataset`, explaining the model's predicted classes; "_model" holds
-    the accuracy and each frame's mean logit drop when it is removed (`frame_drops`). Runs on the model's
-    device; the scores are computed on the CPU."""
-    videos, masks, labels = clips(dataset, count)
+def benchmark(model, held: tuple[torch.Tensor, list[dict] | None, torch.Tensor], methods=None,
+              progress: Callable[[str], None] | None = None, **kwargs) -> dict[str, dict]:
+    """{row: mean scores} for `methods` (default: every registered one; `rows_of` each) and "random", on `held`
+    clips (what `clips` returns: scored against their ground truth too where they have masks), explaining the
+    model's predicted classes; "_model" holds the accuracy and each frame's mean logit drop when it is removed
+    (`frame_drops`). Runs on the model's device; the scores are computed on the CPU."""
+    videos, masks, labels = held
     videos = videos.to(next(model.parameters()).device)
     with torch.no_grad():
         predicted = model(videos).argmax(-1)
     drops = frame_drops(model, videos, predicted)
     kwargs["frames"] = np.stack([used_frames(d) for d in drops])
-    results = {"_model": {"clips": count, "accuracy": float((predicted.cpu() == labels).float().mean()),
-                          "frame_drop": drops.mean(0).tolist(), "used_frames": float(kwargs["frames"].mean())}}
+    results = {"_model": {"clips": len(videos), "accuracy": float((predicted.cpu() == labels).float().mean()),
+                          "frame_drop": drops.mean(0).tolist(), "used_frames": float(kwargs["frames"].mean()),
+                          "ground_truth": masks is not None}}
     rows = [row for method in (methods or EXPLANATIONS) for row in rows_of(method)] + ["random"]
     for row in rows:
         if progress is not None:

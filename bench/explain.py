@@ -1,6 +1,7 @@
 """The explanation benchmark: every explanation method on every shipped model, scored against ground truth.
 
     tslab bench explain [--models NAME_OR_PATH ...] [--clips 32] [--methods gae lrp ...]
+    tslab bench explain --models CHECKPOINT --data DATA [--split val]   # your model on your clips
     tslab bench explain --report     # rewrite bench/results/explain.md from explain.json
 
 For each model, on held-out SynthMotion clips of its task (`test` split, a seed never trained on): pointing
@@ -14,6 +15,11 @@ probability with the frames reversed, shuffled and frozen, the share of LRP rele
 attention step, layer by layer, the vacancy test (is where the object has just been evidence too?) and the
 logit drop when each frame is removed (which frames the decision rests on).
 Writes bench/results/explain.json (read by the app) and bench/results/explain.md.
+
+With `--data` (what `tslab evaluate` takes: a folder of `<split>/<class>/<clip>`, a CSV list), the methods are
+scored on the first `--clips` readable clips of that data, whose evidence has no known place: faithfulness
+(deletion and insertion AUC), the sanity check, the cost, which frames the decision rests on and the evidence
+about time, into `explain-<data>.json` and `.md` in the working folder unless `--out` says otherwise.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from analysis.sanity import PASS_BELOW
 from analysis.temporal import temporal_evidence
 from timesformer import CheckpointError, load_model
 from timesformer.cli import HelpFormatter, at_least
+from timesformer.data import open_split, synthmotion_task
 from timesformer.distributed import device_name, resolve_device
 from timesformer.shipped import models
 from timesformer.synthmotion import TASKS, SynthMotion
@@ -95,7 +102,8 @@ def cell(text: str) -> str:
 def table(name: str, result: dict) -> str:
     have = [(k, label) for k, label in COLUMNS if k in ("sanity", "cost") or any(k in r for r in result.values())]
     info = result["_model"]
-    lines = [f"**{name}** ({info['clips']} held-out clips, accuracy {info['accuracy']:.1%})", "",
+    where = f"clips of {info['data']}" if "data" in info else "held-out clips"
+    lines = [f"**{name}** ({info['clips']} {where}, accuracy {info['accuracy']:.1%})", "",
              "| method | " + " | ".join(label for _, label in have) + " |", "|---" * (len(have) + 1) + "|"]
     for method, r in result.items():
         if method.startswith("_"):
@@ -122,20 +130,27 @@ def main(argv=None):
                                 formatter_class=HelpFormatter)
     p.add_argument("--models", nargs="*", help="shipped model names or checkpoint paths (default: every shipped model)")
     p.add_argument("--task", default="temporal", help="SynthMotion task of models whose name does not say it")
+    p.add_argument("--data", help="score on these clips instead of SynthMotion's: ROOT (ROOT/<split>/<class>/<clip> "
+                                  "or ROOT/<split>.csv) or a CSV list of path,label (default: SynthMotion)")
+    p.add_argument("--split", default="val", help="split folder or CSV name of --data")
+    p.add_argument("--sampling-rate", type=at_least(1), default=32, help="frame stride of a clip of --data")
     p.add_argument("--clips", type=at_least(1), default=32, help="held-out clips per model")
     p.add_argument("--methods", nargs="*", choices=list(EXPLANATIONS), help="the explanations scored (default: all)")
     p.add_argument("--seed", type=int, default=31337, help="SynthMotion seed of the held-out clips")
     p.add_argument("--threads", type=at_least(1), default=1, help="CPU threads")
     p.add_argument("--device", default="auto", help="auto (the GPU where there is one), cpu, cuda, cuda:N")
-    p.add_argument("--out", type=Path, default=RESULTS / "explain.json",
-                   help="the result file, the .md beside it (default: bench/results/explain.json)")
+    p.add_argument("--out", type=Path, help="the result file, the .md beside it (default: bench/results/explain.json; "
+                                            "with --data, explain-<data>.json)")
     p.add_argument("--report", action="store_true", help="only rewrite the .md beside --out from its JSON, and exit")
     a = p.parse_args(argv)
+    videos = a.data is not None and synthmotion_task(a.data) is None  # else SynthMotion, with its ground truth
+    task_of_model = {}  # name → SynthMotion task: --data synthmotion-<task>, else the name's, else --task
+    out = a.out or (Path(f"explain-{Path(a.data.rstrip('/')).stem}.json") if videos else RESULTS / "explain.json")
     if a.report:
-        if not a.out.is_file():
-            p.error(f"no results at {a.out}: run the benchmark first")
-        write(json.loads(a.out.read_text()), a.out)
-        print(f"wrote {a.out.with_suffix('.md')}")
+        if not out.is_file():
+            p.error(f"no results at {out}: run the benchmark first")
+        write(json.loads(out.read_text()), out)
+        print(f"wrote {out.with_suffix('.md')}")
         return None
     torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
@@ -143,29 +158,78 @@ def main(argv=None):
     if not names:
         p.error("no shipped models found: give --models")
     report = {"clips": a.clips, "seed": a.seed, "pass_below": PASS_BELOW, "models": {}}
-    try:  # every model opens before the first is benchmarked: a wrong name stops the run at once
+    if videos:
+        report.update(data=str(a.data), split=a.split, sampling_rate=a.sampling_rate)
+    data = {}
+    try:  # every model and its clips open before the first is benchmarked: a wrong name stops the run at once
         loaded = {name: load_model(name, device) for name in names}
-    except (CheckpointError, OSError) as e:
+        for name, model in loaded.items():
+            cfg = model.config
+            if videos:
+                data[name] = open_split(a.data, a.split, model.class_names, num_frames=cfg.num_frames,
+                                        size=cfg.img_size, sampling_rate=a.sampling_rate)
+                continue
+            task = task_of_model[name] = synthmotion_task(a.data) if a.data else task_of(name, a.task)
+            data[name] = SynthMotion(task, "test", a.clips, cfg.num_frames, cfg.img_size, seed=a.seed)
+    except (CheckpointError, OSError, ValueError) as e:
         p.error(str(e))
+    refused = clash(out, report)
+    if refused:
+        p.error(refused)
     for name, model in loaded.items():
         cfg = model.config
-        task = task_of(name, a.task)
-        data = SynthMotion(task, "test", a.clips, cfg.num_frames, cfg.img_size, seed=a.seed)
+        task = task_of_model.get(name)
         t0 = time.perf_counter()
-        result = benchmark(model, data, a.clips, a.methods,
-                           progress=lambda m, n=name: print(f"{n}: {m}", flush=True))
-        result["_model"].update(task=task, attention_type=cfg.attention_type, seconds=time.perf_counter() - t0,
-                                device=device_name(device))
-        e = temporal_evidence(model, clips(data, a.clips)[0].to(device))
+        skipped = []
+        try:
+            held = clips(data[name], a.clips, skipped)
+        except ValueError as e:  # not one clip of --data could be read
+            p.error(f"{a.data}: {e}")
+        for s in skipped:
+            print(f"skipped {s.path}: {s.reason}", flush=True)
+        result = benchmark(model, held, a.methods, progress=lambda m, n=name: print(f"{n}: {m}", flush=True))
+        result["_model"].update(attention_type=cfg.attention_type, seconds=time.perf_counter() - t0,
+                                device=device_name(device), **({"data": f"{a.data} ({a.split})"} if videos
+                                                               else {"task": task}))
+        if skipped:
+            result["_model"]["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+        e = temporal_evidence(model, held[0].to(device))
         result["_temporal"] = {"order_effects": {k: float(v.mean()) for k, v in e["order_effects"].items()},
                                "step_shares": e["step_shares"]}
         if task in ("temporal", "distractor"):
-            result["_temporal"]["vacancy"] = vacancy_test(model, data, a.clips)
+            result["_temporal"]["vacancy"] = vacancy_test(model, data[name], a.clips)
         report["models"][Path(name).name] = result
         print(table(Path(name).name, result), flush=True)
-        write(report, a.out)  # after every model: a long run that is stopped keeps what it finished
-    print(f"wrote {a.out} and {a.out.with_suffix('.md')}")
+        write(report, out)  # after every model: a long run that is stopped keeps what it finished
+    print(f"wrote {out} and {out.with_suffix('.md')}")
     return report
+
+
+def identity(report: dict) -> dict:
+    """What makes two runs' results comparable: the clips they were scored on."""
+    return {k: report.get(k) for k in ("clips", "seed", "data", "split", "sampling_rate")}
+
+
+def describe(report: dict) -> str:
+    where = (f"{report['data']} ({report['split']}, sampling rate {report['sampling_rate']})" if report.get("data")
+             else f"SynthMotion, seed {report.get('seed')}")
+    return f"{report.get('clips')} clips of {where}"
+
+
+def clash(out: Path, report: dict) -> str | None:
+    """Why this run's results cannot go into `out` (None: they can): it holds results scored on other clips,
+    which `write` would otherwise replace."""
+    if not out.exists():
+        return None
+    try:
+        old = json.loads(out.read_text())
+        held = old["models"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"--out {out} is not a results file of this benchmark; choose another --out"
+    if held and identity(old) != identity(report):
+        return (f"--out {out} holds results on {describe(old)} ({', '.join(held)}); this run scores "
+                f"{describe(report)}: choose another --out (nothing was run)")
+    return None
 
 
 SUMMARY_METHODS = ("attention", "rollout", "grad_rollout", "gae", "lrp", "saliency",
@@ -178,13 +242,16 @@ def summary(models: dict) -> str:
     for the interactive methods, the best perturbation ones and the random map; then the evidence about time."""
     lines = ["| model | " + " | ".join(map(cell, SUMMARY_METHODS)) + " |", "|---" * (len(SUMMARY_METHODS) + 1) + "|"]
     for name, result in models.items():
+        if not result.get("_model", {}).get("ground_truth", True):
+            continue  # clips whose evidence has no known place: no mass to show
         cells = []
         for m in SUMMARY_METHODS:
             r = result.get(m, {})
             mass = f"{r['mass']:.2f}" if "mass" in r else ""
             cells.append(mass + (f" ({r['signal_share']:.2f})" if "signal_share" in r else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "| model | p(target): as is | reversed | shuffled | frozen | relevance through time steps, "
+    lines = lines + [""] if len(lines) > 2 else []  # (the header alone: no model with ground truth)
+    lines += ["| model | p(target): as is | reversed | shuffled | frozen | relevance through time steps, "
               "blocks 0→3 | vacancy: logit drop, vacated / elsewhere | frame removed: logit drop, frames 0→T−1 "
               "(share of frames used) |", "|---|---|---|---|---|---|---|---|"]
     for name, result in models.items():
@@ -207,7 +274,7 @@ def write(report: dict, out: Path) -> None:
     merged = dict(report, models={})
     if out.exists():
         old = json.loads(out.read_text())
-        if (old.get("clips"), old.get("seed")) == (report["clips"], report["seed"]):
+        if identity(old) == identity(report):
             merged["models"] = old["models"]
     order = ["_model", "_temporal", *(row for m in EXPLANATIONS for row in rows_of(m)), "random"]
     for name, result in report["models"].items():

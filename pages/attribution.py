@@ -71,19 +71,26 @@ for m in methods:
            "backwards": cst.backwards, "estimated seconds": round(seconds, 2)}
     s = scores.get(row_name(m, base), {})  # the benchmark row of this method with the chosen baseline
     for key, label in (("signal_share", "signal share"), ("pointing", "pointing"),
-                       ("used_pointing", "pointing, used frames"), ("mass", "mass")):
+                       ("used_pointing", "pointing, used frames"), ("mass", "mass"),
+                       ("auc_deletion", "deletion AUC"), ("auc_insertion", "insertion AUC")):
         row[f"bench: {label}"] = round(s[key], 3) if key in s else None
     row["sanity check"] = ("passes" if s["sanity_pass"] else "FAILS") if "sanity_pass" in s else None
     rows.append(row)
 st.dataframe(rows, hide_index=True, key="attr_cost")
+bench = scores.get("_model", {})
 st.caption(f"One forward of this clip takes {fwd * 1000:.0f} ms on the app's {ctx.device_name}; a backward about twice "
            f"that. {'Curves add 2 × (points + 1) + 1 forwards per method. ' if curves else ''}"
-           + (f"Benchmark columns: `tslab bench explain` on the shipped model **{bench_model}** (held-out clips "
-              "with known object masks: share of positive relevance on the object that decides the class "
-              "rather than the distractor, frames whose top cell is on it — of all frames, and of the frames the "
-              "model's decision depends on — relevance mass on it; the sanity "
-              "check randomises the weights top-down and fails a method whose maps stay the same). See "
-              "docs/analysis.md." if bench_model else "No benchmark results found (`tslab bench explain`)."))
+           + ("No benchmark results found (`tslab bench explain`)." if not bench_model else
+              f"Benchmark columns: `tslab bench explain` on the model **{bench_model}**"
+              + (f" ({bench.get('clips')} clips of {bench['data']}, whose evidence has no known place: the "
+                 "deletion and insertion AUCs — the target's probability as the map's top patches are removed, "
+                 "or restored — and the sanity check)" if "data" in bench else
+                 " (held-out SynthMotion clips with known object masks: share of positive relevance on the object "
+                 "that decides the class rather than the distractor, frames whose top cell is on it — of all "
+                 "frames, and of the frames the model's decision depends on — relevance mass on it; the deletion "
+                 "and insertion AUCs)")
+              + ". The sanity check randomises the weights top-down and fails a method whose maps stay the same. "
+              "See docs/analysis.md."))
 
 tgt = None if target < 0 else int(target)
 params = (tuple(sorted((k, str(v)) for k, v in values.items())), tgt)

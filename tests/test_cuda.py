@@ -184,13 +184,13 @@ def test_explain_cli_on_cuda_matches_the_cpu(tmp_path, monkeypatch):
 def test_explanation_benchmark_on_cuda_matches_the_cpu():
     """`tslab bench explain --device cuda`'s core: the model's accuracy, the scores and the sanity check's
     randomised stages (drawn on the CPU, so the same weights on every device) as on the CPU."""
-    from analysis.benchmark import benchmark
+    from analysis.benchmark import benchmark, clips
     from timesformer.synthmotion import SynthMotion
 
     model = small("divided_space_time")  # weights far from ties: the same predicted classes on both devices
     data = SynthMotion("distractor", "test", 2, model.config.num_frames, 32, seed=3)
-    cpu = benchmark(model, data, 2, ["rollout", "gae"], sanity_clips=2)
-    gpu = benchmark(model.cuda(), data, 2, ["rollout", "gae"], sanity_clips=2)
+    cpu = benchmark(model, clips(data, 2), ["rollout", "gae"], sanity_clips=2)
+    gpu = benchmark(model.cuda(), clips(data, 2), ["rollout", "gae"], sanity_clips=2)
     assert gpu["_model"]["accuracy"] == cpu["_model"]["accuracy"]
     assert gpu["_model"]["frame_drop"] == pytest.approx(cpu["_model"]["frame_drop"], rel=1e-2, abs=1e-3)
     for row in ("rollout", "gae"):

@@ -268,3 +268,56 @@ def test_benchmark_command_scores_a_model(tmp_path):
     assert more.returncode == 0, more.stderr[-2000:]
     report = json.loads(out.read_text())["models"]["synthmotion-distractor-tiny"]
     assert list(report) == ["_model", "_temporal", "rollout", "gae", "lrp", "random"]
+
+
+def test_benchmark_command_scores_a_model_on_a_researchers_own_clips(tmp_path):
+    """`tslab bench explain --data`: a checkpoint's explanations scored on clips of the user's own (here
+    ffmpeg-encoded files in a CSV list, one of them broken), whose evidence has no known place — faithfulness,
+    the sanity check and the evidence about time, no scores against ground truth — with paths relative to the
+    folder it is run from; results scored on other clips are never overwritten."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from timesformer import TimeSformer, TimeSformerConfig, save_model
+    from timesformer.data import TEMPORAL_CLASSES, export_synthmotion
+
+    torch.manual_seed(0)
+    save_model(TimeSformer(TimeSformerConfig.tiny(img_size=32, depth=2, num_classes=4,
+                                                  class_names=list(TEMPORAL_CLASSES))), tmp_path / "mine")
+    export_synthmotion(tmp_path / "sm", "temporal", num_train=0, num_val=4, seed=0, num_frames=8, size=32)
+    (tmp_path / "broken.mp4").write_text("not a video")
+    rows = [f"{p.relative_to(tmp_path)},{p.parent.name}" for p in sorted((tmp_path / "sm" / "val").rglob("*.mp4"))]
+    (tmp_path / "clips.csv").write_text("\n".join(["path,label", "broken.mp4,moving left", *rows]) + "\n")
+    tslab = [str(Path(sys.executable).parent / "tslab"), "bench", "explain", "--models", "mine", "--data",
+             "clips.csv", "--methods", "rollout"]
+    bench = lambda *args: subprocess.run([*tslab, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = bench("--clips", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "skipped broken.mp4: this is a text file, not a video" in proc.stdout
+    out = tmp_path / "explain-clips.json"  # the default --out with --data, in the folder it ran from
+    report = json.loads(out.read_text())
+    assert (report["data"], report["split"], report["sampling_rate"]) == ("clips.csv", "val", 32)
+    result = report["models"]["mine"]
+    info = result["_model"]
+    assert (info["clips"], info["data"], info["ground_truth"]) == (3, "clips.csv (val)", False)
+    assert info["skipped"] == [{"path": "broken.mp4", "reason": "this is a text file, not a video"}]
+    assert len(info["frame_drop"]) == 8 and "task" not in info
+    assert set(result) == {"_model", "_temporal", "rollout", "random"} and "vacancy" not in result["_temporal"]
+    for row in ("rollout", "random"):
+        assert {"auc_deletion", "auc_insertion", "ms_per_clip"} <= set(result[row])
+        assert not {"pointing", "mass", "signal_share"} & set(result[row])
+    assert {"sanity_pass", "randomisation", "forwards"} <= set(result["rollout"])
+    md = out.with_suffix(".md").read_text()
+    assert "**mine** (3 clips of clips.csv (val), accuracy" in md and "| rollout |" in md
+    assert "| attention | rollout |" not in md  # the ground-truth summary has nothing to show
+    # a run on other clips is refused before it starts, and the results stay as they were
+    before = out.read_text()
+    again = bench("--clips", "2")
+    assert again.returncode == 2 and "holds results on 3 clips of clips.csv" in again.stderr, again.stderr[-2000:]
+    assert out.read_text() == before and "Traceback" not in again.stderr
+    # data of which not one clip can be read is one line
+    (tmp_path / "bad.csv").write_text("broken.mp4,moving left\n")
+    bad = bench("--clips", "2", "--data", "bad.csv")
+    assert bad.returncode == 2 and "none of the 1 clips could be read" in bad.stderr and "Traceback" not in bad.stderr

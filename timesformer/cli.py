@@ -122,7 +122,7 @@ def benchmarks() -> dict[str, str]:
 
 
 def bench(argv=None, prog: str = "tslab bench") -> int:
-    """Run `bench/NAME.py ARGS` with this Python."""
+    """Run `bench/NAME.py ARGS` with this Python, in the caller's folder (relative paths are the caller's)."""
     found = benchmarks()
     listing = "\n".join(f"  {name:<18} {doc}" for name, doc in found.items()) or "  (none: no bench/ folder)"
     p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -140,7 +140,7 @@ def bench(argv=None, prog: str = "tslab bench") -> int:
     if args.name not in found:
         p.exit(2, f"{prog}: error: no benchmark {args.name!r} in {ROOT / 'bench'}; choose one of: "
                   f"{', '.join(found) or 'none'}\n")
-    return subprocess.call([sys.executable, str(ROOT / "bench" / f"{args.name}.py"), *rest], cwd=ROOT)
+    return subprocess.call([sys.executable, str(ROOT / "bench" / f"{args.name}.py"), *rest])
 
 
 def main(argv=None) -> int:
