@@ -109,9 +109,7 @@ def _model_source(sb) -> tuple[str | None, str, str | None]:
                                   ".safetensors or a HuggingFace ViT folder) starts a TimeSformer from it")
         if not path.strip():
             return None, "", Prompt("Type a checkpoint path in the sidebar.")
-        p = Path(path.strip()).expanduser()
-        if not p.is_absolute():
-            p = settings.ROOT / p
+        p = settings.here(path.strip())
         if not p.exists():
             return None, "", f"No such file or folder: {path.strip()}"
         return str(p), p.name, None

@@ -17,7 +17,8 @@ st.title("Training runs")
 def find_runs(root: Path) -> list[str]:
     if not root.is_dir():
         return []
-    return sorted(str(p.parent.relative_to(settings.ROOT) if p.is_relative_to(settings.ROOT) else p.parent)
+    base = settings.WORKDIR
+    return sorted(str(p.parent.relative_to(base) if p.is_relative_to(base) else p.parent)
                   for p in root.rglob("metrics.jsonl") if ".tmp" not in str(p))
 
 
@@ -33,8 +34,7 @@ if runs:
 if not typed.strip():
     st.info("Type the path of a training run folder (it holds metrics.jsonl).")
     st.stop()
-run = Path(typed.strip()).expanduser()
-run = run if run.is_absolute() else settings.ROOT / run
+run = settings.here(typed.strip())
 if run.is_file() and run.name == "metrics.jsonl":  # the metrics file itself: its folder is the run
     run = run.parent
 if not run.is_dir():

@@ -68,6 +68,7 @@ def app(assets, monkeypatch, tmp_path):
     monkeypatch.setattr(settings, "SAMPLES", assets[1])
     monkeypatch.setattr(settings, "MODELS", assets[2])
     monkeypatch.setattr(settings, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(settings, "WORKDIR", tmp_path)  # where `tslab app` was started
     return AppTest.from_file(MAIN, default_timeout=TIMEOUT)
 
 
@@ -340,6 +341,20 @@ def test_local_path_errors(app, tmp_path):
     at = at.text_input(key="model_path").input(str(tmp_path / "empty")).run()
     assert not at.exception
     assert any("Could not load the model" in e.value and "config.json" in e.value for e in at.sidebar.error)
+    at = at.text_input(key="model_path").input("empty").run()  # relative: from where the app was started
+    assert any("Could not load the model" in e.value and "config.json" in e.value for e in at.sidebar.error)
+
+
+def test_paths_in_the_environment_are_taken_from_where_tslab_app_started(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TSLAB_WORKDIR": str(tmp_path), "TSLAB_EXPLAIN_RESULTS": "explain-mine.json",
+           "TSLAB_RUNS": "", "TSLAB_MODELS": "/abs/models"}
+    code = "from app import settings as s; print(s.EXPLAIN_RESULTS, s.RUNS, s.MODELS, s.here('x'), sep='|')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["|".join([str(tmp_path / "explain-mine.json"), str(tmp_path / "runs"),
+                                             "/abs/models", str(tmp_path / "x")])], proc.stderr[-2000:]
 
 
 def test_huggingface_folder_and_official_upload(app, tmp_path):
@@ -604,7 +619,7 @@ def test_training_runs_and_open_in_explore(app, assets, tmp_path, clip_bytes):
     at = ok(app.run().radio(key="clip_kind").set_value("Upload").run())
     next(u for u in at.get("file_uploader") if u.key == "clip_upload").upload("mine.mp4", clip_bytes, "video/mp4")
     at = ok(page(at.run(), "training"))
-    assert at.text_input(key="k_runs_path").value.endswith("demo")  # found under runs/
+    assert at.text_input(key="k_runs_path").value == "runs/demo"  # found under runs/, relative to where it started
     assert {"runs_curves", "runs_speed"} <= set(charts(at))
     assert at.success[0].value.startswith("finished at step 512 after 301 s")  # how the run ended, from its log
     (run / "log.txt").write_text("epoch 0\nstopped by SIGTERM at step 600 of 1024; the last checkpoint is x\n")

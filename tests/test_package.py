@@ -92,15 +92,17 @@ def test_tslab_app_refuses_a_device_that_is_not_there():
     assert "Traceback" not in bad.stderr
 
 
-def test_tslab_app_hands_the_device_to_the_app(monkeypatch):
+def test_tslab_app_hands_the_device_to_the_app(monkeypatch, tmp_path):
     from timesformer import cli
 
+    monkeypatch.chdir(tmp_path)  # and the folder it was started in: paths typed in the app are taken from it
     calls = []
     monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd, env: calls.append((cmd, env)) or 0)
     monkeypatch.setenv("TSLAB_DEVICE", "auto")
     assert cli.app(["--device", "cpu", "--server.port", "8600"]) == 0
     (cmd, env), = calls
     assert cmd[-2:] == ["--server.port", "8600"] and env["TSLAB_DEVICE"] == "cpu"
+    assert env["TSLAB_WORKDIR"] == str(tmp_path)
     assert cli.app(["--server.headless", "true"]) == 0  # the environment's setting by default
     assert calls[-1][1]["TSLAB_DEVICE"] == "auto"
 

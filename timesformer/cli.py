@@ -107,7 +107,8 @@ def app(argv=None, prog: str = "tslab app") -> int:
     if not (main_py.is_file() and (ROOT / "pages").is_dir()):
         p.exit(2, f"{prog}: error: the app's scripts are not at {ROOT}: install the project from a checkout "
                   "with `pip install -e .`\n")
-    env = {**os.environ, "TSLAB_DEVICE": args.device}
+    # Streamlit runs in the repository (its .streamlit/config.toml); paths the user gives are taken from here
+    env = {**os.environ, "TSLAB_DEVICE": args.device, "TSLAB_WORKDIR": os.getcwd()}
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(main_py), *rest], cwd=ROOT, env=env)
 
 
