@@ -10,7 +10,10 @@ Writes into DIR
 - with `--methods`, `explain_<method>.png/.<gif|mp4>`: any method of `analysis.EXPLANATIONS` for `--target`;
 - with `--temporal`, the evidence about time in predictions.json: the target's probability with the frames
   reversed, shuffled and frozen, and the share of LRP relevance through each attention step per layer;
-- `pattern_<scheme>.png` and `.svg`: the paper's patch diagram for the clip's grid and the query.
+- `pattern_<scheme>.png` and `.svg`: the paper's patch diagram for the clip's grid and the query;
+- `maps.npz`: the numbers behind the pictures, for your own analysis: `frames`, the sampled and cropped frames
+  the model saw (T, S, S, 3) uint8, and every map drawn, under the name of its files (`attention_<step>`,
+  `rollout`, `explain_<method>`), float32 (T, H_p, W_p) on the patch grid (`numpy.load(path)[name]`).
 Without `--checkpoint` it uses the shipped default model (`timesformer.shipped.DEFAULT_MODEL`).
 """
 
@@ -21,6 +24,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from analysis.attribution import BASELINES
 from analysis.explanations import EXPLANATIONS, explain
@@ -123,7 +128,9 @@ def run(args) -> dict:
         print(f"explaining with {method} ({i} of {len(args.methods)})", file=sys.stderr, flush=True)
         options = EXPLANATIONS[method].pick({"baseline": args.baseline})
         maps[f"explain_{method}"] = explain(model, centre, method, target=target, **options)[0]
-    written = ["frames.png"]
+    written = ["frames.png", "maps.npz"]
+    arrays = {name: grid_map.detach().float().cpu().numpy() for name, grid_map in maps.items()}
+    np.savez_compressed(out / "maps.npz", frames=denormalize(centre[0]), **arrays)
     for name, grid_map in maps.items():
         over = overlay(frames, grid_map)
         (out / f"{name}.png").write_bytes(png_bytes(grid_image(over)))

@@ -335,6 +335,21 @@ def test_cli_explanations_and_time_evidence(tmp_path, capsys):
     assert (out / "attention_space.png").exists() and (out / "explain_gae.gif").exists()
     assert (out / "explain_lrp.png").exists()
     assert report["temporal"]["target"] == "down"
+    # the numbers behind the pictures: what the model saw, and each map as the registry computes it
+    from analysis import explain
+    from timesformer.video import denormalize, read_clip
+
+    arrays = np.load(out / "maps.npz")
+    assert set(arrays.files) == {"frames", "attention_space", "rollout", "explain_gae", "explain_lrp"}
+    views, _ = read_clip(tmp_path / "clip.mp4", num_frames=model.config.num_frames, size=32, spatial_crops=3)
+    centre = views[1:2]
+    assert np.array_equal(arrays["frames"], denormalize(centre[0]))
+    model.eval()
+    for method in ("gae", "lrp"):
+        expected = explain(model, centre, method, target=1)[0].numpy()
+        assert arrays[f"explain_{method}"].shape == expected.shape == model.config.grid
+        np.testing.assert_allclose(arrays[f"explain_{method}"], expected, rtol=1e-4, atol=1e-7)
+    assert arrays["rollout"].dtype == np.float32 and "maps.npz" in report["files"]
     assert set(report["temporal"]["order_effects"]) == {"original", "reversed", "shuffled", "frozen"}
     assert {r["step"] for r in report["temporal"]["step_shares"]} == {"time", "space"}
     rc = main([str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(out),
