@@ -1,8 +1,10 @@
 """Training and evaluation at toy size: run folder, resume after SIGKILL, DDP on CPU, NaN stop, --init; the
 atomic folder writer and the device choice."""
 
+import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from timesformer.files import atomic_folder
 from timesformer.optim import build_optimizer, lr_at
 from timesformer.runs import Interrupted, ending
 from timesformer.synthmotion import export_synthmotion
+from timesformer.video import read_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = ["--model", "embed_dim=32", "depth=1", "num_heads=2", "--img-size", "32", "--num-frames", "4",
@@ -544,6 +547,32 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
     assert "evaluating:   0%|          | 0/1 " in err  # the batches' progress bar (4 clips in 1 batch)
     assert "clip accuracy (1 clip, centre crop): top-1" in text and "video accuracy (1 clip × 3 crops)" in text
     assert "over 4 clips" in text
+    # every clip's prediction, and the accuracy of each class, from the same pass
+    E.main([str(out), str(root), "--sampling-rate", "1", "--predictions", str(tmp_path / "p" / "preds.csv"),
+            "--per-class", "--no-progress"])
+    text = capsys.readouterr().out
+    with open(tmp_path / "p" / "preds.csv", newline="") as f:
+        preds = list(csv.DictReader(f))
+    assert b"\r" not in (tmp_path / "p" / "preds.csv").read_bytes()  # lines for awk and cut, too
+    assert sorted(r["clip"] for r in preds) == sorted(str(p) for p in (root / "val").rglob("*.mp4"))
+    acc = float(re.search(r"video accuracy \(1 clip × 3 crops\): top-1 ([\d.]+)%", text).group(1)) / 100
+    assert sum(int(r["correct"]) for r in preds) / 4 == pytest.approx(acc)
+    assert f"wrote {tmp_path / 'p' / 'preds.csv'}: 4 clips, {sum(r['correct'] == '0' for r in preds)} predicted" in text
+    model = load_model(out).eval()
+    for r in preds:  # as `predict` gives it for the clip alone: the 3 crops averaged, and the centre crop
+        views, _ = read_clip(r["clip"], model.config.num_frames, 1, model.config.img_size, spatial_crops=3)
+        top = predict(model, views, k=len(model.class_names))
+        assert (r["predicted"], r["centre_predicted"]) == (top["video"][0][0], top["clip"][0][0])
+        assert float(r["probability"]) == pytest.approx(top["video"][0][1], abs=1e-5)
+        assert float(r["label_probability"]) == pytest.approx(dict(top["video"])[r["label"]], abs=1e-5)
+        assert float(r["centre_probability"]) == pytest.approx(top["clip"][0][1], abs=1e-5)
+    for name in {r["label"] for r in preds}:
+        mine = [r for r in preds if r["label"] == name]
+        share = sum(int(r["correct"]) for r in mine) / len(mine)
+        assert re.search(rf"^  {re.escape(name)} +{share:7.2%} \(.*\)  {len(mine)}$", text, re.M), text
+    with pytest.raises(SystemExit):
+        E.main([str(out), str(root), "--predictions", str(tmp_path)])
+    assert "is a folder: name a file" in capsys.readouterr().err
     res = E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8)
     assert res["clip"]["clips"] == 8 and res["video"]["clips"] == 8 and res["amp"] == "none"  # auto on a CPU
     half = E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8, amp="bf16")
@@ -614,7 +643,8 @@ def test_evaluate_under_torchrun_counts_every_clip_once(tmp_path):
     torch.manual_seed(0)
     save_model(TimeSformer(TimeSformerConfig.tiny(img_size=32, num_frames=4, num_classes=4,
                                                   class_names=list(TEMPORAL_CLASSES))), model)
-    flags = [str(model), "synthmotion-temporal", "--num-clips", "11", "--batch-size", "2", "--json"]
+    flags = [str(model), "synthmotion-temporal", "--num-clips", "11", "--batch-size", "2", "--json",
+             "--predictions", str(tmp_path / "preds.csv")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "timesformer.evaluate", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -628,6 +658,13 @@ def test_evaluate_under_torchrun_counts_every_clip_once(tmp_path):
         assert two[view]["clips"] == one[view]["clips"] == 11
         assert two[view]["loss"] == pytest.approx(one[view]["loss"], rel=1e-5)
         assert two[view]["acc1"] == one[view]["acc1"]
+    with open(tmp_path / "preds.csv", newline="") as f:  # rank 0 writes every process's clips, in order
+        preds = list(csv.DictReader(f))
+    alone = E.run(model, "synthmotion-temporal", num_clips=11, batch_size=2, per_clip=True)["predictions"]
+    assert [r["clip"] for r in preds] == [r["clip"] for r in alone] == [
+        f"synthmotion-temporal test clip {i} (seed 12345)" for i in range(11)]
+    assert [r["predicted"] for r in preds] == [r["predicted"] for r in alone]
+    assert [float(r["probability"]) for r in preds] == pytest.approx([r["probability"] for r in alone], abs=1e-5)
 
 
 def test_frame_drop_flag(tmp_path):

@@ -100,6 +100,14 @@ class Dist:
         dist.all_gather(counts, torch.tensor([n]), group=self.host_group)
         return [int(c) for c in counts]
 
+    def gather(self, obj) -> list:
+        """`obj` of every process (rank order), pickled and exchanged on the host."""
+        if not self.ddp:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.host_group)
+        return out
+
     def min_(self, t: torch.Tensor) -> torch.Tensor:
         """`t`, on this process's device, replaced in place by its minimum over all processes. On a GPU the
         reduction is queued like any kernel: nothing waits for it here."""

@@ -239,14 +239,18 @@ def check_finite(model: nn.Module, state: TrainState) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = None, view: int | None = None) -> dict:
+def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = None, view: int | None = None,
+             per_clip: bool = False) -> dict:
     """Loss and top-1/top-5 accuracy; a clip's views (spatial crops) are averaged as softmax scores. With
-    `view`, also the metrics of that view alone, under "view", from the same forwards.
+    `view`, also the metrics of that view alone, under "view", from the same forwards. With `per_clip`, this
+    process's clips under "per_clip", on the CPU: their dataset `index` and `label` (N,), and the class
+    probabilities (N, K), averaged over the views (`probs`) and of `view` alone (`view_probs`).
 
     The sums stay on the device until the end: the host reads them once, so it never waits for the GPU
     between batches and queues the next batch's forward while the GPU runs this one."""
     model.eval()
     per_batch = []  # per scoring (the average of the views, then the one view): nll, top-1 and top-5 hits
+    kept = []  # with per_clip: (index, label, probs, view probs) of each batch
     count = skipped = 0.0
     num_classes = None
     for batch in loader:
@@ -261,6 +265,8 @@ def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = N
         num_classes = probs.shape[2]
         chosen = [probs.mean(1)] + ([probs[:, view]] if view is not None else [])  # the paper's view averaging
         per_batch.append(torch.stack([s for p in chosen for s in _hits(p, label)]))
+        if per_clip:
+            kept.append((batch["index"], label, *chosen))
         count += B
     # the one wait; summed in float64 on the host (not every device has float64)
     sums = (torch.stack(per_batch).cpu().double().sum(0).tolist() if per_batch
@@ -270,6 +276,10 @@ def evaluate(model: nn.Module, loader, device, dtype=None, dist: Dist | None = N
     out = _metrics(sums[:3], count, num_classes, skipped)
     if view is not None:
         out["view"] = _metrics(sums[3:], count, num_classes, skipped)
+    if per_clip:
+        names = ["index", "label", "probs", "view_probs"][: 4 if view is not None else 3]
+        out["per_clip"] = {name: torch.cat([k[i].cpu() for k in kept]) if kept else torch.zeros(0)
+                           for i, name in enumerate(names)}
     return out
 
 

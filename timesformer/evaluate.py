@@ -7,14 +7,18 @@ Prints two numbers, as the paper reports them:
 DATA is `synthmotion-temporal` / `synthmotion-appearance` (fresh `test` clips), a folder
 `ROOT/<split>/<class>/<clip>`, a folder with `<split>.csv`, or a CSV list. The checkpoint's class names fix
 the label order; clips of classes it does not know are an error, unreadable clips are skipped and counted.
+`--predictions FILE.csv` writes every clip's prediction (to find the clips a model gets wrong, and look at
+them with `tslab explain`), `--per-class` prints the accuracy of each class.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -28,9 +32,12 @@ from timesformer.optim import AMP, amp_dtype
 
 def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_frames: int | None = None,
         size: int | None = None, sampling_rate: int = 32, num_clips: int = 512, seed: int = 12345,
-        device: str = "cpu", workers: int | str = "auto", amp: str = "auto", progress: bool = False) -> dict:
+        device: str = "cpu", workers: int | str = "auto", amp: str = "auto", progress: bool = False,
+        per_clip: bool = False) -> dict:
     """{'clip': metrics of the centre crop, 'video': of 3 crops averaged} (loss, acc1, [acc5], clips; both
-    from one pass, whose time both report as `seconds`), and 'amp', the precision the model ran in.
+    from one pass, whose time both report as `seconds`), and 'amp', the precision the model ran in. With
+    `per_clip`, also 'predictions', a row per clip in the data's order (`prediction_rows`), and 'per_class',
+    each class's clips and accuracies.
     `workers`: loader processes, or "auto" (as `tslab train`: on the CPU one for video files, none for
     SynthMotion; the free cores on a GPU).
     `amp`: as `tslab train --amp`: "auto" is bf16 autocast on CUDA (fp16 where bf16 is missing), none on the
@@ -66,14 +73,47 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
 
             loader = tqdm(loader, total=len(loader), desc="evaluating", unit="batch", dynamic_ncols=True, leave=False)
         try:
-            video = evaluate(model, loader, device, dtype, dist, view=1)  # every clip decoded and run once for both
+            video = evaluate(model, loader, device, dtype, dist, view=1,  # every clip decoded and run once for both
+                             per_clip=per_clip)
         except torch.OutOfMemoryError as e:
             raise SystemExit(f"the GPU ran out of memory at --batch-size {batch_size} (3 crops of each clip in one "
                              f"forward): {out_of_memory(e)}; try a smaller --batch-size") from None
         seconds = round(time.time() - t0, 2)
-        return {"clip": {**video.pop("view"), "seconds": seconds}, "video": {**video, "seconds": seconds},
-                "amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
-                "processes": dist.world}
+        out = {"amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype], "processes": dist.world}
+        if per_clip:
+            parts = dist.gather(video.pop("per_clip"))  # every process's clips, for rank 0 to write
+            kept = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+            out["predictions"] = prediction_rows(kept, ds, model.class_names, data, seed)
+            out["per_class"] = per_class(out["predictions"], model.class_names)
+        return {"clip": {**video.pop("view"), "seconds": seconds}, "video": {**video, "seconds": seconds}, **out}
+
+
+def prediction_rows(kept: dict, ds, names: list[str], data: str, seed: int) -> list[dict]:
+    """A row per clip, in the data's order, from `engine.evaluate(per_clip=True)`'s tensors: the clip (its path;
+    for SynthMotion, the test clip's seed and index), its label, the prediction of the 3 crops averaged with its
+    probability and the label's, the centre crop's prediction and probability, and whether the first is right."""
+    items = getattr(ds, "items", None)  # (path, label) of a folder or CSV list
+    rows = []
+    for n in kept["index"].argsort().tolist():
+        i, label = int(kept["index"][n]), int(kept["label"][n])
+        probs, centre = kept["probs"][n], kept["view_probs"][n]
+        top, centre_top = int(probs.argmax()), int(centre.argmax())
+        rows.append({"clip": items[i][0] if items is not None else f"{data} test clip {i} (seed {seed})",
+                     "label": names[label], "predicted": names[top], "probability": round(float(probs[top]), 6),
+                     "label_probability": round(float(probs[label]), 6), "centre_predicted": names[centre_top],
+                     "centre_probability": round(float(centre[centre_top]), 6), "correct": int(top == label)})
+    return rows
+
+
+def per_class(rows: list[dict], names: list[str]) -> list[dict]:
+    """Each class with clips: how many, and the accuracy of the 3 crops averaged and of the centre crop."""
+    out = []
+    for name in names:
+        mine = [r for r in rows if r["label"] == name]
+        if mine:
+            out.append({"class": name, "clips": len(mine), "acc1": sum(r["correct"] for r in mine) / len(mine),
+                        "centre_acc1": sum(r["centre_predicted"] == name for r in mine) / len(mine)})
+    return out
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -95,17 +135,41 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "cores on a GPU")
     p.add_argument("--amp", default="auto", choices=AMP,
                    help="mixed precision, as tslab train's: auto is bf16 on CUDA (else fp16), none on the CPU")
+    p.add_argument("--predictions", type=Path, metavar="FILE.csv",
+                   help="write every clip's prediction: clip, label, predicted, probability, label_probability, "
+                        "centre_predicted, centre_probability, correct")
+    p.add_argument("--per-class", action="store_true", help="also print the accuracy of each class")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv=None, prog: str | None = None) -> None:
-    a = build_parser(prog).parse_args(argv)
+    p = build_parser(prog)
+    a = p.parse_args(argv)
+    if a.predictions is not None:  # before the evaluation, not after it: a file that cannot be written
+        if a.predictions.is_dir():
+            p.error(f"--predictions {a.predictions} is a folder: name a file ({a.predictions / 'predictions.csv'}?)")
+        folder = next(f for f in a.predictions.resolve().parents if f.exists())
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            p.error(f"--predictions {a.predictions}: cannot write in {folder}")
     res = run(a.checkpoint, a.data, a.split, a.batch_size, a.num_frames, a.img_size, a.sampling_rate, a.num_clips,
-              a.seed, a.device, a.workers, a.amp, progress=not a.no_progress)
+              a.seed, a.device, a.workers, a.amp, progress=not a.no_progress,
+              per_clip=a.predictions is not None or a.per_class)
     if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 prints the metrics of all processes
         return
+    rows = res.pop("predictions", None)
+    if a.predictions is not None:
+        try:
+            a.predictions.parent.mkdir(parents=True, exist_ok=True)
+            with open(a.predictions, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["clip"], lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(rows)
+        except OSError as e:
+            raise SystemExit(f"--predictions {a.predictions}: {e.strerror or e}") from None
+    if not a.per_class:
+        res.pop("per_class", None)
     if a.json:
         print(json.dumps(res))
         return
@@ -116,6 +180,14 @@ def main(argv=None, prog: str | None = None) -> None:
         skipped = f", {m['skipped']} unreadable clips skipped" if m.get("skipped") else ""
         amp = f", {res['amp']} autocast" if res["amp"] != "none" else ""
         print(f"{label}: top-1 {m['acc1']:.2%}{top5} over {m['clips']} clips (loss {m['loss']:.4f}{amp}){skipped}")
+    if a.per_class:
+        width = max(len(c["class"]) for c in res["per_class"]) if res["per_class"] else 0
+        print("per class: top-1 of 1 clip × 3 crops (centre crop), clips")
+        for c in res["per_class"]:
+            print(f"  {c['class']:<{width}}  {c['acc1']:7.2%} ({c['centre_acc1']:.2%})  {c['clips']}")
+    if a.predictions is not None:
+        wrong = sum(1 - r["correct"] for r in rows)
+        print(f"wrote {a.predictions}: {len(rows)} clips, {wrong} predicted wrong (3 crops)")
 
 
 if __name__ == "__main__":
