@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from analysis.media import png_bytes
@@ -319,6 +320,27 @@ def training_figure(rows: list[dict], title: str) -> go.Figure:
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_layout(template="plotly_white", height=400, title=title)
+    return fig
+
+
+def compare_figure(runs: dict[str, list[dict]], title: str) -> go.Figure:
+    """Several runs' curves against the step, one colour per run: validation loss (training loss dotted) on the
+    left, validation acc1 on the right ({run name: its metrics.jsonl rows})."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation accuracy"))
+    for n, (name, rows) in enumerate(runs.items()):
+        colour = qualitative.Plotly[n % len(qualitative.Plotly)]
+        for split, panels in (("val", (("loss", 1), ("acc1", 2))), ("train", (("loss", 1),))):
+            pts = sorted((r for r in rows if r["split"] == split), key=lambda r: r["step"])
+            for metric, col in panels:
+                if any(metric in r for r in pts):
+                    fig.add_trace(go.Scatter(x=[r["step"] for r in pts], y=[r.get(metric) for r in pts],
+                                             mode="lines+markers" if split == "val" else "lines",
+                                             name=f"{name} {split} {metric}", legendgroup=name,
+                                             line=dict(color=colour, dash=None if split == "val" else "dot")),
+                                  row=1, col=col)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    fig.update_layout(template="plotly_white", height=420, title=title)
     return fig
 
 

@@ -1,15 +1,15 @@
 """Training runs: point at a run folder written by `python -m timesformer.train`; see its loss and accuracy
-curves from metrics.jsonl, its resolved config, and open one of its checkpoints in Explore."""
+curves from metrics.jsonl, its resolved config, and open one of its checkpoints in Explore. Compare the runs
+found under runs/: their curves on one figure, and a row each."""
 
-import json
 from pathlib import Path
 
 import streamlit as st
 import yaml
 
-from analysis.figures import throughput_figure, training_figure
+from analysis.figures import compare_figure, throughput_figure, training_figure
 from app import settings, widgets
-from timesformer.runs import ending
+from timesformer.runs import ending, read_metrics, run_summary
 
 st.title("Training runs")
 
@@ -23,6 +23,17 @@ def find_runs(root: Path) -> list[str]:
 
 
 runs = find_runs(settings.RUNS)
+if len(runs) > 1:
+    with st.expander(f"Compare runs ({len(runs)} under runs/)", expanded=False):
+        chosen = st.multiselect("Runs", runs, key="k_runs_compare",
+                                help="their validation curves on one figure (training loss dotted), and a row each")
+        if chosen:
+            fig = compare_figure({name: read_metrics(settings.here(name))[0] for name in chosen},
+                                 f"{len(chosen)} runs")
+            st.plotly_chart(fig, key="runs_compare", width="stretch")
+            widgets.download_figure(fig, "runs_compared", "runs_dl_compare")
+            st.dataframe([{"run": name, **run_summary(settings.here(name))} for name in chosen], hide_index=True,
+                         key="runs_compare_table")
 st.session_state.setdefault("k_runs_path", runs[0] if runs else "")
 c = st.columns([3, 2])
 typed = c[0].text_input("Run folder", key="k_runs_path",
@@ -52,18 +63,7 @@ if ended is None:
 else:
     (st.success if ended[0] == "finished" else st.warning)(ended[1])
 
-rows, bad = [], 0
-for line in metrics_path.read_text(errors="replace").splitlines():
-    if not line.strip():
-        continue
-    try:
-        row = json.loads(line)
-        if isinstance(row, dict) and {"step", "split"} <= set(row):
-            rows.append(row)
-            continue
-    except json.JSONDecodeError:
-        pass
-    bad += 1
+rows, bad = read_metrics(run)
 if bad:
     st.warning(f"{bad} line(s) of metrics.jsonl are not metrics and were skipped.")
 

@@ -595,13 +595,13 @@ def test_cost_on_the_apps_gpu(app):
     assert any("a training step peaks at" in i.value for i in at.info), [i.value for i in at.info]
 
 
-def fake_run(root: Path, model_dir: Path, bad_line: bool = True) -> Path:
+def fake_run(root: Path, model_dir: Path, bad_line: bool = True, name: str = "demo", gain: float = 0.09) -> Path:
     """A run folder in the layout timesformer/train.py writes (metrics.jsonl, train_config.yaml, log.txt,
-    ckpt-*/ written by save_model, checkpoint-last)."""
-    run = root / "runs" / "demo"
+    ckpt-*/ written by save_model, checkpoint-last); its accuracy rises by `gain` an epoch."""
+    run = root / "runs" / name
     run.mkdir(parents=True)
     rows = [{"epoch": e, "step": 64 * (e + 1), "split": s, "loss": 1.4 / (e + 1) + 0.05 * (s == "val"),
-             "acc1": min(1.0, 0.25 + 0.09 * e - 0.02 * (s == "val"))} for e in range(8) for s in ("train", "val")]
+             "acc1": min(1.0, 0.25 + gain * e - 0.02 * (s == "val"))} for e in range(8) for s in ("train", "val")]
     for r in rows[::2]:  # train rows: speed and the share spent waiting for data
         r.update(clips_per_s=120.0 + r["epoch"], data_wait=0.02)
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + ("\nnot json\n" if bad_line else "\n"))
@@ -636,6 +636,27 @@ def test_training_runs_and_open_in_explore(app, assets, tmp_path, clip_bytes):
     at.text_input(key="model_path").input(str(run))  # the run's folder opens as its checkpoint-last
     at = ok(page(at, "explore"))
     assert "explore_pick" in charts(at) and not at.sidebar.error
+
+
+def test_compare_runs(app, assets, tmp_path):
+    """Runs found under runs/ side by side: their curves on one figure, and a row each from their folders."""
+    fake_run(tmp_path, assets[0])
+    slow = fake_run(tmp_path, assets[0], bad_line=False, name="slow", gain=0.02)
+    (slow / "train_config.yaml").write_text("args:\n  data: synthmotion-temporal\n  preset: tiny\nmodel:\n"
+                                            "  attention_type: axial\n  num_frames: 8\n  img_size: 64\n")
+    (slow / "log.txt").write_text("epoch 0\n")
+    at = ok(page(app.run(), "training"))
+    assert "runs_compare" not in charts(at)  # nothing chosen yet
+    at = ok(at.multiselect(key="k_runs_compare").set_value(["runs/demo", "runs/slow"]).run())
+    assert "runs_compare" in charts(at)
+    table = next(d.value for d in at.dataframe if "best val acc1" in d.value.columns)
+    demo, other = (table[table["run"] == f"runs/{n}"].iloc[0] for n in ("demo", "slow"))
+    assert demo["best val acc1"] == pytest.approx(0.25 + 0.09 * 7 - 0.02) and demo["at step"] == 512
+    assert other["best val acc1"] == pytest.approx(0.25 + 0.02 * 7 - 0.02) and other["last val acc1"] == \
+        other["best val acc1"]
+    assert (other["scheme"], other["frames"], other["crop"], other["preset"]) == ("axial", 8, 64, "tiny")
+    assert (demo["ended"], other["ended"]) == ("finished", "no final line")
+    assert demo["clips/s"] == 124.0  # the median of its epochs' 120…127
 
 
 def test_training_bad_folder(app, tmp_path):
