@@ -74,7 +74,7 @@ def current() -> Context:
 
 
 MODEL_KINDS = ["Shipped model", "Local path", "Upload", "HuggingFace hub id"]
-CLIP_KINDS = ["Sample clip", "Upload"]
+CLIP_KINDS = ["Sample clip", "Local path", "Upload"]
 
 
 def shipped_models() -> dict[str, Path]:
@@ -142,6 +142,15 @@ def _clip_source(sb) -> tuple[Path | None, str, str | None]:
         sanitize("clip_sample", names)
         name = sb.selectbox("Sample", names, key="clip_sample")
         return settings.SAMPLES / name, name, None
+    if kind == "Local path":  # a file on the app's machine: no upload, and no upload size limit
+        typed = sb.text_input("Video path", key="clip_path",
+                              help="a video file on the machine the app runs on (mp4, webm, avi, mov, mkv, gif)")
+        if not typed.strip():
+            return None, "", Prompt("Type the path of a video file in the sidebar.")
+        p = settings.here(typed.strip())
+        if not p.exists():
+            return None, "", f"No such file: {typed.strip()}"
+        return p, p.name, None
     path, name, error = uploads.uploaded(sb, "Video file", uploads.VIDEO_TYPES, "clip_upload")
     if path is None:
         return None, "", error or Prompt("Upload a video in the sidebar (mp4, webm, avi, mov, mkv or gif).")

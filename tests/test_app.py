@@ -345,6 +345,22 @@ def test_local_path_errors(app, tmp_path):
     assert any("Could not load the model" in e.value and "config.json" in e.value for e in at.sidebar.error)
 
 
+def test_clip_from_a_local_path(app, assets, tmp_path, clip_bytes):
+    """A video on the app's machine, typed (relative to where the app started): no upload, and its errors."""
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "mine.mp4").write_bytes(clip_bytes)
+    (tmp_path / "clips" / "notes.mp4").write_text("not a video")
+    at = ok(app.run().radio(key="clip_kind").set_value("Local path").run())
+    assert any("Type the path of a video file" in i.value for i in at.sidebar.info)
+    at = ok(at.text_input(key="clip_path").input("clips/mine.mp4").run())
+    assert any(c.value.startswith("mine.mp4: ") and "frames" in c.value for c in at.sidebar.caption)
+    assert "explore_pick" in charts(at)
+    at = at.text_input(key="clip_path").input("clips/missing.mp4").run()
+    assert not at.exception and any("No such file: clips/missing.mp4" in e.value for e in at.sidebar.error)
+    at = at.text_input(key="clip_path").input(str(tmp_path / "clips" / "notes.mp4")).run()
+    assert not at.exception and any("Could not read notes.mp4" in e.value for e in at.sidebar.error)
+
+
 def test_paths_in_the_environment_are_taken_from_where_tslab_app_started(tmp_path):
     import subprocess
     import sys
