@@ -1,6 +1,6 @@
-"""`tslab explain CLIP --out DIR` (also `python -m analysis.report`): attention pictures and numbers for one clip.
+"""`tslab explain CLIP... --out DIR` (also `python -m analysis.report`): attention pictures and numbers of clips.
 
-Writes into DIR
+Writes into DIR (for several clips, into a folder of DIR per clip, named by its file; the model loads once)
 - `predictions.json`: top-5 (clip and 3-crop video level), the grid, and the summary numbers of every
   layer and step (entropy, attention distance in space and time, same-frame / other-frame / cls shares);
 - `frames.png` (the sampled, cropped frames), `attention_<step>.png` (the query's attention in the chosen
@@ -71,7 +71,8 @@ def parse_head(text: str):
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=prog or "python -m analysis.report", description=__doc__.split("\n\n")[0],
                                  formatter_class=HelpFormatter)
-    ap.add_argument("clip", help="a video file (mp4, webm, avi, mov, mkv, gif)")
+    ap.add_argument("clip", nargs="+", help="video files (mp4, webm, avi, mov, mkv, gif); with several, --out holds a "
+                                            "folder per clip, the model loaded once")
     ap.add_argument("--out", required=True, type=Path, help="output folder (created)")
     ap.add_argument("--checkpoint", default=None, help="any checkpoint load_model opens (default: shipped model)")
     ap.add_argument("--scheme", nargs="+", choices=ATTENTION_TYPES, default=None,
@@ -97,24 +98,21 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return ap
 
 
-def run(args) -> dict:
+def run(args, clip, out: Path, model, source, target: int | None) -> dict:
+    """Explain `clip` with `model` (loaded from `source`, on its device) into the folder `out`, as `args` say;
+    the explanations of `--methods` for class `target` (None: the predicted one)."""
     t0 = time.perf_counter()
-    source = args.checkpoint or DEFAULT_MODEL
-    device = resolve_device(args.device)
-    model = load_model(source).to(device)
+    device = next(model.parameters()).device
     cfg = model.config
     T, H, W = cfg.grid
-    views, info = read_clip(args.clip, num_frames=cfg.num_frames, size=cfg.img_size,
+    views, info = read_clip(clip, num_frames=cfg.num_frames, size=cfg.img_size,
                             sampling_rate=args.sampling_rate, spatial_crops=args.crops)
     views = views.to(device)
     centre = views[len(views) // 2 : len(views) // 2 + 1]
-    if not -cfg.depth <= args.layer < cfg.depth:
-        raise ValueError(f"--layer {args.layer}: this model has {cfg.depth} layers (0 to {cfg.depth - 1}; "
-                         "-1: the last)")
     layer = args.layer % cfg.depth
     logits, rec = recorded_forward(model, centre)
     preds = predict(model, views, k=5)
-    out = make_folder(args.out)
+    out = make_folder(out)
     frames = upscale(denormalize(centre[0]), args.scale)
     (out / "frames.png").write_bytes(png_bytes(grid_image(frames)))
     layer_maps = [m for m in rec if m.layer == layer]
@@ -123,7 +121,6 @@ def run(args) -> dict:
     not_drawn = {f"attention_{m.step}": f"{args.query} takes no part in the {m.step} step" for m in layer_maps
                  if not takes_part(m, args.query)}
     maps["rollout"] = rollout(rec, discard_ratio=args.discard_ratio, query=args.query)[0]
-    target = _target(args.target, model.class_names)
     for i, method in enumerate(args.methods, 1):  # some take minutes on a CPU: say which one runs
         print(f"explaining with {method} ({i} of {len(args.methods)})", file=sys.stderr, flush=True)
         options = EXPLANATIONS[method].pick({"baseline": args.baseline})
@@ -143,7 +140,7 @@ def run(args) -> dict:
                          local_split=cfg.local_split, global_stride=cfg.global_stride)
             written.append(f"pattern_{scheme}{suffix}")
     report = {
-        "clip": str(args.clip),
+        "clip": str(clip),
         "checkpoint": str(source),
         "device": str(device),
         "attention_type": cfg.attention_type,
@@ -187,15 +184,39 @@ def _target(text: str | None, names: list[str]) -> int | None:
 
 def main(argv=None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
-        report = run(args)
-    except (VideoError, CheckpointError, ValueError, OSError) as e:
+    source = args.checkpoint or DEFAULT_MODEL
+    try:  # what holds for every clip is checked once, before the first
+        model = load_model(source).to(resolve_device(args.device))
+        depth = model.config.depth
+        if not -depth <= args.layer < depth:
+            raise ValueError(f"--layer {args.layer}: this model has {depth} layers (0 to {depth - 1}; -1: the last)")
+        target = _target(args.target, model.class_names)
+    except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    top = report["top5_video"][0]
-    print(f"{args.clip}: {top['class']} ({top['prob']:.1%}, {len(report['top5_video'])} classes shown); "
-          f"wrote {len(report['files'])} files to {args.out} in {report['seconds']:.1f} s")
-    return 0
+    failed = 0
+    for clip, out in zip(args.clip, folders(args.clip, args.out)):
+        try:
+            report = run(args, clip, out, model, source, target)
+        except (VideoError, CheckpointError, ValueError, OSError) as e:
+            print(f"error: {e}" if len(args.clip) == 1 else f"error: {clip}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        top = report["top5_video"][0]
+        print(f"{clip}: {top['class']} ({top['prob']:.1%}, {len(report['top5_video'])} classes shown); "
+              f"wrote {len(report['files'])} files to {out} in {report['seconds']:.1f} s", flush=True)
+    if failed and len(args.clip) > 1:
+        print(f"{failed} of {len(args.clip)} clips could not be explained", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def folders(clips: list[str], out: Path) -> list[Path]:
+    """Where each clip's files go: `out` itself for one clip; for several, a folder in `out` per clip, named by
+    its file (numbered where two files share a name)."""
+    if len(clips) == 1:
+        return [out]
+    stems = [Path(c).stem or "clip" for c in clips]
+    return [out / (s if stems.count(s) == 1 else f"{s}-{i}") for i, s in enumerate(stems)]
 
 
 if __name__ == "__main__":

@@ -313,6 +313,38 @@ def test_cli_writes_pictures_and_numbers(tmp_path):
     assert info.num_frames == 4  # one overlay frame per model frame
 
 
+def test_cli_explains_several_clips_with_one_model(tmp_path, capsys, monkeypatch):
+    """Several clips: a folder each in --out (two files of one name numbered), the model loaded once, a clip that
+    cannot be read named and passed over; what is wrong for every clip (--layer) stops it before the first."""
+    import json
+
+    from analysis import report
+    from timesformer import load_model, save_model
+    from timesformer.video import write_video
+
+    save_model(small_model("divided_space_time", num_classes=3, class_names=["up", "down", "still"]),
+               tmp_path / "model")
+    clips = [tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.mp4", tmp_path / "notes.mp4"]
+    for i, clip in enumerate(clips[:2]):
+        clip.parent.mkdir()
+        write_video(clip, np.random.default_rng(i).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8))
+    clips[2].write_text("not a video")
+    loads = []
+    monkeypatch.setattr(report, "load_model", lambda source: loads.append(source) or load_model(source))
+    out = tmp_path / "out"
+    rc = report.main([*map(str, clips), "--checkpoint", str(tmp_path / "model"), "--out", str(out)])
+    said = capsys.readouterr()
+    assert rc == 2 and len(loads) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["clip-0", "clip-1"]
+    for i in range(2):
+        assert json.loads((out / f"clip-{i}" / "predictions.json").read_text())["clip"] == str(clips[i])
+        assert f"{clips[i]}: " in said.out and f"to {out / f'clip-{i}'} in" in said.out
+    assert f"error: {clips[2]}: " in said.err and "1 of 3 clips could not be explained" in said.err
+    assert report.main([*map(str, clips[:2]), "--checkpoint", str(tmp_path / "model"), "--out",
+                        str(tmp_path / "out2"), "--layer", "7"]) == 2
+    assert "--layer 7: this model has 2 layers" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+
 def test_cli_explanations_and_time_evidence(tmp_path, capsys):
     """--methods draws registry explanations for --target; cls has no time-step map, and the report says so."""
     import json
