@@ -295,9 +295,10 @@ def run_summary(path: Path) -> dict:
     import yaml
 
     try:
-        config = yaml.safe_load((Path(path) / "train_config.yaml").read_text()) or {}
+        config = yaml.safe_load((Path(path) / "train_config.yaml").read_text())
     except (OSError, yaml.YAMLError):
-        config = {}
+        config = None
+    config = config if isinstance(config, dict) else {}
     args, model = (config.get(k) if isinstance(config.get(k), dict) else {} for k in ("args", "model"))
     rows = read_metrics(path)[0]
     val = [r for r in rows if r["split"] == "val" and "acc1" in r]
