@@ -255,6 +255,30 @@ def test_cli_writes_csv_json_html(tmp_path):
     assert not (out / "complexity.png").exists()
 
 
+def test_cli_takes_the_architecture_of_a_checkpoint(tmp_path, capsys):
+    """--model: a checkpoint's architecture and its frames and crop as the base point (an MLP ratio and a patch the
+    flags cannot give included), the flags over it; every point as `estimate` gives it for that configuration."""
+    from analysis.cost.estimate import estimate
+    from timesformer import TimeSformer, TimeSformerConfig, save_model
+
+    mine = TimeSformerConfig.tiny(attention_type="axial", img_size=48, num_frames=6, mlp_ratio=2.0, num_classes=3,
+                                  class_names=["a", "b", "c"])
+    save_model(TimeSformer(mine), tmp_path / "mine")
+    out = tmp_path / "cost"
+    assert cx.main(["--out", str(out), "--model", str(tmp_path / "mine"), "--frames", "6,12", "--sizes", "48,96",
+                    "--num-classes", "400", "--no-png"]) == 0
+    data = json.loads((out / "complexity.json").read_text())
+    base = TimeSformerConfig.from_dict(data["meta"]["base_config"])
+    assert base == mine.replace(class_names=None, num_classes=400)
+    for r in data["rows"]:
+        cfg = base.replace(attention_type=r["attention_type"], num_frames=r["num_frames"], img_size=r["img_size"])
+        assert r["gflops"] == pytest.approx(estimate(cfg).gflops)
+    assert {(r["num_frames"], r["img_size"]) for r in data["rows"]} == {(6, 48), (12, 48), (6, 96)}
+    with pytest.raises(SystemExit):
+        cx.main(["--out", str(out), "--model", str(tmp_path / "nothing")])
+    assert "no such checkpoint" in capsys.readouterr().err
+
+
 SMALL = ["--embed-dim", "32", "--depth", "2", "--heads", "2", "--frames", "2,4", "--sizes", "32", "--base-frames", "2",
          "--base-size", "32", "--schemes", "divided_space_time,axial", "--no-png"]
 

@@ -70,13 +70,17 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="frame counts of the frame sweep, comma-separated")
     p.add_argument("--sizes", type=_positive_ints, default=(224, 336, 448, 560),
                    help="crop sizes of the crop-size sweep, comma-separated")
-    p.add_argument("--base-frames", type=at_least(1), default=8, help="frames of the crop-size sweep")
-    p.add_argument("--base-size", type=at_least(1), default=224, help="crop of the frame sweep")
-    p.add_argument("--patch-size", type=at_least(1), default=16, help="patch side")
-    p.add_argument("--embed-dim", type=at_least(1), default=768, help="token width")
-    p.add_argument("--depth", type=at_least(1), default=12, help="blocks")
-    p.add_argument("--heads", type=at_least(1), default=12, help="attention heads")
-    p.add_argument("--num-classes", type=at_least(1), default=400, help="classes of the head, as Kinetics-400's")
+    p.add_argument("--model", metavar="CHECKPOINT",
+                   help="the architecture of this checkpoint (anything load_model opens: a run, a .pyth, a hub id): "
+                        "its patch, width, depth, heads, MLP and classes, and its frames and crop as the base "
+                        "point; the flags below override it (default: ViT-B/16, Kinetics-400's 400 classes)")
+    p.add_argument("--base-frames", type=at_least(1), help="frames of the crop-size sweep (default: 8, or the model's)")
+    p.add_argument("--base-size", type=at_least(1), help="crop of the frame sweep (default: 224, or the model's)")
+    p.add_argument("--patch-size", type=at_least(1), help="patch side (default: 16, or the model's)")
+    p.add_argument("--embed-dim", type=at_least(1), help="token width (default: 768, or the model's)")
+    p.add_argument("--depth", type=at_least(1), help="blocks (default: 12, or the model's)")
+    p.add_argument("--heads", type=at_least(1), help="attention heads (default: 12, or the model's)")
+    p.add_argument("--num-classes", type=at_least(1), help="classes of the head (default: 400, or the model's)")
     p.add_argument("--batch-size", type=at_least(1), default=1, help="clips per GPU, as the official configs")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="fp32, or bf16 autocast")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd", help="sgd (official) or adamw")
@@ -95,15 +99,24 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def _base_config(args) -> TimeSformerConfig:
+    """The configuration at the sweeps' base point: `--model`'s (or ViT-B/16 with 400 classes, 8×224) with the
+    flags given over it. Sets `args.base_frames` and `args.base_size` where they were not given."""
     if args.gpu_gib <= 0:
         raise ValueError(f"--gpu-memory must be positive, got {args.gpu_gib}")
+    if args.model:
+        from timesformer.checkpoints import load_model
+
+        start = load_model(args.model).config.replace(class_names=None)
+    else:
+        start = TimeSformerConfig.base(num_classes=400, num_frames=8, img_size=224)
+    given = dict(patch_size=args.patch_size, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads,
+                 num_classes=args.num_classes, num_frames=args.base_frames, img_size=args.base_size)
+    cfg = start.replace(**{k: v for k, v in given.items() if v is not None})
+    args.base_frames, args.base_size = cfg.num_frames, cfg.img_size
     for size in set(args.sizes) | {args.base_size}:
-        if size % args.patch_size:
-            raise ValueError(f"crop size {size} is not divisible by the patch size {args.patch_size}")
-    return TimeSformerConfig.base(
-        patch_size=args.patch_size, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads,
-        num_classes=args.num_classes, img_size=args.base_size, num_frames=args.base_frames,
-    )
+        if size % cfg.patch_size:
+            raise ValueError(f"crop size {size} is not divisible by the patch size {cfg.patch_size}")
+    return cfg
 
 
 def _physical_memory() -> int:
@@ -184,7 +197,7 @@ def main(argv=None, prog: str | None = None) -> int:
         parser.error("the following arguments are required: --out")
     try:
         base = _base_config(args)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
         parser.error(str(exc))
 
     try:
@@ -209,7 +222,8 @@ def main(argv=None, prog: str | None = None) -> int:
             "implementations": dict(IMPLEMENTATIONS),
             "flops_convention": "fvcore: one multiply-add = one FLOP, per view"}
     (out / "complexity.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    title = (f"TimeSformer cost — ViT {args.embed_dim}×{args.depth} ({args.heads} heads), patch {args.patch_size}, "
+    title = (f"TimeSformer cost — {f'{args.model}: ' if args.model else ''}ViT {base.embed_dim}×{base.depth} "
+             f"({base.num_heads} heads), patch {base.patch_size}, "
              f"batch {args.batch_size}, {args.dtype}, {args.optimizer}, GPU {args.gpu_gib:g} GiB")
     fig = cost_figure(rows, gpu, title)
     fig.write_html(out / "complexity.html", include_plotlyjs=True, full_html=True)
