@@ -50,6 +50,7 @@ def server(tmp_path_factory):
         env.update(TSLAB_DEFAULT_MODEL=str(model), TSLAB_SAMPLES=str(samples), TSLAB_MODELS=str(models))
     runs = tmp_path_factory.mktemp("runs")
     fake_run(runs, model, bad_line=False)
+    fake_run(runs, model, bad_line=False, name="slow", gain=0.02)  # a second run to compare with
     env["TSLAB_RUNS"] = str(runs / "runs")
     port = _free_port()
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
@@ -207,6 +208,20 @@ def test_upload_heatmap_click_and_switch_pages(server, browser):
             settle(page)
         shoot(page, name, anchor={"attribution": "Maps on the patch grid",
                                   "schemes": "The same clip through a model of each scheme"}.get(name))
+    # two runs compared: their curves on one figure and a row each
+    page.get_by_text("Compare runs (2 under runs/)").click()
+    picker = page.locator('[data-testid="stMultiSelect"]').first
+    for name in ("runs/demo", "runs/slow"):
+        picker.click()
+        page.wait_for_timeout(300)
+        page.keyboard.type(name)
+        page.keyboard.press("Enter")
+        picker.get_by_text(name).wait_for(timeout=30_000)  # its chip (the run's path, ending so): chosen
+        settle(page)
+    page.keyboard.press("Escape")
+    page.locator(".js-plotly-plot", has_text="2 runs").wait_for(timeout=60_000)
+    assert page.locator(".js-plotly-plot", has_text="runs/slow val acc1").count()
+    assert page.get_by_text("best val acc1").count() or page.locator('[data-testid="stDataFrame"]').count() >= 2
     # the training page found the run under runs/ and opens its checkpoint in Explore
     page.get_by_role("button", name="Open this checkpoint in Explore").click()
     page.get_by_role("heading", name="Explore").wait_for(timeout=60_000)
