@@ -1,6 +1,7 @@
 """`tslab explain CLIP... --out DIR` (also `python -m analysis.report`): attention pictures and numbers of clips.
 
-Writes into DIR (for several clips, into a folder of DIR per clip, named by its file; the model loads once)
+Writes into DIR (for several clips, into a folder of DIR per clip, named by its file, the model loaded once, and
+`DIR/summary.csv`: the summary numbers of every layer and step averaged over the clips)
 - `predictions.json`: top-5 (clip and 3-crop video level), the grid, and the summary numbers of every
   layer and step (entropy, attention distance in space and time, same-frame / other-frame / cls shares);
 - `frames.png` (the sampled, cropped frames), `attention_<step>.png` (the query's attention in the chosen
@@ -20,6 +21,7 @@ Without `--checkpoint` it uses the shipped default model (`timesformer.shipped.D
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -194,7 +196,7 @@ def main(argv=None, prog: str | None = None) -> int:
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    failed = 0
+    failed, summaries = 0, []
     for clip, out in zip(args.clip, folders(args.clip, args.out)):
         try:
             report = run(args, clip, out, model, source, target)
@@ -202,12 +204,31 @@ def main(argv=None, prog: str | None = None) -> int:
             print(f"error: {e}" if len(args.clip) == 1 else f"error: {clip}: {e}", file=sys.stderr)
             failed += 1
             continue
+        summaries.append(report["summary"])
         top = report["top5_video"][0]
         print(f"{clip}: {top['class']} ({top['prob']:.1%}, {len(report['top5_video'])} classes shown); "
               f"wrote {len(report['files'])} files to {out} in {report['seconds']:.1f} s", flush=True)
+    if len(args.clip) > 1 and summaries:
+        rows = mean_summary(summaries)
+        with open(args.out / "summary.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.out / 'summary.csv'}: every layer and step's numbers averaged over {len(summaries)} "
+              "clips", flush=True)
     if failed and len(args.clip) > 1:
         print(f"{failed} of {len(args.clip)} clips could not be explained", file=sys.stderr)
     return 2 if failed else 0
+
+
+def mean_summary(summaries: list[list[dict]]) -> list[dict]:
+    """The summary numbers of every layer and step (`analysis.maps.summary_table`), averaged over clips."""
+    out = []
+    for rows in zip(*summaries):
+        numbers = [k for k, v in rows[0].items() if isinstance(v, float)]
+        out.append({"layer": rows[0]["layer"], "step": rows[0]["step"], "clips": len(rows),
+                    **{k: sum(r[k] for r in rows) / len(rows) for k in numbers}})
+    return out
 
 
 def folders(clips: list[str], out: Path) -> list[Path]:

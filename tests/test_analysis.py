@@ -335,11 +335,22 @@ def test_cli_explains_several_clips_with_one_model(tmp_path, capsys, monkeypatch
     rc = report.main([*map(str, clips), "--checkpoint", str(tmp_path / "model"), "--out", str(out)])
     said = capsys.readouterr()
     assert rc == 2 and len(loads) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["clip-0", "clip-1"]
+    assert sorted(p.name for p in out.iterdir()) == ["clip-0", "clip-1", "summary.csv"]
     for i in range(2):
         assert json.loads((out / f"clip-{i}" / "predictions.json").read_text())["clip"] == str(clips[i])
         assert f"{clips[i]}: " in said.out and f"to {out / f'clip-{i}'} in" in said.out
     assert f"error: {clips[2]}: " in said.err and "1 of 3 clips could not be explained" in said.err
+    # every layer and step's numbers, averaged over the clips explained
+    import csv
+
+    with open(out / "summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    each = [json.loads((out / f"clip-{i}" / "predictions.json").read_text())["summary"] for i in range(2)]
+    assert [(int(r["layer"]), r["step"], r["clips"]) for r in summary] == [(s["layer"], s["step"], "2")
+                                                                          for s in each[0]]
+    for row, a, b in zip(summary, *each):
+        for key in ("entropy", "distance_space", "distance_time", "same_frame", "other_frames", "cls"):
+            assert float(row[key]) == pytest.approx((a[key] + b[key]) / 2, rel=1e-6)
     assert report.main([*map(str, clips[:2]), "--checkpoint", str(tmp_path / "model"), "--out",
                         str(tmp_path / "out2"), "--layer", "7"]) == 2
     assert "--layer 7: this model has 2 layers" in capsys.readouterr().err and not (tmp_path / "out2").exists()
