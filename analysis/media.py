@@ -73,6 +73,14 @@ def grid_image(frames: np.ndarray, columns: int | None = None, pad: int = 2) -> 
 # Encoding
 
 
+def npz_bytes(arrays: dict) -> bytes:
+    """{name: array or tensor} → the contents of a compressed `.npz` file (`numpy.load` reads it)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+                                for k, v in arrays.items()})
+    return buf.getvalue()
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     """(H, W, 3) uint8 → PNG file contents."""
     from PIL import Image

@@ -44,9 +44,10 @@ def download_figure(fig, name: str, key: str) -> None:
                            mime="image/png", key=f"{key}_png", on_click="ignore")
 
 
-def download_frames(frames: np.ndarray, grid: np.ndarray, name: str, key: str) -> None:
-    """PNG of the frame grid, GIF and MP4 of the frames (each encoded only when clicked)."""
-    c1, c2, c3, _ = st.columns([1, 1, 1, 3])
+def download_frames(frames: np.ndarray, grid: np.ndarray, name: str, key: str, arrays: dict | None = None) -> None:
+    """PNG of the frame grid, GIF and MP4 of the frames (each encoded only when clicked); with `arrays`, an NPZ
+    of them too: the numbers behind the picture."""
+    c1, c2, c3, c4, _ = st.columns([1, 1, 1, 1, 2])
     c1.download_button("PNG", icon=":material/download:",
                        data=lambda: media.png_bytes(grid), file_name=f"{name}.png", mime="image/png",
                        key=f"{key}_png", on_click="ignore")
@@ -55,6 +56,12 @@ def download_frames(frames: np.ndarray, grid: np.ndarray, name: str, key: str) -
                             data=lambda fmt=fmt: media.animation_bytes(frames, fmt), file_name=f"{name}.{fmt}",
                             mime=f"{'image' if fmt == 'gif' else 'video'}/{fmt}", key=f"{key}_{fmt}",
                             on_click="ignore")
+    if arrays is not None:
+        c4.download_button("NPZ", icon=":material/download:", data=lambda: media.npz_bytes(arrays),
+                           file_name=f"{name}.npz", mime="application/octet-stream", key=f"{key}_npz",
+                           on_click="ignore",
+                           help="the map on the patch grid (T, H_p, W_p) and the frames (T, H, W, 3) as arrays: "
+                                "numpy.load(file)")
 
 
 KEPT = ("k_", "model_kind", "model_shipped", "model_path", "model_hub", "clip_kind", "clip_sample", "clip_frames",

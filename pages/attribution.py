@@ -133,7 +133,7 @@ for m, r in done.items():
     image = grid_image(over)
     st.markdown(f"**{LABELS[m]}** — {EXPLANATIONS[m].reference}")
     st.image(image, width="stretch")
-    widgets.download_frames(over, image, f"{m}", f"attr_dl_{m}")
+    widgets.download_frames(over, image, f"{m}", f"attr_dl_{m}", arrays={"map": r["map"], "frames": ctx.frames})
 
 with_curves = {m: r["curves"] for m, r in done.items() if r["curves"] is not None}
 rand = store.get((ctx.mkey, ctx.ckey, "random", params, int(curve_steps)))

@@ -95,7 +95,8 @@ with tab_anim:
     if maps[step] is not None:
         st.image(animation_bytes(over, "gif"), caption=f"attention over the {T} frames",
                  width=min(384, 2 * frames.shape[2]))
-        widgets.download_frames(over, image, f"attention_l{layer}_{step}", "explore_dl_overlay")
+        widgets.download_frames(over, image, f"attention_l{layer}_{step}", "explore_dl_overlay",
+                                arrays={"map": maps[step], "frames": ctx.frames})
 with tab_frames:
     plain = grid_image(frames, columns=columns, pad=pad)
     st.image(plain, caption=f"frames {ctx.info['indices']} of {ctx.info['num_frames']}", width="stretch")

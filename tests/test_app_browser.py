@@ -19,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_app import SHIPPED_MODEL, _shipped, build_assets, fake_run
@@ -177,6 +178,13 @@ def test_upload_heatmap_click_and_switch_pages(server, browser):
     settle(page)
     page.get_by_text("query patch (", exact=False).first.wait_for(timeout=30_000)
     shoot(page, "explore")
+    # the numbers behind the overlay: the map on the patch grid and the frames, as arrays
+    with page.expect_download(timeout=60_000) as dl:
+        page.get_by_role("button", name="NPZ").first.click()
+    arrays = np.load(dl.value.path())
+    assert set(arrays.files) == {"map", "frames"} and arrays["frames"].dtype == np.uint8
+    T, S = arrays["frames"].shape[:2]
+    assert arrays["map"].shape[0] == T and arrays["map"].ndim == 3 and S % arrays["map"].shape[1] == 0
 
     # switch pages through the navigation; the upload is kept
     for title, name in (("Schemes", "schemes"), ("Rollout & attribution", "attribution"), ("Cost", "cost"),
