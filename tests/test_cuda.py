@@ -108,10 +108,14 @@ def test_evaluate_on_cuda(tmp_path):
 
     T.main(cuda_args(tmp_path / "run", clips=8, epochs=1))
     res = E.run(tmp_path / "run" / "checkpoint-last", "synthmotion-temporal", num_clips=8, device="cuda",
-                amp="none")
+                amp="none", per_clip=True)
     assert res["clip"]["clips"] == 8 and res["video"]["clips"] == 8
-    cpu = E.run(tmp_path / "run" / "checkpoint-last", "synthmotion-temporal", num_clips=8, device="cpu")
+    cpu = E.run(tmp_path / "run" / "checkpoint-last", "synthmotion-temporal", num_clips=8, device="cpu", per_clip=True)
     assert res["clip"]["loss"] == pytest.approx(cpu["clip"]["loss"], rel=1e-3)
+    # every clip's prediction (`--predictions`), as on the CPU
+    assert [r["clip"] for r in res["predictions"]] == [r["clip"] for r in cpu["predictions"]]
+    assert [r["probability"] for r in res["predictions"]] == pytest.approx(
+        [r["probability"] for r in cpu["predictions"]], abs=1e-3)
     auto = E.run(tmp_path / "run" / "checkpoint-last", "synthmotion-temporal", num_clips=8, device="cuda")
     assert auto["amp"] == "bf16" and auto["clip"]["loss"] == pytest.approx(cpu["clip"]["loss"], rel=5e-2)
 
