@@ -143,7 +143,7 @@ def benchmark(model, held: tuple[torch.Tensor, list[dict] | None, torch.Tensor],
     model's predicted classes; "_model" holds the accuracy and each frame's mean logit drop when it is removed
     (`frame_drops`). Runs on the model's device; the scores are computed on the CPU."""
     videos, masks, labels = held
-    videos = videos.to(next(model.parameters()).device)
+    videos = videos.to(model.device)
     with torch.no_grad():
         predicted = model(videos).argmax(-1)
     drops = frame_drops(model, videos, predicted)

@@ -104,7 +104,7 @@ def run(args, clip, out: Path, model, source, target: int | None) -> dict:
     """Explain `clip` with `model` (loaded from `source`, on its device) into the folder `out`, as `args` say;
     the explanations of `--methods` for class `target` (None: the predicted one)."""
     t0 = time.perf_counter()
-    device = next(model.parameters()).device
+    device = model.device
     cfg = model.config
     T, H, W = cfg.grid
     views, info = read_clip(clip, num_frames=cfg.num_frames, size=cfg.img_size,

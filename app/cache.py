@@ -76,7 +76,7 @@ def get_model(mkey: tuple[str, float]) -> TimeSformer:
 
 def on_model(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`x` on the device of `model` (clips are decoded and cached on the CPU)."""
-    return x.to(next(model.parameters()).device)
+    return x.to(model.device)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -61,7 +61,7 @@ def task_of(name: str, default: str) -> str:
 
 def logit(model, frames: np.ndarray, label: int, size: int) -> float:
     """The model's logit of `label` for uint8 frames (T, H, W, 3), on the model's device."""
-    return model(transform_frames(frames, size).to(next(model.parameters()).device))[0, label].item()
+    return model(transform_frames(frames, size).to(model.device))[0, label].item()
 
 
 @torch.no_grad()

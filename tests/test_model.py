@@ -433,3 +433,10 @@ def test_drop_path_drops_whole_samples_in_one_pass_over_them():
     assert 0 < kept.sum() < 64 and not y[~kept].any()
     assert torch.equal(y[kept], x[kept] * 2) and torch.equal(x.grad, kept[:, None, None].float().expand_as(x) * 2)
     assert drop.eval()(x) is x and DropPath(0.0).train()(x) is x
+
+
+def test_the_model_says_where_its_weights_are():
+    model = small_model("axial")
+    assert model.device == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert model.cuda().device == torch.device("cuda", torch.cuda.current_device())

@@ -254,7 +254,7 @@ def transfer(model: TimeSformer, **changes) -> tuple[TimeSformer, int, int]:
 
     Returns (new model in eval mode, tensors copied, tensors in the new model).
     """
-    new = TimeSformer(model.config.replace(**changes)).to(next(model.parameters()).device).eval()
+    new = TimeSformer(model.config.replace(**changes)).to(model.device).eval()
     own = new.state_dict()
     state = {k: v for k, v in model.state_dict().items() if k in own and own[k].shape == v.shape}
     new.load_state_dict(state, strict=False)

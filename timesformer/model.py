@@ -184,6 +184,11 @@ class TimeSformer(nn.Module):
         self.grad_checkpointing = False
         self.reset_parameters()
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+        return self.head.weight.device
+
     def set_grad_checkpointing(self, enable: bool = True) -> TimeSformer:
         """Recompute each block in the backward pass instead of keeping its activations (training only)."""
         self.grad_checkpointing = enable
