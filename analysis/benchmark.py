@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from analysis.explanations import EXPLANATIONS, explain
-from analysis.faithfulness import deletion_insertion, random_map
+from analysis.faithfulness import curves_cost, deletion_insertion, random_map
 from analysis.grounding import grounding_scores, object_cells, used_frames
 from analysis.sanity import PASS_BELOW, cascading_randomisation, similarity_curve
 from timesformer.data import Skipped
@@ -134,6 +134,24 @@ def score_method(model, videos: torch.Tensor, masks: list[dict] | None, row: str
         out["randomisation"] = [{"stage": s, "spearman": v} for s, v in curve]
         out["sanity_pass"] = bool(curve[-1][1] < PASS_BELOW)
     return out
+
+
+def estimated_seconds(model, clips: int, methods, forward_s: float, curve_steps: int = 16,
+                      sanity_clips: int = 8) -> float:
+    """How long `benchmark` takes on `clips` clips, from `forward_s`, the seconds of one clip's forward
+    (`analysis.attribution.timed_forward`; a backward counts as two): each row's explanations of every clip,
+    their deletion and insertion curves, the sanity check's explanations at every randomised stage, and the
+    frame drops. Clips explained in batches run faster than this on a GPU: an upper estimate."""
+    grid, depth = model.config.grid, model.config.depth
+    curves = curves_cost(curve_steps).seconds(forward_s)
+    total = clips * EXPLANATIONS["ablation_frames"].estimate(grid, baseline=FRAME_BASELINE).seconds(forward_s)
+    for row in [row for method in (methods or EXPLANATIONS) for row in rows_of(method)] + ["random"]:
+        total += clips * curves
+        if row != "random":
+            method, options = _split(row)
+            one = EXPLANATIONS[method].estimate(grid, **options).seconds(forward_s)
+            total += clips * one + (depth + 1) * min(sanity_clips, clips) * one  # + the head and each block
+    return total
 
 
 def benchmark(model, held: tuple[torch.Tensor, list[dict] | None, torch.Tensor], methods=None,

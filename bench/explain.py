@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis.benchmark import benchmark, clips, rows_of
+from analysis.attribution import timed_forward
+from analysis.benchmark import benchmark, clips, estimated_seconds, rows_of
 from analysis.explanations import EXPLANATIONS
 from analysis.sanity import PASS_BELOW
 from analysis.temporal import temporal_evidence
@@ -187,6 +188,11 @@ def main(argv=None):
             p.error(f"{a.data}: {e}")
         for s in skipped:
             print(f"skipped {s.path}: {s.reason}", flush=True)
+        forward_s = timed_forward(model, held[0][:1].to(device))
+        minutes = estimated_seconds(model, len(held[0]), a.methods, forward_s) / 60
+        print(f"{name}: {len(held[0])} clips, about {minutes:.0f} min on {device_name(device)} at most (one clip's "
+              f"forward takes {forward_s * 1000:.0f} ms)" if minutes >= 1 else
+              f"{name}: {len(held[0])} clips, under a minute on {device_name(device)}", flush=True)
         result = benchmark(model, held, a.methods, progress=lambda m, n=name: print(f"{n}: {m}", flush=True))
         result["_model"].update(attention_type=cfg.attention_type, seconds=time.perf_counter() - t0,
                                 device=device_name(device), **({"data": f"{a.data} ({a.split})"} if videos

@@ -296,6 +296,7 @@ def test_benchmark_command_scores_a_model_on_a_researchers_own_clips(tmp_path):
     proc = bench("--clips", "3")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "skipped broken.mp4: this is a text file, not a video" in proc.stdout
+    assert "mine: 3 clips, under a minute on CPU" in proc.stdout  # said before it starts
     out = tmp_path / "explain-clips.json"  # the default --out with --data, in the folder it ran from
     report = json.loads(out.read_text())
     assert (report["data"], report["split"], report["sampling_rate"]) == ("clips.csv", "val", 32)
@@ -321,3 +322,22 @@ def test_benchmark_command_scores_a_model_on_a_researchers_own_clips(tmp_path):
     (tmp_path / "bad.csv").write_text("broken.mp4,moving left\n")
     bad = bench("--clips", "2", "--data", "bad.csv")
     assert bad.returncode == 2 and "none of the 1 clips could be read" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_benchmark_says_how_long_it_will_take():
+    """`estimated_seconds`: every row's explanations, curves and sanity-check explanations, and the frame drops,
+    counted in forwards of one clip (a backward as two)."""
+    from analysis.benchmark import estimated_seconds
+    from analysis.faithfulness import curves_cost
+    from tests.test_model import small_model
+
+    model = small_model("divided_space_time")  # 2 blocks
+    grid = model.config.grid
+    drops = analysis.EXPLANATIONS["ablation_frames"].estimate(grid, baseline="temporal_median").forwards
+    curves = curves_cost(16).forwards
+    # rollout: 1 forward a clip; on 3 clips, its curves, the sanity check's 3 stages (head, 2 blocks) of 3 clips
+    expected = 3 * drops + 3 * (1 + curves) + 3 * 3 * 1 + 3 * curves  # ... and the random row's curves
+    assert estimated_seconds(model, 3, ["rollout"], forward_s=1.0) == pytest.approx(expected)
+    gae = analysis.EXPLANATIONS["gae"].estimate(grid)
+    assert estimated_seconds(model, 3, ["gae"], forward_s=0.5) == pytest.approx(
+        0.5 * (3 * drops + 3 * curves * 2) + gae.seconds(0.5) * (3 + 3 * 3))
