@@ -263,3 +263,41 @@ def test_shipped_models_open_by_name(tmp_path, monkeypatch):
     assert load_model("tiny-axial").config.attention_type == "space_only"
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_model("tiny-nothing")
+
+
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time"])
+def test_export_to_huggingface_gives_our_logits_in_transformers(tmp_path, attention_type):
+    """`tslab export --to huggingface`: the folder transformers' own TimesformerForVideoClassification loads, with
+    our logits and class names; read back by load_model unchanged; an export replaced by the next one."""
+    from timesformer.export import main
+
+    model = small_model(attention_type, num_classes=5, class_names=LABELS)
+    save_model(model, tmp_path / "ours")
+    video = torch.randn(2, 3, model.config.num_frames, 32, 32)
+    with torch.no_grad():
+        expected = model.eval()(video)
+    for _ in range(2):  # the second replaces the first
+        assert main([str(tmp_path / "ours"), "--to", "huggingface", "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / "hf").eval()
+    assert (hf_logits(hf, video) - expected).abs().max() <= 1e-4
+    assert [hf.config.id2label[i] for i in range(5)] == LABELS and hf.config.attention_type == attention_type
+    back = load_model(tmp_path / "hf")
+    assert back.config.replace(drop_path_rate=0.0) == model.config.replace(drop_path_rate=0.0)
+    with torch.no_grad():
+        assert torch.equal(back(video), expected)
+
+
+def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
+    from timesformer.export import main
+
+    save_model(small_model("axial"), tmp_path / "axial")
+    assert main([str(tmp_path / "axial"), "--to", "huggingface", "--out", str(tmp_path / "hf")]) == 2
+    assert "runs only divided_space_time and joint_space_time as the paper does, not axial" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()  # nothing half-written
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    assert main([str(tmp_path / "axial"), "--out", str(tmp_path / "notes")]) == 2
+    assert "not a TimeSformer Lab checkpoint" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+    assert main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err

@@ -28,7 +28,7 @@ def test_tslab_lists_every_command_and_each_has_help(tmp_path):
     assert TSLAB.exists(), "tslab is not installed: `pip install -e .`"
     top = run(TSLAB, "--help")
     assert top.returncode == 0
-    for name in ("train", "evaluate", "explain", "cost", "app", "bench"):
+    for name in ("train", "evaluate", "explain", "cost", "export", "app", "bench"):
         assert re.search(rf"^\s+{name}\s", top.stdout, re.M), name
         sub = run(TSLAB, name, "--help", cwd=tmp_path)  # from any folder
         assert sub.returncode == 0, (name, sub.stderr)
@@ -45,7 +45,8 @@ BENCHMARKS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if "\ndef main
 
 
 @pytest.mark.parametrize("module", ["timesformer.train", "timesformer.evaluate", "analysis.report",
-                                    "analysis.cost.cli", *(f"bench/{name}" for name in BENCHMARKS)])
+                                    "analysis.cost.cli", "timesformer.export",
+                                    *(f"bench/{name}" for name in BENCHMARKS)])
 def test_every_flag_says_what_it_does_and_its_default(module, monkeypatch):
     """argparse's own ArgumentDefaultsHelpFormatter prints nothing for a flag without help, "(default: None)" for
     one whose default the help explains, and tuples as "(8, 16, 32)"; cli.HelpFormatter names each default once.
@@ -134,6 +135,7 @@ def test_every_benchmark_explains_itself_without_running(name, tmp_path):
     ["analysis/complexity.py", "--help"],
     ["-m", "timesformer.train", "--help"],
     ["-m", "timesformer.evaluate", "--help"],
+    ["-m", "timesformer.export", "--help"],
     ["-m", "analysis.complexity", "--help"],
     ["-m", "analysis.report", "--help"],
     ["-m", "analysis.attention", "--help"],

@@ -57,29 +57,37 @@ log = logging.getLogger(__name__)
 # Saving
 
 
-def save_model(model: TimeSformer, path) -> Path:
-    """Write `path/` with `model.safetensors` (config also in its metadata) and `config.json`.
+SAVE_FORMATS = (FORMAT, "huggingface")  # what save_model writes
+
+
+def save_model(model: TimeSformer, path, format: str = FORMAT) -> Path:
+    """Write `path/` with `model.safetensors` (config also in its metadata) and `config.json`; with
+    `format="huggingface"`, the folder `transformers.TimesformerForVideoClassification.from_pretrained` loads
+    (divided and joint space-time attention: `formats.huggingface.write_folder`).
 
     The folder is written next to its destination and renamed into place, so a crash never leaves
     a half-written checkpoint under `path`. A checkpoint already at `path` (one this function wrote) is
     replaced; anything else there — a file, a folder of other things — is a FileExistsError, never lost.
     """
+    if format not in SAVE_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(SAVE_FORMATS)}, got {format!r}")
     path = Path(path)
     if path.exists() and not (path.is_dir() and (_is_ours(path) or not any(path.iterdir()))):
         what = "a folder that is not a TimeSformer Lab checkpoint" if path.is_dir() else "a file"
         raise FileExistsError(f"{path} is {what}: save_model replaces only a checkpoint it wrote; choose another "
                               "path or remove it")
     with atomic_folder(path) as tmp:
-        write_model(model, tmp)
+        (write_model if format == FORMAT else huggingface.write_folder)(model, tmp)
     return path
 
 
 def _is_ours(folder: Path) -> bool:
-    """Whether `folder` holds a checkpoint of `save_model`'s format (its config.json says so)."""
+    """Whether `folder` holds a checkpoint `save_model` wrote, in either format (its config.json says so)."""
     try:
-        return read_json(folder / CONFIG).get("format") == FORMAT
+        config = read_json(folder / CONFIG)
     except CheckpointError:  # no config.json, or not a JSON object
         return False
+    return config.get("format") == FORMAT or config.get("exported_by") == huggingface.EXPORTED_BY
 
 
 def write_model(model: TimeSformer, folder: Path) -> None:

@@ -2,8 +2,9 @@
 
     tslab train ...      train a model (python -m timesformer.train)
     tslab evaluate ...   clip and 3-crop video accuracy of a checkpoint (python -m timesformer.evaluate)
-    tslab explain ...    attention maps, rollout and diagrams of one clip (python -m analysis.report)
+    tslab explain ...    attention maps, rollout and diagrams of clips (python -m analysis.report)
     tslab cost ...       FLOPs and memory curves of the five schemes (python analysis/complexity.py)
+    tslab export ...     a checkpoint as this project's or a HuggingFace folder (python -m timesformer.export)
     tslab app ...        the Streamlit app (streamlit run app/main.py)
     tslab bench NAME ... a benchmark of the repository's bench/ folder
 
@@ -28,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository of an editable inst
 COMMANDS = {
     "train": ("train a model", "timesformer.train:cli"),
     "evaluate": ("clip and video accuracy of a checkpoint", "timesformer.evaluate:main"),
-    "explain": ("attention maps, rollout, diagrams and numbers of one clip", "analysis.report:main"),
+    "explain": ("attention maps, rollout, diagrams and numbers of clips", "analysis.report:main"),
     "cost": ("FLOPs and training memory of the five schemes", "analysis.cost.cli:main"),
+    "export": ("a checkpoint as this project's folder or a HuggingFace one", "timesformer.export:main"),
     "app": ("the Streamlit app", "timesformer.cli:app"),
     "bench": ("a benchmark of the repository's bench/ folder", "timesformer.cli:bench"),
 }

@@ -1,5 +1,7 @@
 """HuggingFace folders and hub ids: `TimesformerForVideoClassification` (a video model) and `ViTModel` /
-`ViTForImageClassification` (an image model to start from), renamed to the official layout.
+`ViTForImageClassification` (an image model to start from), renamed to the official layout; and the way back:
+`write_folder` exports a model of the schemes HuggingFace's Timesformer has as a folder it loads
+(`TimesformerForVideoClassification.from_pretrained`).
 
 Both share the `transformers` ViT module names (`encoder.layer.i.attention.output.dense`, `layernorm_before`,
 ...); ViT keeps `query`/`key`/`value` apart where Timesformer packs them into `qkv`.
@@ -7,6 +9,7 @@ Both share the `transformers` ViT module names (`encoder.layer.i.attention.outpu
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -37,6 +40,30 @@ _RENAMES = [  # (HuggingFace pattern, official), applied in order after dropping
 # the mask token of masked-image pre-training
 _VIT_UNUSED = re.compile(r"^(pooler\.|embeddings\.mask_token$)")
 _SUPPORTED = {"timesformer": "huggingface", "vit": "huggingface-vit"}  # model_type → format
+
+
+# official → HuggingFace Timesformer, for `write_folder`; every name it gives is checked against `hf_key`
+_EXPORT_RENAMES = [
+    (r"^cls_token$", "embeddings.cls_token"),
+    (r"^pos_embed$", "embeddings.position_embeddings"),
+    (r"^time_embed$", "embeddings.time_embeddings"),
+    (r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection."),
+    (r"^blocks\.(\d+)\.", r"encoder.layer.\1."),
+    (r"\.temporal_attn\.qkv\.", ".temporal_attention.attention.qkv."),
+    (r"\.temporal_attn\.proj\.", ".temporal_attention.output.dense."),
+    (r"\.temporal_norm1\.", ".temporal_layernorm."),
+    (r"\.temporal_fc\.", ".temporal_dense."),
+    (r"\.attn\.qkv\.", ".attention.attention.qkv."),
+    (r"\.attn\.proj\.", ".attention.output.dense."),
+    (r"\.norm1\.", ".layernorm_before."),
+    (r"\.norm2\.", ".layernorm_after."),
+    (r"\.mlp\.fc1\.", ".intermediate.dense."),
+    (r"\.mlp\.fc2\.", ".output.dense."),
+    (r"^norm\.", "layernorm."),
+]
+# the schemes transformers' Timesformer runs as the paper does (its space_only gives one prediction per frame)
+HF_SCHEMES = ("divided_space_time", "joint_space_time")
+EXPORTED_BY = "timesformer-lab"  # in the config.json of a folder `write_folder` wrote
 
 
 def hf_key(key: str) -> str:
@@ -100,6 +127,48 @@ def hf_fields(hf: dict) -> dict:
     else:  # an image model is one ViT per frame until asked for another scheme
         fields.update(attention_type="space_only")
     return fields
+
+
+def export_key(key: str) -> str:
+    """An official-layout name → its `TimesformerForVideoClassification` name."""
+    if key.startswith("head."):
+        return "classifier." + key.removeprefix("head.")
+    for pattern, repl in _EXPORT_RENAMES:
+        key = re.sub(pattern, repl, key)
+    return "timesformer." + key
+
+
+def write_folder(model, folder: Path) -> None:
+    """`config.json` and `model.safetensors` of `model` (a TimeSformer) as `TimesformerForVideoClassification`
+    writes them, into the existing `folder`. HuggingFace's Timesformer runs two of the five schemes as the paper
+    does (`HF_SCHEMES`); the others are a CheckpointError."""
+    from safetensors.torch import save_file
+
+    cfg = model.config
+    if cfg.attention_type not in HF_SCHEMES:
+        raise CheckpointError(f"HuggingFace's Timesformer runs only {' and '.join(HF_SCHEMES)} as the paper does, "
+                              f"not {cfg.attention_type}: save it in this project's format")
+    state = {}
+    for key, value in model.state_dict().items():
+        name = export_key(key)
+        if hf_key(name) != key:  # the import table reads it back as another tensor: a gap in _EXPORT_RENAMES
+            raise CheckpointError(f"{key} has no HuggingFace name (exported as {name}, read back as {hf_key(name)})")
+        state[name] = value.detach().to("cpu").contiguous()
+    names = model.class_names
+    config = {
+        "model_type": "timesformer", "architectures": ["TimesformerForVideoClassification"],
+        "image_size": cfg.img_size, "patch_size": cfg.patch_size, "num_channels": cfg.in_chans,
+        "num_frames": cfg.num_frames, "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth,
+        "num_attention_heads": cfg.num_heads, "intermediate_size": int(cfg.embed_dim * cfg.mlp_ratio),
+        "hidden_act": "gelu", "hidden_dropout_prob": cfg.drop_rate, "attention_probs_dropout_prob": cfg.attn_drop_rate,
+        "initializer_range": 0.02, "layer_norm_eps": cfg.norm_eps, "qkv_bias": cfg.qkv_bias,
+        # a training setting, and transformers (5.x) types it as an integer: not exported
+        "attention_type": cfg.attention_type, "drop_path_rate": 0,
+        "id2label": {str(i): n for i, n in enumerate(names)}, "label2id": {n: i for i, n in enumerate(names)},
+        "exported_by": EXPORTED_BY,
+    }
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
