@@ -85,6 +85,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop the weakest share of weights")
     ap.add_argument("--sampling-rate", type=at_least(0), default=SPREAD,
                     help="frames between samples (default 0: spread the frames over the whole clip)")
+    ap.add_argument("--start", type=float, metavar="SECONDS",
+                    help="sample the part of the video from this time (default: its start)")
+    ap.add_argument("--end", type=float, metavar="SECONDS", help="... to this time (default: its end)")
     ap.add_argument("--crops", type=int, choices=(1, 3), default=3, help="spatial crops for the video-level score")
     ap.add_argument("--format", choices=("gif", "mp4"), default="gif", help="overlay video format")
     ap.add_argument("--scale", type=at_least(1), default=256, help="upscale frames to at least this many pixels")
@@ -107,8 +110,9 @@ def run(args, clip, out: Path, model, source, target: int | None) -> dict:
     device = model.device
     cfg = model.config
     T, H, W = cfg.grid
-    views, info = read_clip(clip, num_frames=cfg.num_frames, size=cfg.img_size,
-                            sampling_rate=args.sampling_rate, spatial_crops=args.crops)
+    window = None if args.start is None and args.end is None else (args.start or 0.0, args.end)
+    views, info = read_clip(clip, num_frames=cfg.num_frames, size=cfg.img_size, sampling_rate=args.sampling_rate,
+                            spatial_crops=args.crops, window=window)
     views = views.to(device)
     centre = views[len(views) // 2 : len(views) // 2 + 1]
     layer = args.layer % cfg.depth
@@ -148,7 +152,7 @@ def run(args, clip, out: Path, model, source, target: int | None) -> dict:
         "attention_type": cfg.attention_type,
         "grid": [T, H, W],
         "clip_info": {"fps": info.fps, "num_frames": info.num_frames, "duration": info.duration,
-                      "indices": info.indices, "width": info.width, "height": info.height},
+                      "indices": info.indices, "width": info.width, "height": info.height, "window": window},
         "query": args.query,
         "layer": layer,
         "head": args.head,

@@ -123,17 +123,20 @@ class ClipKey:
     sha: str
     num_frames: int
     size: int
-    sampling_rate: int  # 0 = spread over the whole video
+    sampling_rate: int  # 0 = spread over the whole video (or the window)
+    start: float = 0.0  # the part of the video sampled, in seconds (end 0: to the end)
+    end: float = 0.0
 
 
 @st.cache_data(max_entries=16, show_spinner="Decoding the clip…")
 def decode(ckey: ClipKey) -> tuple[torch.Tensor, np.ndarray, dict]:
     """(views (3, 3, T, S, S) normalised, centre-crop frames (T, S, S, 3) uint8, info) of a clip."""
+    window = None if (ckey.start, ckey.end) == (0.0, 0.0) else (ckey.start, ckey.end or None)
     views, info = read_clip(ckey.path, num_frames=ckey.num_frames, sampling_rate=ckey.sampling_rate, size=ckey.size,
-                            spatial_crops=3)
+                            spatial_crops=3, window=window)
     frames = denormalize(views[len(views) // 2])
     meta = {"fps": info.fps, "num_frames": info.num_frames, "indices": list(info.indices),
-            "width": info.width, "height": info.height, "backend": info.backend}
+            "width": info.width, "height": info.height, "backend": info.backend, "duration": info.duration}
     return views, frames, meta
 
 

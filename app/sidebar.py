@@ -204,6 +204,14 @@ def build_context() -> Context:
             size = st.number_input("Crop size (px)", 8, 1024, step=cfg.patch_size, key="clip_size")
             st.session_state.setdefault("clip_rate", 0)
             rate = st.number_input("Sampling rate (0 = spread over the whole video)", 0, 256, key="clip_rate")
+            st.session_state.setdefault("clip_start", 0.0)
+            st.session_state.setdefault("clip_end", 0.0)
+            c1, c2 = st.columns(2)
+            start = c1.number_input("From (s)", 0.0, None, step=1.0, key="clip_start",
+                                    help="sample only the part of the video between these times")
+            end = c2.number_input("To (s, 0 = the end)", 0.0, None, step=1.0, key="clip_end")
+        if end and end <= start:
+            cerror = cerror or f"The part of the video to sample ends ({end:g} s) before it starts ({start:g} s)."
         if (frames, size) != (cfg.num_frames, cfg.img_size):
             if size % cfg.patch_size:
                 cerror = cerror or (f"A {size}px crop is not a multiple of the model's {cfg.patch_size}px patches.")
@@ -214,7 +222,8 @@ def build_context() -> Context:
                       on_click=_resample, args=(cfg.num_frames, cfg.img_size))
         if path is not None and cerror is None:
             try:
-                ckey = cache.ClipKey(str(path), cache.file_digest(path), int(frames), int(size), int(rate))
+                ckey = cache.ClipKey(str(path), cache.file_digest(path), int(frames), int(size), int(rate),
+                                     float(start), float(end))
                 views, shown, info = cache.decode(ckey)
                 if info["num_frames"] > settings.MAX_VIDEO_FRAMES:
                     raise VideoError(f"{info['num_frames']} frames is over the app's limit of "
@@ -230,6 +239,6 @@ def build_context() -> Context:
         show(sb, cerror)
     elif ctx.info:
         i = ctx.info
-        sb.caption(f"{clabel}: {i['num_frames']} frames, {i['width']}×{i['height']}, {i['fps']:.1f} fps; "
-                   f"frames {i['indices'][0]}…{i['indices'][-1]} sampled")
+        sb.caption(f"{clabel}: {i['num_frames']} frames ({i['duration']:.1f} s), {i['width']}×{i['height']}, "
+                   f"{i['fps']:.1f} fps; frames {i['indices'][0]}…{i['indices'][-1]} sampled")
     return ctx

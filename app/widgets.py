@@ -64,8 +64,8 @@ def download_frames(frames: np.ndarray, grid: np.ndarray, name: str, key: str, a
                                 "numpy.load(file)")
 
 
-KEPT = ("k_", "model_kind", "model_shipped", "model_path", "model_hub", "clip_kind", "clip_sample", "clip_frames",
-        "clip_size", "clip_rate")
+KEPT = ("k_", "model_kind", "model_shipped", "model_path", "model_hub", "clip_kind", "clip_sample", "clip_path",
+        "clip_frames", "clip_size", "clip_rate", "clip_start", "clip_end")
 
 
 def keep_widget_state(kept=KEPT) -> None:

@@ -311,6 +311,11 @@ def test_cli_writes_pictures_and_numbers(tmp_path):
 
     clip, info = read_clip(out / "rollout.mp4", num_frames=4, size=32)
     assert info.num_frames == 4  # one overlay frame per model frame
+    # a part of the video: 0.5–1 s of the 12 frames at 8 fps are frames 4–7
+    assert main([str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(tmp_path / "part"),
+                 "--start", "0.5", "--end", "1"]) == 0
+    part = json.loads((tmp_path / "part" / "predictions.json").read_text())["clip_info"]
+    assert part["window"] == [0.5, 1.0] and part["indices"] == [4, 5, 6, 7]
 
 
 def test_cli_explains_several_clips_with_one_model(tmp_path, capsys, monkeypatch):

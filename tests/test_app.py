@@ -355,10 +355,29 @@ def test_clip_from_a_local_path(app, assets, tmp_path, clip_bytes):
     at = ok(at.text_input(key="clip_path").input("clips/mine.mp4").run())
     assert any(c.value.startswith("mine.mp4: ") and "frames" in c.value for c in at.sidebar.caption)
     assert "explore_pick" in charts(at)
+    at = ok(page(at, "cost"))
+    assert at.text_input(key="clip_path").value == "clips/mine.mp4"  # kept across pages
+    at = ok(page(at, "explore"))
     at = at.text_input(key="clip_path").input("clips/missing.mp4").run()
     assert not at.exception and any("No such file: clips/missing.mp4" in e.value for e in at.sidebar.error)
     at = at.text_input(key="clip_path").input(str(tmp_path / "clips" / "notes.mp4")).run()
     assert not at.exception and any("Could not read notes.mp4" in e.value for e in at.sidebar.error)
+
+
+def test_a_part_of_the_video(app):
+    """Sampling → From / To (s): the clip is sampled from that part of the video only (the 2 s sample clip at
+    4 fps: 1–2 s is frames 4–7), kept across pages; a part that ends before it starts is refused."""
+    at = ok(app.run())
+    assert any("frames 0…7 sampled" in c.value for c in at.sidebar.caption)
+    at.number_input(key="clip_frames").set_value(4)
+    at.number_input(key="clip_start").set_value(1.0)
+    at = ok(at.number_input(key="clip_end").set_value(2.0).run())
+    assert any("(2.0 s)" in c.value and "frames 4…7 sampled" in c.value for c in at.sidebar.caption)
+    assert "explore_pick" in charts(at)
+    at = ok(page(at, "schemes"))
+    assert at.number_input(key="clip_start").value == 1.0
+    at = at.number_input(key="clip_end").set_value(0.5).run()
+    assert not at.exception and any("ends (0.5 s) before it starts (1 s)" in e.value for e in at.sidebar.error)
 
 
 def test_paths_in_the_environment_are_taken_from_where_tslab_app_started(tmp_path):

@@ -179,6 +179,33 @@ def test_dropped_frame_avi_is_sampled_by_time(files):
         assert info.indices == [on_screen(109 + 32 * i) for i in range(8)]
 
 
+def test_a_time_window_is_sampled_as_if_it_were_the_video(files):
+    """window=(start, end) seconds: the frames of that part (a constant-rate mp4: frames; the AVI with dropped
+    frames: its 15 fps time slots, each read as the frame on screen), sampled as a whole video is."""
+    slots = [dropped_slot(n) for n in range(68)]
+
+    def on_screen(slot):
+        return max(n for n in range(68) if slots[n] <= slot)
+
+    for backend in ("decord", "pyav"):
+        # 900 frames at 25 fps: 10–12 s is frames 250–299
+        _, info = read_clip(files["long"], num_frames=8, sampling_rate=V.SPREAD, size=32, backend=backend,
+                            window=(10.0, 12.0))
+        assert info.indices == [250 + i for i in sample_indices(50, 8, V.SPREAD)]
+        _, info = read_clip(files["long"], num_frames=8, sampling_rate=4, size=32, backend=backend, window=(10, 12))
+        assert info.indices == [250 + (50 - 29) // 2 + 4 * i for i in range(8)]  # the middle span of the window
+        _, info = read_clip(files["long"], num_frames=4, sampling_rate=V.SPREAD, size=32, backend=backend,
+                            window=(34.0, None))  # to the end
+        assert info.indices == [850 + i for i in sample_indices(50, 4, V.SPREAD)]
+        _, info = read_clip(files["dropped"], num_frames=8, sampling_rate=V.SPREAD, size=32, backend=backend,
+                            window=(10.0, 20.0))  # slots 150–299 of the 15 fps grid
+        assert info.indices == [on_screen(150 + i) for i in sample_indices(150, 8, V.SPREAD)]
+    with pytest.raises(V.VideoError, match="the window starts at 40 s, past the end of the 36.00 s video"):
+        read_clip(files["long"], size=32, window=(40.0, None))
+    with pytest.raises(ValueError, match="ends after it starts"):
+        read_clip(files["long"], size=32, window=(5.0, 5.0))
+
+
 def test_duration_of_constant_rate_and_vfr_videos(files):
     for name, frames, seconds in (("mp4", 32, 1.28), ("gif", 6, 0.6), ("vfr", 40, 3.16)):
         for backend in ("decord", "pyav") if name != "gif" else ("pyav",):

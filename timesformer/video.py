@@ -8,6 +8,7 @@ Frames are sampled on the video's time line: where the frames tile the duration 
 rate (constant-rate video) a stride of `sampling_rate` frames is a stride of frames; where they do not (an AVI
 whose index keeps empty slots for dropped frames, a variable-rate mkv, a GIF with uneven delays) it is a
 stride of `sampling_rate / fps` seconds, each sample the frame on screen at that time (`_pick_by_time`).
+`window=(start, end)` (seconds) samples the part of the video between those times as if it were the video.
 
 decord decodes (it seeks to the frames it needs); PyAV is the fallback for what decord cannot open (GIF)
 and wherever decord fails on a file PyAV can read. Every failure becomes a `VideoError` (a `ValueError`)
@@ -206,12 +207,15 @@ def _check_size(width: int, height: int) -> None:
         raise VideoError(f"frames of {width}×{height} are too large to decode (limit {MAX_PIXELS:,} pixels)")
 
 
-def _pick_by_time(starts: np.ndarray, duration: float, fps: float, pick) -> list[int]:
+def _pick_by_time(starts: np.ndarray, duration: float, fps: float, pick, window=None) -> list[int]:
     """The frames `pick` chooses: by index where the n frames tile the duration at `fps` (to a frame), else
     by presentation time — `pick` then chooses among the duration·fps slots of the container's frame grid
     and each slot is read as the frame on screen in its middle (a frame shown over several slots repeats).
+    With `window` (start, end) seconds, `pick` chooses among the frames or slots of that part only.
 
     `starts`: (n,) presentation time of each frame in seconds, ascending."""
+    if window is not None:
+        pick = _within(pick, window, duration, fps)
     n = len(starts)
     slots = round(duration * fps) if fps > 0 and math.isfinite(duration) else n
     ascending = n < 2 or bool(np.all(np.diff(starts) >= 0))
@@ -221,7 +225,27 @@ def _pick_by_time(starts: np.ndarray, duration: float, fps: float, pick) -> list
     return (np.searchsorted(starts, mids, side="right") - 1).clip(0, n - 1).tolist()
 
 
-def _read_decord(src: _Source, pick):
+def _within(pick, window: tuple[float, float | None], duration: float, fps: float):
+    """`pick` confined to the `window` (start, end) seconds of a `duration`-second video: over m frames or slots
+    (which tile the duration at `fps`, or evenly where the rate is unknown), it picks among those of the window
+    and gives their indices among the m."""
+    start, end = window
+    if duration <= 0:
+        raise VideoError("the video reports no duration, so it cannot be cut to a time window")
+    if start >= duration:
+        raise VideoError(f"the window starts at {start:g} s, past the end of the {duration:.2f} s video")
+    end = duration if end is None else min(end, duration)
+
+    def picked(m: int) -> list[int]:
+        rate = fps if fps > 0 else m / duration  # frames or slots a second
+        a = min(int(start * rate + 1e-6), m - 1)  # (float error of a millionth of a frame is not a frame)
+        b = max(a + 1, min(m, math.ceil(end * rate - 1e-6)))
+        return [a + i for i in pick(b - a)]
+
+    return picked
+
+
+def _read_decord(src: _Source, pick, window=None):
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
@@ -238,7 +262,7 @@ def _read_decord(src: _Source, pick):
         duration = float(times[-1, 1] - times[0, 0])
         if not math.isfinite(duration) or duration <= 0:
             duration = n / fps if fps else 0.0
-        indices = _pick_by_time(times[:, 0], duration, fps, pick)
+        indices = _pick_by_time(times[:, 0], duration, fps, pick, window)
         frames = vr.get_batch(indices).asnumpy()
     except (RuntimeError, decord.DECORDError) as e:  # two unrelated types; both only mean "decord failed"
         raise _Fallback(str(e)) from None
@@ -258,7 +282,7 @@ def _av_message(err: Exception) -> str:
     return f"the video could not be decoded ({type(err).__name__}: {str(err)[:200]})"
 
 
-def _read_pyav(src: _Source, pick):
+def _read_pyav(src: _Source, pick, window=None):
     import av
 
     try:
@@ -295,7 +319,7 @@ def _read_pyav(src: _Source, pick):
         if listed > n and duration < 0.95 * header:  # the index outlives the data: a cut file, not dropped frames
             raise VideoError(f"the file is truncated or corrupt: its index lists {listed} frames ({header:.2f} s) "
                              f"but it holds {n} ({duration:.2f} s)")
-        indices = _pick_by_time(starts, duration, fps, pick)
+        indices = _pick_by_time(starts, duration, fps, pick, window)
         wanted = set(indices)
         last = max(indices)
         got: dict[int, np.ndarray] = {}
@@ -333,26 +357,29 @@ def _packet_times(packets: list[tuple[int | None, int | None]], tb: float, fps: 
     return starts, float(starts[-1] + (last * tb if last else step))
 
 
-def decode_frames(source, indices_for, *, backend: str = "auto") -> tuple[np.ndarray, ClipInfo]:
+def decode_frames(source, indices_for, *, backend: str = "auto", window=None) -> tuple[np.ndarray, ClipInfo]:
     """Decode the frames `indices_for(n)` picks among the video's n frames — or, where frame count and time
-    disagree, among its duration·fps time slots (see `_pick_by_time`): uint8 (T, H, W, 3) and ClipInfo."""
+    disagree, among its duration·fps time slots (see `_pick_by_time`) — of the `window` (start, end or None)
+    seconds when given: uint8 (T, H, W, 3) and ClipInfo."""
     src = _Source(source)
     kind = _sniff(src.head)
     if backend not in ("auto", "decord", "pyav"):
         raise ValueError(f"backend must be auto, decord or pyav, not {backend!r}")
     if kind != "gif" and backend in ("auto", "decord"):
         try:
-            return _read_decord(src, indices_for)
+            return _read_decord(src, indices_for, window)
         except _Fallback as e:
             if backend == "decord":
                 raise VideoError(f"decord could not read {src.name}: {str(e).splitlines()[0][:200]}") from None
-    return _read_pyav(src, indices_for)
+    return _read_pyav(src, indices_for, window)
 
 
 def read_clip(source, num_frames: int = 8, sampling_rate: int = 32, size: int = 224, spatial_crops: int = 1,
               train: bool = False, rng: np.random.Generator | None = None, backend: str = "auto",
-              keep_frames: bool = False, mean: float = MEAN, std: float = STD) -> tuple[torch.Tensor, ClipInfo]:
-    """Decode, sample, resize, crop and normalise one clip.
+              keep_frames: bool = False, mean: float = MEAN, std: float = STD,
+              window: tuple[float, float | None] | None = None) -> tuple[torch.Tensor, ClipInfo]:
+    """Decode, sample, resize, crop and normalise one clip (of the `window` (start, end) seconds of the video:
+    end None is the end; the whole video without it).
 
     Returns `(video, info)`: `video` float32 `(spatial_crops, 3, num_frames, size, size)`; `info` a ClipInfo
     (fps, num_frames, indices, width, height, backend; the sampled uint8 frames with keep_frames=True).
@@ -361,9 +388,11 @@ def read_clip(source, num_frames: int = 8, sampling_rate: int = 32, size: int = 
     """
     if num_frames < 1 or sampling_rate < 0 or size < 1:
         raise ValueError("num_frames and size must be positive and sampling_rate at least 0 (0: spread)")
+    if window is not None and not (window[0] >= 0 and (window[1] is None or window[1] > window[0])):
+        raise ValueError(f"a time window starts at 0 s or later and ends after it starts, not {window}")
     rng = rng if rng is not None else (np.random.default_rng() if train else None)
     frames, info = decode_frames(source, lambda n: sample_indices(n, num_frames, sampling_rate, train, rng),
-                                 backend=backend)
+                                 backend=backend, window=window)
     video = transform_frames(frames, size, spatial_crops, train, rng, mean, std)
     if keep_frames:
         info.frames = frames
