@@ -210,7 +210,7 @@ def test_upload_avi_with_dropped_frames(app, tmp_path):
     next(u for u in at.get("file_uploader") if u.key == "clip_upload").upload("dropped.avi", avi.read_bytes(),
                                                                              "video/x-msvideo")
     at = ok(at.run())
-    assert any(c.value.startswith("dropped.avi: 68 frames, 64×48, 15.0 fps") for c in at.sidebar.caption)
+    assert any(c.value.startswith("dropped.avi: 68 frames (29.6 s), 64×48, 15.0 fps") for c in at.sidebar.caption)
     assert "explore_pick" in charts(at)
 
 
