@@ -171,13 +171,6 @@ def test_upload_heatmap_click_and_switch_pages(server, browser):
     with page.expect_download(timeout=60_000) as dl:  # the overlay as an animation
         page.get_by_role("button", name="GIF").first.click()
     assert Path(dl.value.path()).read_bytes()[:6] in (b"GIF89a", b"GIF87a")
-
-    # click a patch of the heatmap: it becomes the query
-    box = heatmap(page).locator(".nsewdrag").first.bounding_box()
-    page.mouse.click(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.5)
-    settle(page)
-    page.get_by_text("query patch (", exact=False).first.wait_for(timeout=30_000)
-    shoot(page, "explore")
     # the numbers behind the overlay: the map on the patch grid and the frames, as arrays
     with page.expect_download(timeout=60_000) as dl:
         page.get_by_role("button", name="NPZ").first.click()
@@ -185,6 +178,13 @@ def test_upload_heatmap_click_and_switch_pages(server, browser):
     assert set(arrays.files) == {"map", "frames"} and arrays["frames"].dtype == np.uint8
     T, S = arrays["frames"].shape[:2]
     assert arrays["map"].shape[0] == T and arrays["map"].ndim == 3 and S % arrays["map"].shape[1] == 0
+
+    # click a patch of the heatmap: it becomes the query
+    box = heatmap(page).locator(".nsewdrag").first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.5)
+    settle(page)
+    page.get_by_text("query patch (", exact=False).first.wait_for(timeout=30_000)
+    shoot(page, "explore")
 
     # switch pages through the navigation; the upload is kept
     for title, name in (("Schemes", "schemes"), ("Rollout & attribution", "attribution"), ("Cost", "cost"),
@@ -217,14 +217,27 @@ def test_upload_heatmap_click_and_switch_pages(server, browser):
         shoot(page, name, anchor={"attribution": "Maps on the patch grid",
                                   "schemes": "The same clip through a model of each scheme"}.get(name))
     # two runs compared: their curves on one figure and a row each
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     page.get_by_text("Compare runs (2 under runs/)").click()
     picker = page.locator('[data-testid="stMultiSelect"]').first
+    picker.wait_for(state="visible", timeout=30_000)
+    settle(page)
     for name in ("runs/demo", "runs/slow"):
-        picker.click()
-        page.wait_for_timeout(300)
-        page.keyboard.type(name)
-        page.keyboard.press("Enter")
-        picker.get_by_text(name).wait_for(timeout=30_000)  # its chip (the run's path, ending so): chosen
+        for _ in range(3):  # a rerun that lands while the menu is open can swallow the keys: try again
+            picker.click()
+            page.wait_for_timeout(300)
+            page.keyboard.type(name)
+            page.wait_for_timeout(300)
+            page.keyboard.press("Enter")
+            try:
+                picker.get_by_text(name).wait_for(timeout=10_000)  # its chip (the run's path, ending so): chosen
+                break
+            except PlaywrightTimeoutError:
+                page.keyboard.press("Escape")
+                settle(page)
+        else:
+            pytest.fail(f"could not choose {name} in Compare runs")
         settle(page)
     page.keyboard.press("Escape")
     page.locator(".js-plotly-plot", has_text="2 runs").wait_for(timeout=60_000)
