@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -692,6 +693,11 @@ def test_compare_runs(app, assets, tmp_path):
     assert (other["scheme"], other["frames"], other["crop"], other["preset"]) == ("axial", 8, 64, "tiny")
     assert (demo["ended"], other["ended"]) == ("finished", "no final line")
     assert demo["clips/s"] == 124.0  # the median of its epochs' 120…127
+    third = fake_run(tmp_path, assets[0], bad_line=False, name="third")
+    at = ok(at.multiselect(key="k_runs_compare").set_value(["runs/demo", "runs/third"]).run())
+    shutil.rmtree(third)  # a chosen run deleted while the page is open: the others stay chosen
+    at = ok(at.run())
+    assert at.multiselect(key="k_runs_compare").value == ["runs/demo"]
 
 
 def test_training_bad_folder(app, tmp_path):
