@@ -231,20 +231,23 @@ def results() -> _Store:
 
 
 def explanation_scores(mkey) -> tuple[str | None, dict]:
-    """(shipped model, {method: mean scores}) from `tslab bench explain`: the current model's own scores if it
-    was benchmarked, else those of the shipped distractor model (or the first one benchmarked)."""
-    path = settings.EXPLAIN_RESULTS
-    stamp = path.stat().st_mtime if path.is_file() else 0.0
-    benchmarked = _benchmark(str(path), stamp)
+    """(model, {method: mean scores}) from `tslab bench explain`: the current model's own scores if it was
+    benchmarked — in `settings.EXPLAIN_RESULTS`, or in an `explain-*.json` of `tslab bench explain --data` in the
+    folder the app was started in — else those of the shipped distractor model (or the first one benchmarked)."""
+    name = Path(mkey[0]).name
+    files = [settings.EXPLAIN_RESULTS, *sorted(settings.WORKDIR.glob("explain-*.json"))]
+    found = [_benchmark(str(p), p.stat().st_mtime) for p in files if p.is_file()]
+    own = next((models[name] for models in found if name in models), None)
+    if own is not None:
+        return name, own
+    benchmarked = found[0] if found and settings.EXPLAIN_RESULTS.is_file() else {}
     if not benchmarked:
         return None, {}
-    name = Path(mkey[0]).name
-    if name not in benchmarked:
-        name = next((n for n in benchmarked if "distractor" in n), next(iter(benchmarked)))
+    name = next((n for n in benchmarked if "distractor" in n), next(iter(benchmarked)))
     return name, benchmarked[name]
 
 
-@st.cache_data(max_entries=4, show_spinner=False)
+@st.cache_data(max_entries=16, show_spinner=False)
 def _benchmark(path: str, stamp: float) -> dict:
     try:
         return json.loads(Path(path).read_text()).get("models", {}) if stamp else {}

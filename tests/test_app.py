@@ -581,17 +581,18 @@ def test_attribution(app, monkeypatch, tmp_path):
     # results are kept: a rerun shows them without pressing Run
     at = ok(at.run())
     assert len(at.get("image")) == len(methods)
-    # this model's own scores, on clips of a researcher's data (`--data`: faithfulness and sanity only)
+    # this model's own scores, on clips of a researcher's data (`--data`: faithfulness and sanity only), found in
+    # the explain-<data>.json that `tslab bench explain --data` wrote where the app was started
     own = {"models": {Path(settings.DEFAULT_MODEL).name: {
         "_model": {"clips": 5, "data": "my-clips (val)", "ground_truth": False},
         "gae": {"auc_deletion": 0.25, "auc_insertion": 0.9, "sanity_pass": True}}}}
-    (tmp_path / "own.json").write_text(json.dumps(own))
-    monkeypatch.setattr(settings, "EXPLAIN_RESULTS", tmp_path / "own.json")
+    (tmp_path / "explain-my-clips.json").write_text(json.dumps(own))
     at = ok(at.run())
     table = at.dataframe[0].value
     assert row("gae")["bench: deletion AUC"] == 0.25 and row("gae")["bench: insertion AUC"] == 0.9
     assert row("gae")["bench: mass"] is None and row("gae")["sanity check"] == "passes"
     assert any("5 clips of my-clips (val)" in c.value for c in at.caption)
+    (tmp_path / "explain-my-clips.json").unlink()
     monkeypatch.setattr(settings, "EXPLAIN_RESULTS", tmp_path / "missing.json")
     at = ok(at.run())
     assert any("No benchmark results" in c.value for c in at.caption)
