@@ -43,6 +43,11 @@ def rows_of(method: str) -> list[str]:
     return [method] + [row_name(method, b) for b in VIDEO_BASELINES]
 
 
+def all_rows(methods=None) -> list[str]:
+    """The rows of a benchmark of `methods` (default: every registered one), `rows_of` each, then "random"."""
+    return [row for method in (methods or EXPLANATIONS) for row in rows_of(method)] + ["random"]
+
+
 def _split(row: str) -> tuple[str, dict]:
     """A benchmark row → (method, its options)."""
     method, _, baseline = row.partition("|")
@@ -145,7 +150,7 @@ def estimated_seconds(model, clips: int, methods, forward_s: float, curve_steps:
     grid, depth = model.config.grid, model.config.depth
     curves = curves_cost(curve_steps).seconds(forward_s)
     total = clips * EXPLANATIONS["ablation_frames"].estimate(grid, baseline=FRAME_BASELINE).seconds(forward_s)
-    for row in [row for method in (methods or EXPLANATIONS) for row in rows_of(method)] + ["random"]:
+    for row in all_rows(methods):
         total += clips * curves
         if row != "random":
             method, options = _split(row)
@@ -169,8 +174,7 @@ def benchmark(model, held: tuple[torch.Tensor, list[dict] | None, torch.Tensor],
     results = {"_model": {"clips": len(videos), "accuracy": float((predicted.cpu() == labels).float().mean()),
                           "frame_drop": drops.mean(0).tolist(), "used_frames": float(kwargs["frames"].mean()),
                           "ground_truth": masks is not None}}
-    rows = [row for method in (methods or EXPLANATIONS) for row in rows_of(method)] + ["random"]
-    for row in rows:
+    for row in all_rows(methods):
         if progress is not None:
             progress(row)
         results[row] = score_method(model, videos, masks, row, predicted, **kwargs)

@@ -21,7 +21,6 @@ Without `--checkpoint` it uses the shipped default model (`timesformer.shipped.D
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -39,7 +38,7 @@ from timesformer import ATTENTION_TYPES, CheckpointError, load_model
 from timesformer.cli import HelpFormatter, at_least
 from timesformer.distributed import resolve_device
 from timesformer.engine import predict
-from timesformer.files import make_folder
+from timesformer.files import make_folder, write_csv
 from timesformer.shipped import DEFAULT_MODEL
 from timesformer.video import SPREAD, VideoError, denormalize, read_clip
 
@@ -214,10 +213,7 @@ def main(argv=None, prog: str | None = None) -> int:
               f"wrote {len(report['files'])} files to {out} in {report['seconds']:.1f} s", flush=True)
     if len(args.clip) > 1 and summaries:
         rows = mean_summary(summaries)
-        with open(args.out / "summary.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.out / "summary.csv", rows)
         print(f"wrote {args.out / 'summary.csv'}: every layer and step's numbers averaged over {len(summaries)} "
               "clips", flush=True)
     if failed and len(args.clip) > 1:

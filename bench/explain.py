@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from analysis.attribution import timed_forward
-from analysis.benchmark import benchmark, clips, estimated_seconds, rows_of
+from analysis.benchmark import all_rows, benchmark, clips, estimated_seconds
 from analysis.explanations import EXPLANATIONS
 from analysis.sanity import PASS_BELOW
 from analysis.temporal import temporal_evidence
@@ -282,7 +282,7 @@ def write(report: dict, out: Path) -> None:
         old = json.loads(out.read_text())
         if identity(old) == identity(report):
             merged["models"] = old["models"]
-    order = ["_model", "_temporal", *(row for m in EXPLANATIONS for row in rows_of(m)), "random"]
+    order = ["_model", "_temporal", *all_rows()]
     for name, result in report["models"].items():
         rows = {**merged["models"].get(name, {}), **result}
         merged["models"][name] = {k: rows[k] for k in sorted(rows, key=lambda k: order.index(k) if k in order

@@ -14,7 +14,6 @@ them with `tslab explain`), `--per-class` prints the accuracy of each class.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import time
@@ -27,6 +26,7 @@ from timesformer.cli import HelpFormatter, at_least
 from timesformer.data import auto_workers, open_split, synthmotion_task, workers_arg
 from timesformer.distributed import Dist, out_of_memory
 from timesformer.engine import eval_loader, evaluate
+from timesformer.files import write_csv
 from timesformer.optim import AMP, amp_dtype
 
 
@@ -162,10 +162,7 @@ def main(argv=None, prog: str | None = None) -> None:
     if a.predictions is not None:
         try:
             a.predictions.parent.mkdir(parents=True, exist_ok=True)
-            with open(a.predictions, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["clip"], lineterminator="\n")
-                writer.writeheader()
-                writer.writerows(rows)
+            write_csv(a.predictions, rows, None if rows else ["clip"])
         except OSError as e:
             raise SystemExit(f"--predictions {a.predictions}: {e.strerror or e}") from None
     if not a.per_class:

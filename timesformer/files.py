@@ -1,9 +1,10 @@
 """Output folders: made where asked (`make_folder`), and written so that readers see the old one or the new
-one complete, never half of either (`atomic_folder`)."""
+one complete, never half of either (`atomic_folder`); tables of rows as CSV (`write_csv`)."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import shutil
 import tempfile
@@ -60,3 +61,13 @@ def _move_into_place(tmp: Path, path: Path) -> None:
         os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_csv(path, rows: list[dict], columns: list[str] | None = None) -> None:
+    """`rows` as a CSV file with a header: the columns are `columns`, or every key of the rows in the order they
+    first appear; lines end in a newline alone (for awk and cut as well as spreadsheets)."""
+    columns = columns or list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)

@@ -8,7 +8,6 @@ of docs/complexity.md instead.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -25,7 +24,7 @@ from analysis.figures import cost_figure
 from timesformer.cli import HelpFormatter, at_least
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
 from timesformer.distributed import resolve_device
-from timesformer.files import make_folder
+from timesformer.files import make_folder, write_csv
 
 PROG = "complexity.py"
 
@@ -166,13 +165,8 @@ def _measure_rows(rows: list[dict], base: TimeSformerConfig, options: dict, max_
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     """One row per point; the FLOPs breakdown becomes `gflops_<term>` columns."""
-    flat = [{k: v for k, v in r.items() if k != "flops_breakdown"}
-            | {f"gflops_{k}": v for k, v in r["flops_breakdown"].items()} for r in rows]
-    columns = list(dict.fromkeys(k for r in flat for k in r))
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(flat)
+    write_csv(path, [{k: v for k, v in r.items() if k != "flops_breakdown"}
+                     | {f"gflops_{k}": v for k, v in r["flops_breakdown"].items()} for r in rows])
 
 
 def write_png(fig, path) -> str | None:
