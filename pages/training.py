@@ -9,7 +9,7 @@ import yaml
 
 from analysis.figures import compare_figure, throughput_figure, training_figure
 from app import settings, widgets
-from timesformer.runs import ending, read_metrics, run_summary
+from timesformer.runinfo import ending, read_metrics, run_summary
 
 st.title("Training runs")
 

@@ -21,7 +21,8 @@ from timesformer.distributed import Dist, resolve_device
 from timesformer.engine import TrainState, predict
 from timesformer.files import atomic_folder
 from timesformer.optim import build_optimizer, lr_at
-from timesformer.runs import Interrupted, ending
+from timesformer.runinfo import ending
+from timesformer.runs import Interrupted
 from timesformer.synthmotion import export_synthmotion
 from timesformer.video import read_clip
 

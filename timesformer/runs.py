@@ -24,10 +24,10 @@ from timesformer.distributed import Dist, out_of_memory
 from timesformer.engine import Trainer, TrainingDiverged, TrainState
 from timesformer.files import atomic_folder, make_folder
 from timesformer.model import TimeSformer
+from timesformer.runinfo import METRICS, rank, read_metrics
 
 BEST = "checkpoint-best"  # the checkpoint of the best validation accuracy so far; never pruned
 STATE = "train_state.pt"
-METRICS = "metrics.jsonl"
 
 
 class Logger:
@@ -248,70 +248,6 @@ class StopRequest:
                         "stops at once)\n".encode())
         except OSError:
             pass
-
-
-# how the last line of log.txt begins when a run ended with a word (Run.finished, Run.stopped)
-ENDINGS = {"finished": ("finished at step ",),
-           "stopped": ("stopped by ", "the GPU ran out of memory ", "training stopped: ")}
-
-
-def ending(path: Path) -> tuple[str, str] | None:
-    """How the run in folder `path` ended, from the last line of its log: ("finished" or "stopped", the line), or
-    None where there is no such line (it is still training, or a kill or a crash ended it without a word)."""
-    log = Path(path) / "log.txt"
-    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
-    last = next((line for line in reversed(lines) if line.strip()), "")
-    return next(((kind, last) for kind, starts in ENDINGS.items() if last.startswith(starts)), None)
-
-
-def rank(val_row: dict) -> tuple[float, float]:
-    """How validation rows rank (the higher the better): by accuracy, then by the lower loss."""
-    return val_row["acc1"], -val_row.get("loss", 0.0)
-
-
-def read_metrics(path: Path) -> tuple[list[dict], int]:
-    """The rows of the run folder `path`'s `metrics.jsonl` (dicts with a step and a split), and how many of its
-    lines are not such rows (a line cut short by a kill, an edit)."""
-    file = Path(path) / METRICS
-    rows, bad = [], 0
-    for line in file.read_text(errors="replace").splitlines() if file.is_file() else []:
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict) and {"step", "split"} <= set(row):
-            rows.append(row)
-        else:
-            bad += 1
-    return rows, bad
-
-
-def run_summary(path: Path) -> dict:
-    """What a table comparing runs shows of the run folder `path`: its scheme, data, preset, frames and crop (from
-    `train_config.yaml`), the last step logged, the best validation accuracy and its step, the last validation's,
-    the median training clips/s over its epochs, and how it ended (`ending`)."""
-    import yaml
-
-    try:
-        config = yaml.safe_load((Path(path) / "train_config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        config = None
-    config = config if isinstance(config, dict) else {}
-    args, model = (config.get(k) if isinstance(config.get(k), dict) else {} for k in ("args", "model"))
-    rows = read_metrics(path)[0]
-    val = [r for r in rows if r["split"] == "val" and "acc1" in r]
-    best = max(val, key=rank, default=None)
-    speeds = sorted(r["clips_per_s"] for r in rows if r["split"] == "train" and "clips_per_s" in r)
-    ended = ending(path)
-    return {"scheme": model.get("attention_type"), "data": args.get("data"), "preset": args.get("preset"),
-            "frames": model.get("num_frames"), "crop": model.get("img_size"),
-            "steps": max((r["step"] for r in rows), default=0),
-            "best val acc1": best["acc1"] if best else None, "at step": best["step"] if best else None,
-            "last val acc1": val[-1]["acc1"] if val else None,
-            "clips/s": speeds[len(speeds) // 2] if speeds else None,
-            "ended": ended[0] if ended else "no final line"}
 
 
 def holds_run(path: Path) -> str | None:
