@@ -294,6 +294,48 @@ def test_a_signal_to_the_whole_job_saves_and_stops_without_a_traceback(tmp_path,
     assert step > 32 or (out / "checkpoint-last").resolve().name == "ckpt-s00000032-end"
 
 
+def test_a_signal_under_torchrun_stops_every_process_after_one_step_with_a_checkpoint(tmp_path):
+    """Under torchrun a scheduler's SIGTERM (or Ctrl-C) ended every process where it was: the work since the last
+    checkpoint was lost. Now the processes agree on the step to stop after, save it and resume exactly. The whole
+    job is signalled, so each process gets the signal twice (directly and from torchrun): that is one request,
+    not the "again: stop at once" of a second one. Had the processes stopped after different steps, the one ahead
+    would wait in the next all-reduce until torchrun killed it (30 s later) without a checkpoint."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "timesformer.train"]
+    for attempt in range(3):
+        out = tmp_path / f"ddp{attempt}"
+        proc = subprocess.Popen([*torchrun, *toy_args(out, clips=128, epochs=3)], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.time() + 180
+        while not (out / "checkpoint-last").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGTERM)
+        signalled = time.time()
+        _, err = proc.communicate(timeout=120)
+        step = torch.load(out / "checkpoint-last" / "train_state.pt", weights_only=True)["state"]["step"]
+        if step < 48:
+            break
+    else:
+        pytest.fail("could not interrupt the run before it finished")
+    said = ending(out)
+    assert said and said[1].startswith(f"stopped by SIGTERM at step {step} of 48; the last checkpoint is "), err
+    assert step > 16 or (out / "checkpoint-last").resolve().name == "ckpt-s00000016-end"
+    assert "SIGKILL" not in err and time.time() - signalled < 30, err[-3000:]
+    # each process says so once, and none ended in a traceback of its own (torchrun's agent prints its own)
+    assert err.count("SIGTERM: stopping after this step") == 2, err[-3000:]
+    assert "KeyboardInterrupt" not in err and str(ROOT / "timesformer") not in err, err[-3000:]
+    resumed = subprocess.run([*torchrun, *toy_args(out, "--resume", clips=128, epochs=3)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0 and ending(out)[1].startswith("finished at step 48 "), resumed.stderr[-3000:]
+    single = tmp_path / "single"  # the same clips on one process at twice the batch
+    T.main(toy_args(single, clips=128, epochs=3, batch=8))
+    for ra, rb in zip(rows(out), rows(single), strict=True):
+        assert (ra["step"], ra["split"]) == (rb["step"], rb["split"])
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4) and ra["acc1"] == rb["acc1"]
+    same_weights(out / "checkpoint-last", single / "checkpoint-last", exact=False)
+
+
 def test_grad_checkpointing_trains_the_same_model(tmp_path, monkeypatch):
     """--grad-checkpointing recomputes each block in the backward (less memory): same losses, same weights,
     DropPath's random masks included (the recomputation replays the RNG)."""

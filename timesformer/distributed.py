@@ -92,13 +92,13 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
-    def host_counts(self, n: int) -> list[int]:
-        """`n` of every process (rank order), exchanged on the host: no GPU work is waited for."""
+    def host_gather(self, *values: int) -> list[tuple[int, ...]]:
+        """`values` of every process (rank order), exchanged on the host: no GPU work is waited for."""
         if not self.ddp:
-            return [n]
-        counts = [torch.zeros(1, dtype=torch.long) for _ in range(self.world)]
-        dist.all_gather(counts, torch.tensor([n]), group=self.host_group)
-        return [int(c) for c in counts]
+            return [values]
+        out = [torch.zeros(len(values), dtype=torch.long) for _ in range(self.world)]
+        dist.all_gather(out, torch.tensor(values, dtype=torch.long), group=self.host_group)
+        return [tuple(int(v) for v in t) for t in out]
 
     def gather(self, obj) -> list:
         """`obj` of every process (rank order), pickled and exchanged on the host."""

@@ -36,13 +36,28 @@ class TrainState:
     clips_per_s: float = 0.0  # of the last epoch, over all processes
     data_wait: float = 0.0  # of the last epoch: the share of its time spent waiting for the next batch
 
+    RUNNING = ("loss_sum", "correct", "count", "skipped")  # this process's share of the epoch's train row
+
     @classmethod
-    def from_dict(cls, saved: dict) -> TrainState:
+    def from_dict(cls, saved: dict, main: bool = True) -> TrainState:
+        """The state `saved` by `for_checkpoint`; on a process other than rank 0 (not `main`) without the
+        running sums, which rank 0 holds for every process."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in saved.items() if k in names})
+        state = cls(**{k: v for k, v in saved.items() if k in names})
+        for k in () if main else cls.RUNNING:
+            setattr(state, k, type(getattr(state, k))(0))
+        return state
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def for_checkpoint(self, dist: Dist) -> dict:
+        """`as_dict` with the running sums added up over the processes (every process calls it), so that a
+        mid-epoch resume under torchrun counts each process's clips once in the epoch's train row."""
+        out = self.as_dict()
+        out.update(zip(self.RUNNING, dist.sum([float(getattr(self, k)) for k in self.RUNNING])))
+        out["skipped"] = int(out["skipped"])
+        return out
 
     def next_epoch(self) -> None:
         self.epoch += 1
@@ -74,9 +89,12 @@ def autocast(device: torch.device, dtype):
 
 
 def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callable[[str], None] = print,
-                    progress=None, after_step: Callable[[TrainState], None] | None = None) -> None:
+                    progress=None, after_step: Callable[[TrainState], None] | None = None, stop=None) -> None:
     """One pass over `loader`, whose first batch is micro-batch `state.micro` of the epoch (later than 0 after
     a resume); stops early at `trainer.total_steps`. `after_step(state)` runs after every optimizer step.
+    `stop` (`runs.StopRequest`): `asked()`, the signal this process was sent, is exchanged with the batch sizes
+    before every micro-batch and the largest handed to `agree()`, so that all processes learn of a signal that
+    reached any of them at the same micro-batch.
 
     Sets `state.data_wait`, the share of the epoch spent waiting for batches. The loop waits for the GPU once
     per micro-batch, for the loss and accuracy of its forward, which start for the host before the backward
@@ -97,7 +115,11 @@ def train_one_epoch(trainer: Trainer, loader, state: TrainState, *, log: Callabl
         last_micro = (micro + 1) % t.accum_steps == 0
         # under DDP every process takes part in every backward: where one has no readable clip in its
         # micro-batch, all of them skip it
-        counts = t.dist.host_counts(0 if batch["video"] is None else len(batch["label"]))
+        # with them, the signal any process was sent (`stop`): every process stops after the same step
+        counts, signals = zip(*t.dist.host_gather(0 if batch["video"] is None else len(batch["label"]),
+                                                  stop.asked() if stop is not None else 0))
+        if stop is not None:
+            stop.agree(max(signals))
         if min(counts) > 0:
             video, label = batch["video"], batch["label"]  # (B, 3, T, S, S): one training view
             # DDP averages the processes' gradients: where unreadable clips left them unequal micro-batches,

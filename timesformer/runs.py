@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,10 +120,11 @@ class Run:
     def checkpoint(self, name: str, trainer: Trainer, state: TrainState, args, best: bool = False) -> None:
         """Rank 0 writes checkpoint `name` with everything `--resume` needs (`best`: it is `checkpoint-best` as
         well); all ranks wait for it."""
+        summed = state.for_checkpoint(self.dist)
         if self.dist.main:
             train_state = {
                 "optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict(),
-                "rng": rng_state(), "state": state.as_dict(), "metrics_lines": len(self.metrics_lines()),
+                "rng": rng_state(), "state": summed, "metrics_lines": len(self.metrics_lines()),
                 "args": {k: v for k, v in vars(args).items()
                          if isinstance(v, (int, float, str, bool, list, type(None)))},
             }
@@ -223,16 +225,43 @@ STOP_SIGNALS = {"Ctrl-C": signal.SIGINT, "SIGTERM": signal.SIGTERM}
 
 class StopRequest:
     """Until `close()`, Ctrl-C (SIGINT) or SIGTERM (what a cluster's scheduler sends a job before it kills it)
-    asks a one-process run to stop: `requested` names the signal, and the loop saves a checkpoint after the step
-    under way and stops, instead of losing the work since the last checkpoint. A second signal stops at once
-    (KeyboardInterrupt). Without `enabled` (under torchrun, which stops every process itself) and off the main
-    thread, the signals keep their handlers. The loader's workers ignore both (`data.ignore_interrupts`): they
-    are the main process's to stop."""
+    asks the run to stop: `requested` names the signal this process was sent, and the loop saves a checkpoint
+    after the step under way and stops (`stopping`), instead of losing the work since the last checkpoint. A
+    second signal stops at once (KeyboardInterrupt). Off the main thread the signals keep their handlers. The
+    loader's workers ignore both (`data.ignore_interrupts`): they are the main process's to stop.
 
-    def __init__(self, enabled: bool = True):
-        self.requested, self.previous = None, {}
-        if enabled and threading.current_thread() is threading.main_thread():
+    Under torchrun (`ddp`) every process must stop after the same step, or the others wait forever in the next
+    one's all-reduce: the training loop exchanges `asked()` with the batch sizes before each micro-batch and
+    `settle()` does at the end of an epoch, and `agreed` is the signal any process was sent. torchrun forwards a
+    signal to its processes and kills them 30 s later; in a terminal or under a scheduler that signals the whole
+    job, each process gets it twice (once directly, once from torchrun), so there a repeat within
+    `REPEAT_S` seconds is the same request."""
+
+    REPEAT_S = 2.0
+
+    def __init__(self, ddp: bool = False):
+        self.ddp, self.requested, self.agreed, self.at, self.previous = ddp, None, None, 0.0, {}
+        if threading.current_thread() is threading.main_thread():
             self.previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS.values()}
+
+    @property
+    def stopping(self) -> str | None:
+        """The signal the run stops for after this step (every process alike), or None."""
+        return self.agreed if self.ddp else self.requested
+
+    def asked(self) -> int:
+        """The number of the signal this process was sent, 0 for none."""
+        return int(STOP_SIGNALS[self.requested]) if self.requested else 0
+
+    def agree(self, signum: int) -> None:
+        """`signum`: the largest of every process's `asked()` at one exchange."""
+        if signum and not self.agreed:
+            self.agreed = next(name for name, sig in STOP_SIGNALS.items() if sig == signum)
+
+    def settle(self, dist: Dist) -> str | None:
+        """`stopping`, once every process has told the others whether it was sent a signal."""
+        self.agree(max(s for (s,) in dist.host_gather(self.asked())))
+        return self.stopping
 
     def close(self) -> None:
         for sig, handler in self.previous.items():
@@ -241,8 +270,11 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
+            if self.ddp and time.monotonic() - self.at < self.REPEAT_S:
+                return
             raise KeyboardInterrupt
         self.requested = next(name for name, sig in STOP_SIGNALS.items() if sig == signum)
+        self.at = time.monotonic()
         try:  # straight to the file descriptor: the interrupted code may be inside a write to sys.stderr
             os.write(2, f"\n{self.requested}: stopping after this step with a checkpoint ({self.requested} again "
                         "stops at once)\n".encode())
@@ -327,7 +359,7 @@ class Resume:
         trainer.optimizer.load_state_dict(self.saved["optimizer"])
         trainer.scaler.load_state_dict(self.saved["scaler"])
         set_rng_state(self.saved["rng"])
-        return TrainState.from_dict(self.saved["state"])
+        return TrainState.from_dict(self.saved["state"], main=trainer.dist.main)
 
     def changed(self, args) -> list[str]:
         """"--flag saved → now" for each flag of `args` that differs from the checkpoint's run, leaving out those

@@ -325,16 +325,16 @@ def _train(args, dist: Dist, run: Run) -> dict:
         check_finite(model, state)  # no checkpoint after a bad step: the last one stays the last good one
         run.checkpoint(name, trainer, state, args, best)
 
-    stop = StopRequest(enabled=not dist.ddp)
+    stop = StopRequest(ddp=dist.ddp)
 
     def after_step(state: TrainState) -> None:
         # a mid-epoch checkpoint every --ckpt-every steps, and where a signal asks to stop (not at the end of an
         # epoch or the run: the epoch's own checkpoint follows)
         if state.micro >= steps_per_epoch * args.accum_steps or state.step >= total_steps:
             return
-        if stop.requested or args.ckpt_every and state.step % args.ckpt_every == 0:
+        if stop.stopping or args.ckpt_every and state.step % args.ckpt_every == 0:
             save(f"ckpt-s{state.step:08d}")
-        if stop.requested:
+        if stop.stopping:
             raise Interrupted
 
     result, ahead = {}, None
@@ -342,7 +342,8 @@ def _train(args, dist: Dist, run: Run) -> dict:
         while state.epoch < args.epochs and state.step < total_steps:
             epoch, t_epoch = state.epoch, time.time()
             batches = ahead if ahead is not None else loader.start(epoch, skip=state.micro)
-            train_one_epoch(trainer, batches, state, log=log, progress=progress, after_step=after_step)
+            train_one_epoch(trainer, batches, state, log=log, progress=progress, after_step=after_step,
+                            stop=stop)
             state.wall += time.time() - t_epoch
             result["train"] = row = train_row(trainer, state)
             if skipped := row.get("skipped"):
@@ -360,12 +361,13 @@ def _train(args, dist: Dist, run: Run) -> dict:
                 run.log_metrics(row)
             state.next_epoch()
             save(f"ckpt-s{state.step:08d}-end", best=improved)
-            if stop.requested and not finished:
+            if not finished and stop.settle(dist):
                 raise Interrupted
     except (TrainingDiverged, Interrupted, KeyboardInterrupt, torch.OutOfMemoryError) as e:
         oom = isinstance(e, torch.OutOfMemoryError)
         advice = memory_advice(args, model.config, trainer.dtype, device) if oom else ""
-        raise run.stopped(e, f"at step {state.step} of {total_steps}", advice, by=stop.requested) from None
+        by = stop.agreed or stop.requested  # under torchrun: the signal any process was sent
+        raise run.stopped(e, f"at step {state.step} of {total_steps}", advice, by=by) from None
     finally:
         stop.close()
         if progress is not None:
