@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,6 +108,30 @@ def test_checkpoint_best_follows_the_validation_accuracy_and_is_never_pruned(tmp
     T.main(toy_args(out, "--keep", "1", "--resume", epochs=6))  # the best so far comes from metrics.jsonl
     assert os.readlink(out / "checkpoint-best") == "ckpt-s00000024-end"  # epoch 5: epoch 4's 0.95, a lower loss
     assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-s00000024-end"]  # the best is the last
+
+
+def test_checkpoint_best_after_a_resume_from_an_earlier_checkpoint_names_a_kept_validation(tmp_path, monkeypatch):
+    """Resumed from an earlier checkpoint than the last, checkpoint-best went on naming the abandoned steps' best
+    one, whose folder the resumed run then overwrote with weights that had validated worse."""
+    validations = iter([(0.5, 1.0), (0.9, 1.0), (0.7, 1.0), (0.4, 1.0), (0.45, 1.0),  # run, then its resume
+                        (0.9, 1.0), (0.5, 1.0), (0.95, 1.0), (0.6, 1.0)])  # the second run, then its resume
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: dict(zip(("acc1", "loss"), next(validations)), clips=8))
+    out = tmp_path / "run"
+    T.main(toy_args(out, "--keep", "9", epochs=3))  # 4 steps per epoch, every checkpoint kept
+    assert os.readlink(out / "checkpoint-best") == "ckpt-s00000008-end"
+    T.main(toy_args(out, "--keep", "9", "--resume", str(out / "ckpt-s00000004-end"), epochs=3))
+    assert os.readlink(out / "checkpoint-best") == "ckpt-s00000004-end"  # 0.5 beats the resumed 0.4 and 0.45
+    assert "checkpoint-best now names ckpt-s00000004-end, the best validation before the checkpoint resumed " \
+           "from" in (out / "log.txt").read_text()
+    # where the best validation kept has no checkpoint any more (deleted by hand), there is no checkpoint-best
+    other = tmp_path / "other"
+    T.main(toy_args(other, "--keep", "9", epochs=3))
+    assert os.readlink(other / "checkpoint-best") == "ckpt-s00000012-end"
+    shutil.rmtree(other / "ckpt-s00000004-end")
+    T.main(toy_args(other, "--keep", "9", "--resume", str(other / "ckpt-s00000008-end"), epochs=3))
+    assert not (other / "checkpoint-best").is_symlink()  # 0.9 at step 4 is gone; 0.6 does not beat it
+    assert "checkpoint-best removed: it named a checkpoint after the one resumed from" in \
+        (other / "log.txt").read_text()
 
 
 def test_resume_says_which_flags_changed_and_when_nothing_is_left(tmp_path):

@@ -85,7 +85,27 @@ class Run:
         if self.dist.main:
             lines = self.metrics_lines()[:keep]
             (self.path / METRICS).write_text("".join(line + "\n" for line in lines))
+            self._best_of_kept_rows()
         self.dist.barrier()
+
+    def _best_of_kept_rows(self) -> None:
+        """After a resume from an earlier checkpoint than the last, `checkpoint-best` may name a checkpoint of the
+        abandoned steps (which the resumed run then overwrites with other weights): it names the epoch's
+        checkpoint of the best validation row kept instead, or goes where that checkpoint is gone."""
+        link = self.path / BEST
+        if not link.is_symlink():
+            return
+        best = max(self.val_rows(), key=rank, default=None)
+        name = f"ckpt-s{best['step']:08d}-end" if best else None
+        if os.readlink(link) == name:
+            return
+        if name and (self.path / name).is_dir():
+            point(self.path, BEST, name)
+            self.log(f"{BEST} now names {name}, the best validation before the checkpoint resumed from")
+        else:
+            link.unlink()
+            self.log(f"{BEST} removed: it named a checkpoint after the one resumed from, and none before it is "
+                     "kept")
 
     def write_config(self, resolved: dict) -> None:
         """`train_config.yaml`: the resolved arguments and model config."""
@@ -302,17 +322,21 @@ def save_checkpoint(run: Path, name: str, model: TimeSformer, train_state: dict,
         write_model(model, tmp)
         torch.save(train_state, tmp / STATE)
     for link in [LAST] + [BEST] * best:
-        temporary = run / f".{link}-{os.getpid()}"
-        if temporary.is_symlink() or temporary.exists():
-            temporary.unlink()
-        os.symlink(name, temporary)
-        os.replace(temporary, run / link)  # atomic: the link always names a complete checkpoint
+        point(run, link, name)
     kept = {name, os.readlink(run / BEST) if (run / BEST).is_symlink() else None}
     ckpts = sorted((p for p in run.glob("ckpt-*") if p.is_dir()), key=_ckpt_step)
     for old in ckpts[:-keep] if keep > 0 else []:
         if old.name not in kept:
             shutil.rmtree(old, ignore_errors=True)
     return run / name
+
+
+def point(run: Path, link: str, name: str) -> None:
+    """Make `run/link` a link to `name`, atomically: the link always names a complete checkpoint."""
+    temporary = run / f".{link}-{os.getpid()}"
+    temporary.unlink(missing_ok=True)
+    os.symlink(name, temporary)
+    os.replace(temporary, run / link)
 
 
 def _ckpt_step(path: Path) -> tuple[int, int]:
