@@ -119,6 +119,9 @@ def test_checkpoint_best_after_a_resume_from_an_earlier_checkpoint_names_a_kept_
     out = tmp_path / "run"
     T.main(toy_args(out, "--keep", "9", epochs=3))  # 4 steps per epoch, every checkpoint kept
     assert os.readlink(out / "checkpoint-best") == "ckpt-s00000008-end"
+    # a resume that trains nothing (or is killed before its first checkpoint) leaves both links on kept steps
+    T.main(toy_args(out, "--keep", "9", "--resume", str(out / "ckpt-s00000004-end"), "--max-steps", "4", epochs=3))
+    assert [os.readlink(out / link) for link in ("checkpoint-last", "checkpoint-best")] == ["ckpt-s00000004-end"] * 2
     T.main(toy_args(out, "--keep", "9", "--resume", str(out / "ckpt-s00000004-end"), epochs=3))
     assert os.readlink(out / "checkpoint-best") == "ckpt-s00000004-end"  # 0.5 beats the resumed 0.4 and 0.45
     assert "checkpoint-best now names ckpt-s00000004-end, the best validation before the checkpoint resumed " \

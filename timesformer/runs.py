@@ -79,12 +79,16 @@ class Run:
         path = self.path / METRICS
         return path.read_text().splitlines() if path.exists() else []
 
-    def restart_metrics(self, keep: int = 0) -> None:
+    def restart_metrics(self, keep: int = 0, resumed: Path | None = None) -> None:
         """Keep the first `keep` rows of `metrics.jsonl`: a resumed run forgets the evaluations logged after
-        its checkpoint, which it is about to repeat."""
+        its checkpoint `resumed`, which it is about to repeat. Where that checkpoint is in this folder,
+        `checkpoint-last` names it from now on (a run killed before its next checkpoint resumes from it again,
+        not from the abandoned steps' last)."""
         if self.dist.main:
             lines = self.metrics_lines()[:keep]
             (self.path / METRICS).write_text("".join(line + "\n" for line in lines))
+            if resumed is not None and Path(resumed).resolve().parent == self.path.resolve():
+                point(self.path, LAST, Path(resumed).resolve().name)
             self._best_of_kept_rows()
         self.dist.barrier()
 

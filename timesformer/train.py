@@ -295,7 +295,7 @@ def _train(args, dist: Dist, run: Run) -> dict:
     state = TrainState()
     if resume is not None:
         state = resume.restore(trainer)
-        run.restart_metrics(keep=resume.rows_logged)
+        run.restart_metrics(keep=resume.rows_logged, resumed=resume.path)
         if state.step >= total_steps or state.epoch >= args.epochs:
             log(f"nothing left to train: the checkpoint is at step {state.step} of {total_steps}, epoch "
                 f"{state.epoch} of {args.epochs}; raise --epochs (or --max-steps) to go on")
