@@ -792,12 +792,21 @@ def test_check_ranges_names_the_flag_or_argument():
     (["--data", "{tmp}"], "--data: .*: expected a folder with train/<class>/<clip>"),
     (["--out", "{tmp}/notes.pyth"], "--out: .*notes.pyth is a file, not a folder"),
     (["--config", "{tmp}/bad.yaml"], "--keep must be an integer, got 1.5"),  # YAML values skip argparse's types
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),  # nan passed every range check
+    (["--clip-grad", "inf"], "--clip-grad must be a finite number, got inf"),
+    (["--frame-drop", "nan"], "--frame-drop must be a finite number, got nan"),
+    (["--config", "{tmp}/missing.yaml"], r"--config .*missing.yaml: \[Errno 2\] No such file or directory"),
+    (["--config", "{tmp}"], r"--config .*: \[Errno 21\] Is a directory"),
+    (["--config", "{tmp}/broken.yaml"], "--config .*broken.yaml: while parsing a flow sequence"),
+    (["--config", "{tmp}/list.yaml"], "--config .*list.yaml: expected a mapping of flag names to values, got a list"),
 ])
 def test_bad_training_input_is_a_one_line_error(tmp_path, extra, message):
     """Out-of-range flags (on the command line or in --config), a broken --init, --data or --out and a model
     configuration that cannot be built end in a SystemExit naming the problem, before any work starts."""
     (tmp_path / "notes.pyth").write_text("hi\n")
     (tmp_path / "bad.yaml").write_text("keep: 1.5\n")
+    (tmp_path / "broken.yaml").write_text("batch-size: [8\n")  # these three were tracebacks
+    (tmp_path / "list.yaml").write_text("- lr\n- 0.1\n")
     flags = toy_args(tmp_path / "run", epochs=1) + [a.replace("{tmp}", str(tmp_path)) for a in extra]
     with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)")):
         T.main(flags)
@@ -845,6 +854,8 @@ def test_yaml_config_and_script_entry(tmp_path):
     cfg.write_text("preset: base\nbatch-size: 3\nattention: axial\n")
     args = T.parse_args(["--config", str(cfg), "--batch-size", "5"])
     assert (args.preset, args.batch_size, args.attention) == ("base", 5, "axial")
+    cfg.write_text("model: embed_dim=64 depth=6\n")  # a string, as on the command line (was split into letters)
+    assert T.parse_args(["--config", str(cfg)]).model == ["embed_dim=64", "depth=6"]
     cfg.write_text("batch_sizes: 3\n")
     with pytest.raises(SystemExit):
         T.parse_args(["--config", str(cfg)])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import subprocess
 import sys
@@ -76,6 +77,8 @@ def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace, rang
         flag, integer = (action.option_strings or [action.dest])[-1], action.type is int
         if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
             raise SystemExit(f"{flag} must be {'an integer' if integer else 'a number'}, got {value!r}")
+        if not math.isfinite(value):  # nan passes every comparison below
+            raise SystemExit(f"{flag} must be a finite number, got {value}")
         low, inclusive, high = ranges.get(action.dest, (None, True, None))
         if low is not None and (value < low or (value == low and not inclusive)) or high is not None and value >= high:
             what = f"{'at least' if inclusive else 'above'} {low}" + (f" and below {high}" if high is not None else "")

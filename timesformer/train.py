@@ -142,8 +142,16 @@ def parse_args(argv=None, prog: str | None = None) -> argparse.Namespace:
     if pre.config:
         import yaml
 
-        with open(pre.config) as f:
-            values = yaml.safe_load(f) or {}
+        try:
+            with open(pre.config) as f:
+                values = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise SystemExit(f"--config {pre.config}: {' '.join(str(e).split())}") from None
+        if not isinstance(values, dict):
+            raise SystemExit(f"--config {pre.config}: expected a mapping of flag names to values, got a "
+                             f"{type(values).__name__}")
+        if isinstance(values.get("model"), str):  # `model: embed_dim=64 depth=6`, as on the command line
+            values["model"] = values["model"].split()
         known = {a.dest for a in parser._actions}
         values = {k.replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(set(values) - known)
