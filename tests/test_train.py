@@ -142,14 +142,40 @@ def test_resume_says_which_flags_changed_and_when_nothing_is_left(tmp_path):
     T.main(toy_args(out, epochs=1))
     T.main(toy_args(out, "--resume", "--attention", "axial", "--no-progress", epochs=1))
     log = (out / "log.txt").read_text()
-    assert "nothing left to train: the checkpoint is at step 4 of 4, epoch 1 of 1; raise --epochs" in log
+    assert "nothing left to train: the checkpoint is at epoch 1 of 1 and step 4 of 4; raise --epochs" in log
     assert "--resume with other flags than the checkpoint's run: --attention divided_space_time → axial (the " \
            "model is the checkpoint's" in log
+    # the run records the flags that built its model, so the next resume does not report --attention again
+    assert yaml.safe_load((out / "train_config.yaml").read_text())["args"]["attention"] == "divided_space_time"
     T.main(toy_args(out, "--resume", epochs=2))
-    assert log_lines_after(out, log).count("--resume with other flags") == 1 and "--epochs 1 → 2" in \
-        log_lines_after(out, log)
+    assert log_lines_after(out, log).count("--resume with other flags") == 1 and "--epochs 1 → 2)" in \
+        log_lines_after(out, log).replace(" (the model", ")")
+    # a smaller batch leaves steps to do but no epochs: the message says which is done
+    T.main(toy_args(out, "--resume", "--batch-size", "2", epochs=2))
+    assert "nothing left to train: the checkpoint is at epoch 2 of 2; raise" in (out / "log.txt").read_text()
+    # --resume where there is nothing yet says it starts a new run
+    T.main(toy_args(tmp_path / "fresh", "--resume", epochs=1))
+    assert f"--resume: no checkpoint in {tmp_path / 'fresh'} yet, so a new run starts there" in \
+        (tmp_path / "fresh" / "log.txt").read_text()
     assert load_model(out / "checkpoint-last").config.attention_type == "divided_space_time"
     assert [r["epoch"] for r in rows(out) if r["split"] == "train"] == [0, 1]
+
+
+def test_resume_refuses_a_run_whose_last_checkpoint_cannot_resume(tmp_path):
+    """--resume in a run folder whose checkpoint-last had lost its train_state.pt (deleted to save space) started
+    a new run there without a word, overwriting the old run's checkpoints with fresh weights."""
+    out = tmp_path / "run"
+    T.main(toy_args(out, "--keep", "9", epochs=2))
+    (out / "checkpoint-last" / "train_state.pt").unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "log.txt"}
+    with pytest.raises(SystemExit, match=r"^--resume: .*run holds a run \(2 checkpoints, 4 metrics rows\) but its "
+                                         r"checkpoint-last has no train_state.pt to resume from; name a checkpoint "
+                                         r"that has one with --resume .*run/ckpt-s00000004-end$"):
+        T.main(toy_args(out, "--resume", epochs=2))
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "log.txt"} == before
+    (out / "ckpt-s00000004-end" / "train_state.pt").unlink()
+    with pytest.raises(SystemExit, match="no checkpoint there has one: choose another --out$"):
+        T.main(toy_args(out, "--resume", epochs=2))
 
 
 def log_lines_after(run, earlier: str) -> str:

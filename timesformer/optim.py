@@ -1,4 +1,5 @@
-"""The optimiser, its learning-rate schedule and the mixed-precision dtype, from the training arguments.
+"""The optimiser, its learning-rate schedule, the mixed-precision dtype and the `Trainer` that holds them, from the
+training arguments.
 
 `args` is the resolved namespace of `timesformer.train` (`optimizer`, `lr`, `weight_decay`, `momentum`,
 `schedule`, `warmup_steps`, `min_lr`, `epochs`, `amp`); `resolve` fills its recipe defaults.
@@ -11,6 +12,10 @@ import math
 
 import torch
 from torch import nn
+
+from timesformer.distributed import Dist
+from timesformer.engine import Trainer
+from timesformer.model import TimeSformer, compile_model
 
 NO_DECAY_NAMES = ("pos_embed", "time_embed", "cls_token")
 
@@ -74,3 +79,21 @@ def amp_dtype(args, device: torch.device) -> torch.dtype | None:
     if args.amp == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
+
+
+def build_trainer(args, dist: Dist, model: TimeSformer, total_steps: int, steps_per_epoch: int) -> Trainer:
+    """The optimizer, GradScaler, schedule and autocast dtype of the run `args`, around `model` (wrapped in
+    DDP under torchrun and compiled with --compile)."""
+    device = dist.device
+    ddp_model = model
+    if dist.ddp:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:  # the DDP wrapper inside, so that its buckets split the graph and overlap the backward
+        ddp_model = compile_model(ddp_model)
+    dtype = amp_dtype(args, device)
+    return Trainer(
+        model, ddp_model, build_optimizer(args, model),
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), dist=dist,
+        lr_at=lambda step: lr_at(step, args, total_steps, steps_per_epoch), total_steps=total_steps,
+        accum_steps=args.accum_steps, clip_grad=args.clip_grad, dtype=dtype)

@@ -72,3 +72,12 @@ def run_summary(path: Path) -> dict:
             "last val acc1": val[-1]["acc1"] if val else None,
             "clips/s": speeds[len(speeds) // 2] if speeds else None,
             "ended": ended[0] if ended else "no final line"}
+
+
+def holds_run(path: Path) -> str | None:
+    """What of a training run the folder `path` holds (its checkpoints, its metrics), or None."""
+    checkpoints = [p.name for p in path.glob("ckpt-*") if p.is_dir()] if path.is_dir() else []
+    rows = len((path / METRICS).read_text().splitlines()) if (path / METRICS).is_file() else 0
+    found = ([f"{len(checkpoints)} checkpoint{'s' * (len(checkpoints) != 1)}"] if checkpoints else []) + \
+        ([f"{rows} metrics row{'s' * (rows != 1)}"] if rows else [])
+    return ", ".join(found) or None

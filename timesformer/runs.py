@@ -15,20 +15,19 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from timesformer.checkpoints import LAST, load_model, write_model
+from timesformer.checkpoints import LAST, write_model
 from timesformer.distributed import Dist, out_of_memory
 from timesformer.engine import Trainer, TrainingDiverged, TrainState
 from timesformer.files import atomic_folder, make_folder
 from timesformer.model import TimeSformer
-from timesformer.runinfo import METRICS, rank, read_metrics
+from timesformer.resume import STATE, rng_state
+from timesformer.runinfo import METRICS, holds_run, rank, read_metrics
 
 BEST = "checkpoint-best"  # the checkpoint of the best validation accuracy so far; never pruned
-STATE = "train_state.pt"
 
 
 class Logger:
@@ -306,15 +305,6 @@ class StopRequest:
             pass
 
 
-def holds_run(path: Path) -> str | None:
-    """What of a training run the folder `path` holds (its checkpoints, its metrics), or None."""
-    checkpoints = [p.name for p in path.glob("ckpt-*") if p.is_dir()] if path.is_dir() else []
-    rows = len((path / METRICS).read_text().splitlines()) if (path / METRICS).is_file() else 0
-    found = ([f"{len(checkpoints)} checkpoint{'s' * (len(checkpoints) != 1)}"] if checkpoints else []) + \
-        ([f"{rows} metrics row{'s' * (rows != 1)}"] if rows else [])
-    return ", ".join(found) or None
-
-
 def save_checkpoint(run: Path, name: str, model: TimeSformer, train_state: dict, keep: int,
                     best: bool = False) -> Path:
     """Write `run/name/` (save_model + train_state.pt) atomically, point `checkpoint-last` (and with `best`,
@@ -348,68 +338,3 @@ def _ckpt_step(path: Path) -> tuple[int, int]:
         return int(path.name.split("-")[1][1:]), path.name.endswith("-end")
     except (IndexError, ValueError):
         return -1, 0
-
-
-# ---------------------------------------------------------------------------------------------
-# resuming
-def find_resume(resume: str, out) -> Path | None:
-    """The checkpoint `--resume` names: `resume` itself or its `checkpoint-last`; `auto` looks in `out` and
-    finds nothing in a fresh folder (so `--resume` is safe in a restart loop)."""
-    target = Path(out if resume == "auto" else resume)
-    if (target / STATE).is_file():
-        return target
-    if (target / LAST / STATE).is_file():
-        return (target / LAST).resolve()
-    if resume == "auto":
-        return None
-    raise SystemExit(f"--resume {resume}: no {STATE} there or in {LAST}/")
-
-
-# flags that a resumed run may change without changing what it computes
-SAME_RUN = {"out", "resume", "config", "workers", "prefetch", "no_progress", "threads", "device", "ckpt_every", "keep",
-            "eval_every", "compile", "grad_checkpointing"}
-
-
-@dataclass
-class Resume:
-    """A run checkpoint read once: the model and its `train_state.pt`."""
-
-    path: Path
-    model: TimeSformer
-    saved: dict
-
-    @classmethod
-    def open(cls, path: Path) -> Resume:
-        return cls(path, load_model(path), torch.load(path / STATE, map_location="cpu", weights_only=True))
-
-    def restore(self, trainer: Trainer) -> TrainState:
-        """Put the optimizer, the GradScaler and the RNGs back as they were; the state to continue from."""
-        trainer.optimizer.load_state_dict(self.saved["optimizer"])
-        trainer.scaler.load_state_dict(self.saved["scaler"])
-        set_rng_state(self.saved["rng"])
-        return TrainState.from_dict(self.saved["state"], main=trainer.dist.main)
-
-    def changed(self, args) -> list[str]:
-        """"--flag saved → now" for each flag of `args` that differs from the checkpoint's run, leaving out those
-        that change where and how fast it runs but not what it computes."""
-        saved = self.saved.get("args") or {}
-        return [f"--{k.replace('_', '-')} {saved[k]} → {v}" for k, v in sorted(vars(args).items())
-                if k in saved and k not in SAME_RUN and saved[k] != v]
-
-    @property
-    def rows_logged(self) -> int:
-        """How many `metrics.jsonl` rows were written when the checkpoint was."""
-        return self.saved["metrics_lines"]
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -13,8 +13,9 @@ lr 0.005, weight decay 1e-4, lr ×0.1 at epochs 11 and 14 of 15, scaled to --epo
 (lr 1e-3, weight decay 0.05) for `tiny`, both with linear warm-up.
 
 This module holds the arguments and their wiring (as MAE's `main_*.py`); the loop and evaluation live in
-`timesformer.engine`, run folders, checkpoints and resuming in `timesformer.runs`, the optimiser, schedule and
-mixed precision in `timesformer.optim`, the device and DDP in `timesformer.distributed`.
+`timesformer.engine`, run folders and checkpoints in `timesformer.runs`, resuming in `timesformer.resume`, the
+optimiser, schedule, mixed precision and the Trainer in `timesformer.optim`, the device and DDP in
+`timesformer.distributed`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
 from timesformer.data import FrameDrop, TrainLoader, auto_workers, build_datasets, synthmotion_task, workers_arg
 from timesformer.distributed import Dist, device_name, free_frames
 from timesformer.engine import (
-    Trainer,
     TrainingDiverged,
     TrainState,
     check_finite,
@@ -45,9 +45,10 @@ from timesformer.engine import (
     train_one_epoch,
     train_row,
 )
-from timesformer.model import TimeSformer, compile_model
-from timesformer.optim import AMP, amp_dtype, build_optimizer, lr_at, resolve
-from timesformer.runs import LAST, Interrupted, OutOfMemory, Resume, Run, StopRequest, find_resume, memory_advice
+from timesformer.model import TimeSformer
+from timesformer.optim import AMP, build_trainer, resolve
+from timesformer.resume import Resume, find_resume
+from timesformer.runs import LAST, Interrupted, OutOfMemory, Run, StopRequest, memory_advice
 
 PRESETS = ("tiny", "base", "hr", "large")
 
@@ -254,6 +255,8 @@ def _train(args, dist: Dist, run: Run) -> dict:
     device, log = dist.device, run.log
     resume_from = find_resume(args.resume, args.out) if args.resume else None
     resume = Resume.open(resume_from) if resume_from is not None else None
+    if args.resume == "auto" and resume is None:
+        log(f"--resume: no checkpoint in {args.out} yet, so a new run starts there")
     init = load_init(args, log) if args.init and resume is None else None
 
     # the data decides the classes; the model decides frames and size unless the flags do
@@ -285,6 +288,7 @@ def _train(args, dist: Dist, run: Run) -> dict:
         if changed:
             log(f"--resume with other flags than the checkpoint's run: {', '.join(changed)} (the "
                 "model is the checkpoint's, whatever --preset, --attention and --model say)")
+        resume.keep_architecture(args)
     else:
         model = build_model(args, classes, log, init)
     model.set_grad_checkpointing(args.grad_checkpointing).to(device)
@@ -298,15 +302,17 @@ def _train(args, dist: Dist, run: Run) -> dict:
     total_steps = steps_per_epoch * args.epochs
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
-    trainer = _build_trainer(args, dist, model, total_steps, steps_per_epoch)
+    trainer = build_trainer(args, dist, model, total_steps, steps_per_epoch)
 
     state = TrainState()
     if resume is not None:
         state = resume.restore(trainer)
         run.restart_metrics(keep=resume.rows_logged, resumed=resume.path)
-        if state.step >= total_steps or state.epoch >= args.epochs:
-            log(f"nothing left to train: the checkpoint is at step {state.step} of {total_steps}, epoch "
-                f"{state.epoch} of {args.epochs}; raise --epochs (or --max-steps) to go on")
+        done = [f"epoch {state.epoch} of {args.epochs}"] * (state.epoch >= args.epochs) + [
+            f"step {state.step} of {total_steps}"] * (state.step >= total_steps)
+        if done:
+            log(f"nothing left to train: the checkpoint is at {' and '.join(done)}; raise --epochs (or --max-steps) "
+                "to go on")
     else:
         run.restart_metrics()
     run.write_config({"args": vars(args), "model": model.config.to_dict(), "world_size": dist.world,
@@ -387,22 +393,6 @@ def _train(args, dist: Dist, run: Run) -> dict:
     result["checkpoint"] = str(run.path / LAST)
     run.finished(state.step, state.wall)
     return result
-
-
-def _build_trainer(args, dist: Dist, model: TimeSformer, total_steps: int, steps_per_epoch: int) -> Trainer:
-    device = dist.device
-    ddp_model = model
-    if dist.ddp:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:  # the DDP wrapper inside, so that its buckets split the graph and overlap the backward
-        ddp_model = compile_model(ddp_model)
-    dtype = amp_dtype(args, device)
-    return Trainer(
-        model, ddp_model, build_optimizer(args, model),
-        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), dist=dist,
-        lr_at=lambda step: lr_at(step, args, total_steps, steps_per_epoch), total_steps=total_steps,
-        accum_steps=args.accum_steps, clip_grad=args.clip_grad, dtype=dtype)
 
 
 def cli(argv=None, prog: str | None = None) -> None:
