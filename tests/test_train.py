@@ -178,6 +178,25 @@ def test_resume_refuses_a_run_whose_last_checkpoint_cannot_resume(tmp_path):
         T.main(toy_args(out, "--resume", epochs=2))
 
 
+def test_export_never_replaces_a_training_run_or_its_checkpoints(tmp_path, capsys):
+    """`tslab export X --out runs/x/ckpt-...` replaced a run's checkpoint (its train_state.pt gone), and `--out
+    runs/x/checkpoint-last` turned the link into a folder, so the run could not resume; a run folder that also
+    held a model of save_model's (an export trained into) was replaced whole, checkpoints and metrics."""
+    from timesformer.export import main as export
+
+    out = tmp_path / "run"
+    save_model(TimeSformer(TimeSformerConfig.tiny(img_size=32, num_frames=4, num_classes=4)), out)
+    T.main(toy_args(out, epochs=1))  # a folder with no run yet takes one
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for target, said in ((out / "ckpt-s00000004-end", "a training run's checkpoint: "),
+                         (out / "checkpoint-last", "a training run's checkpoint link: "),
+                         (out, "a training run's folder (1 checkpoint, 2 metrics rows): ")):
+        assert export(["synthmotion-temporal-axial", "--out", str(target)]) == 2
+        assert f"error: {target} is {said}save_model does not replace it" in capsys.readouterr().err
+    assert (out / "checkpoint-last").is_symlink()
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def log_lines_after(run, earlier: str) -> str:
     return (run / "log.txt").read_text()[len(earlier):]
 
@@ -710,6 +729,24 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
         with pytest.raises(SystemExit):
             E.main([str(out / "checkpoint-last"), str(root), flag, "0"])
         assert f"argument {flag}: expected an integer ≥ 1, got '0'" in capsys.readouterr().err
+
+
+def test_clips_none_of_which_can_be_read_stop_the_run_with_one_line(tmp_path):
+    """All training clips unreadable: the run took its steps on no clip, logged a loss of 0 and kept a
+    checkpoint-best of 0 %. All validation clips unreadable: an accuracy over 0 clips ranked as the best."""
+    root = export_synthmotion(tmp_path / "videos", "temporal", num_train=8, num_val=4, seed=0, num_frames=4,
+                              size=32)
+    flags = ["--data", str(root), "--epochs", "1", "--batch-size", "4", "--sampling-rate", "1", *TOY]
+    for clip in (root / "val").rglob("*.mp4"):
+        clip.write_bytes(b"\x00" * 100)
+    with pytest.raises(SystemExit, match=r"^none of the 4 validation clips could be read: check --val-data"):
+        T.main([*flags, "--out", str(tmp_path / "a")])
+    assert not list((tmp_path / "a").glob("ckpt-*"))
+    for clip in (root / "train").rglob("*.mp4"):
+        clip.write_bytes(b"\x00" * 100)
+    with pytest.raises(SystemExit, match=f"^--data {root}: none of the 8 training clips of epoch 0 could be read"):
+        T.main([*flags, "--out", str(tmp_path / "b")])
+    assert not list((tmp_path / "b").glob("ckpt-*"))
 
 
 def test_ddp_skips_a_micro_batch_together_when_one_process_has_no_readable_clip(tmp_path):

@@ -363,6 +363,9 @@ def _train(args, dist: Dist, run: Run) -> dict:
             if skipped := row.get("skipped"):
                 log(f"epoch {epoch}: skipped {skipped} unreadable clip{'s' * (skipped != 1)}")
             run.log_metrics(row)
+            if not row["clips"]:  # steps on no clip at all: nothing to learn, and no checkpoint to keep of it
+                raise SystemExit(f"--data {args.data}: none of the {skipped} training clips of epoch {epoch} could be "
+                                 "read (the log names the first ones and why)")
             finished = state.step >= total_steps or epoch + 1 >= args.epochs
             # the workers begin the next epoch now: its first batches are ready once validation and the
             # checkpoint are done (started at its first step, the epoch waited for them)
@@ -371,6 +374,9 @@ def _train(args, dist: Dist, run: Run) -> dict:
             if val_loader is not None and ((epoch + 1) % args.eval_every == 0 or finished):
                 ev = evaluate(trainer.ddp_model, val_loader, device, trainer.dtype, dist)
                 result["val"] = row = {"epoch": epoch, "step": state.step, "split": "val", **ev}
+                if not row["clips"]:  # an accuracy of 0 clips would rank as a checkpoint-best
+                    raise SystemExit(f"none of the {row.get('skipped', 0)} validation clips could be read: check "
+                                     "--val-data (or the data's val split)")
                 improved = run.beats_earlier(row)
                 run.log_metrics(row)
             state.next_epoch()
