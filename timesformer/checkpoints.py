@@ -32,6 +32,7 @@ from .formats.common import Checkpoint, CheckpointError, make_config, read_json,
 from .formats.official import fields_from_tensors, unwrap
 from .formats.vit import init_from_image
 from .model import TimeSformer, resize_positions, resize_times
+from .runinfo import holds_run
 from .shipped import find_model
 
 __all__ = ["FORMATS", "IMAGE_FORMATS", "Checkpoint", "CheckpointError", "from_checkpoint", "load_model",
@@ -41,6 +42,7 @@ FORMAT = "timesformer-lab"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 LAST = "checkpoint-last"  # a training run's newest checkpoint (timesformer.runs writes it)
+STATE = "train_state.pt"  # beside a training checkpoint's model: everything else --resume needs
 FORMATS = {  # what load_model opens (docs/model.md has a table of what each tells)
     FORMAT: "a folder written by save_model, or its model.safetensors alone",
     "official": "an official TimeSformer checkpoint (.pyth/.pth, weights under model_state)",
@@ -67,11 +69,18 @@ def save_model(model: TimeSformer, path, format: str = FORMAT) -> Path:
 
     The folder is written next to its destination and renamed into place, so a crash never leaves
     a half-written checkpoint under `path`. A checkpoint already at `path` (one this function wrote) is
-    replaced; anything else there — a file, a folder of other things — is a FileExistsError, never lost.
+    replaced; anything else there — a file, a folder of other things, a training run's checkpoint or its
+    `checkpoint-last` link — is a FileExistsError, never lost.
     """
     if format not in SAVE_FORMATS:
         raise ValueError(f"format must be one of {', '.join(SAVE_FORMATS)}, got {format!r}")
     path = Path(path)
+    if path.is_symlink() or (path / STATE).exists():  # `checkpoint-last`, a `ckpt-*` folder of a run
+        raise FileExistsError(f"{path} is a training run's checkpoint{' link' * path.is_symlink()}: save_model does "
+                              "not replace it (its run resumes from it); choose another path")
+    if run := holds_run(path):  # a run trained into a folder save_model wrote: never replace the run with it
+        raise FileExistsError(f"{path} is a training run's folder ({run}): save_model does not replace it; choose "
+                              "another path")
     if path.exists() and not (path.is_dir() and (_is_ours(path) or not any(path.iterdir()))):
         what = "a folder that is not a TimeSformer Lab checkpoint" if path.is_dir() else "a file"
         raise FileExistsError(f"{path} is {what}: save_model replaces only a checkpoint it wrote; choose another "

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import torch
 
-from timesformer.checkpoints import LAST, load_model
+from timesformer.checkpoints import LAST, STATE, load_model
 from timesformer.engine import Trainer, TrainState
 from timesformer.model import TimeSformer
 from timesformer.runinfo import holds_run
-
-STATE = "train_state.pt"  # beside each checkpoint's model: everything else --resume needs
 
 
 def find_resume(resume: str, out) -> Path | None:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from timesformer.checkpoints import LAST, write_model
+from timesformer.checkpoints import LAST, STATE, write_model
 from timesformer.distributed import Dist, out_of_memory
 from timesformer.engine import Trainer, TrainingDiverged, TrainState
 from timesformer.files import atomic_folder, make_folder
 from timesformer.model import TimeSformer
-from timesformer.resume import STATE, rng_state
+from timesformer.resume import rng_state
 from timesformer.runinfo import METRICS, holds_run, rank, read_metrics
 
 BEST = "checkpoint-best"  # the checkpoint of the best validation accuracy so far; never pruned
