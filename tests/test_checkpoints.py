@@ -301,3 +301,18 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
     assert main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_class_names_that_do_not_fit_the_head_are_an_error(tmp_path):
+    """A config.json edited to 3 names for a 4-class head was loaded with the names '0'..'3' instead."""
+    path = save_model(small_model("axial", num_classes=4, class_names=["a", "b", "c", "d"]), tmp_path / "ckpt")
+    config = json.loads((path / "config.json").read_text())
+    config["config"]["class_names"] = ["a", "b", "c"]
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=rf"^cannot build a config for {re.escape(str(path))}: 3 class names "
+                                              r"given for num_classes=4$"):
+        load_model(path)
+    # another class count asked for (a new head): the file's names no longer apply and are dropped
+    from timesformer.formats.common import make_config
+
+    assert make_config({"num_classes": 4, "class_names": list("abcd")}, {"num_classes": 3}, "x").class_names is None

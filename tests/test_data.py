@@ -263,3 +263,74 @@ def test_export_cli(tmp_path, capsys):
     assert "notes.txt is a file, not a folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="SynthMotion's size must be an integer ≥ 1, got 0"):
         SynthMotion("temporal", "train", 4, 8, 0)
+
+
+def test_a_byte_order_mark_is_not_part_of_a_csv_list(tmp_path):
+    """Excel writes UTF-8 CSV files with a BOM: the header must stay a header, the first path a path."""
+    root = export_synthmotion(tmp_path / "sm", "appearance", num_train=2, num_val=0, seed=0, num_frames=4, size=16)
+    clips = sorted((root / "train").glob("*/*.mp4"))
+    rows = "".join(f"{p},{p.parent.name}\n" for p in clips)
+    (tmp_path / "header.csv").write_text("\ufeffpath,label\n" + rows, encoding="utf-8")
+    (tmp_path / "bare.csv").write_text("\ufeff" + rows, encoding="utf-8")
+    for name in ("header.csv", "bare.csv"):
+        ds = video_csv(tmp_path / name, num_frames=4, size=16, sampling_rate=1)
+        assert ds.classes == sorted({p.parent.name for p in clips}) and len(ds) == 2, name
+        assert ds.items[0][0] == str(clips[0]) and not isinstance(ds[0], Skipped)
+
+
+def save_tiny_model(path, classes):
+    from timesformer import TimeSformer, TimeSformerConfig, save_model
+
+    save_model(TimeSformer(TimeSformerConfig.tiny(img_size=16, embed_dim=16, depth=1, num_heads=2, num_frames=4,
+                                                  num_classes=len(classes), class_names=classes)), path)
+
+
+def test_an_empty_class_folder_is_an_error(tmp_path):
+    """An empty folder would be a class without clips: another class count, labels shifted."""
+    root = export_synthmotion(tmp_path / "sm", "appearance", num_train=4, num_val=2, seed=0, num_frames=4, size=16)
+    empty = root / "train" / "zzz"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a video")
+    with pytest.raises(ValueError, match=rf"^class folder {empty} holds no video files \(.*\.mp4.*\): add its "
+                                         "clips or remove the folder"):
+        build_datasets(str(root), num_frames=4, size=16)
+    from timesformer import evaluate as E
+    from timesformer import train as T
+
+    save_tiny_model(tmp_path / "model", APPEARANCE_CLASSES)
+    with pytest.raises(SystemExit, match=f"^--data: class folder {empty} holds no video files"):
+        T.main(["--data", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress"])
+    # evaluation takes the checkpoint's classes: an empty folder of one of them changes no label
+    (root / "val" / APPEARANCE_CLASSES[3]).mkdir(exist_ok=True)
+    assert E.run(tmp_path / "model", str(root), "val", num_frames=4, size=16, sampling_rate=1,
+                 workers=0)["video"]["clips"] == 2
+
+
+def test_a_negative_csv_label_names_the_valid_range(tmp_path):
+    """The message gave the range of indices as 0..0 for one class (and 0..-1 where every label was -1)."""
+    (tmp_path / "neg.csv").write_text("a.mp4,-1\nb.mp4,0\n")
+    with pytest.raises(ValueError, match=r"neg.csv:1: label -1 is negative: integer labels are class indices, "
+                                         r"from 0$"):
+        video_csv(tmp_path / "neg.csv")
+    (tmp_path / "big.csv").write_text("a.mp4,1\nb.mp4,2\n")
+    with pytest.raises(ValueError, match=r"big.csv:2: label 2 is outside 0..1, the indices of the 2 training "
+                                         r"classes$"):
+        video_csv(tmp_path / "big.csv", classes=["x", "y"])
+    with pytest.raises(ValueError, match=r"big.csv:1: label 1 is not 0, the index of the 1 training class$"):
+        video_csv(tmp_path / "big.csv", classes=["x"])
+
+
+def test_evaluating_only_unreadable_clips_is_an_error(tmp_path, capsys):
+    from timesformer import evaluate as E
+
+    save_tiny_model(tmp_path / "model", ["a", "b"])
+    (tmp_path / "x.mp4").write_text("junk")
+    (tmp_path / "y.mp4").write_bytes(b"")
+    (tmp_path / "allbad.csv").write_text("x.mp4,a\ny.mp4,b\n")
+    predictions = tmp_path / "p.csv"
+    with pytest.raises(SystemExit, match=rf"^no clip of {tmp_path / 'allbad.csv'} could be read: all 2 clips are "
+                                         rf"unreadable \(the first, {tmp_path / 'x.mp4'}: this is a text file, not a "
+                                         r"video\)$"):
+        E.main([str(tmp_path / "model"), str(tmp_path / "allbad.csv"), "--predictions", str(predictions),
+                "--no-progress", "--workers", "0"])
+    assert not predictions.exists() and capsys.readouterr().out == ""

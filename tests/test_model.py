@@ -440,3 +440,30 @@ def test_the_model_says_where_its_weights_are():
     assert model.device == torch.device("cpu")
     if torch.cuda.is_available():
         assert model.cuda().device == torch.device("cuda", torch.cuda.current_device())
+
+
+def test_inputs_of_another_float_dtype_are_cast_and_non_tensors_refused():
+    """A float64 or half clip runs in the weights' dtype (was: conv2d's raw dtype RuntimeError); an empty batch and
+    a numpy array or list are refused in one line (was: a reshape error, AttributeError: no attribute 'dim')."""
+    model = small_model("divided_space_time")
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        ref = model(video)
+        for dtype, tol in ((torch.float64, 1e-5), (torch.float16, 5e-2), (torch.bfloat16, 2e-1)):
+            out = model(video.to(dtype))
+            assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=tol), dtype
+            assert model.forward_features(video.to(dtype)).dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast still decides the compute dtype
+            assert model(video.double()).dtype == torch.bfloat16
+        half = small_model("divided_space_time").to(torch.bfloat16)
+        assert torch.allclose(half(video).float(), ref, atol=0.5)  # float32 clip, bf16 weights
+    wanted = video.double().requires_grad_()
+    model(wanted).sum().backward()
+    assert wanted.grad.dtype == torch.float64 and wanted.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"^empty batch: a video batch of shape \(0, 3, 4, 32, 32\) holds no clip$"):
+        model(video[:0])
+    with pytest.raises(ValueError, match=r"^expected a video batch \(B, 3, T, H, W\) as a torch.Tensor, got a "
+                                         r"numpy.ndarray: use torch.from_numpy\(video\)$"):
+        model(video.numpy())
+    with pytest.raises(ValueError, match=r"as a torch.Tensor, got a list: use torch.as_tensor\(video\)$"):
+        model(video.tolist())

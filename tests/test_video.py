@@ -3,6 +3,7 @@
 import io
 import math
 import subprocess
+from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
@@ -293,3 +294,31 @@ def test_write_video_round_trip(tmp_path):
     video, info = read_clip(path, num_frames=6, sampling_rate=1, size=30, keep_frames=True)
     assert (info.width, info.height, info.num_frames) == (41, 30, 6)
     assert abs(int(info.frames[0, 15, 5, 0]) - 200) < 12
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "samples" / "moving_left.mp4"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(window=(1,)), r"window must be a pair \(start, end\) in seconds, not \(1,\)"),
+    (dict(window=(0, 1, 2)), r"window must be a pair \(start, end\) in seconds, not \(0, 1, 2\)"),
+    (dict(window="0-1"), r"window must be a pair \(start, end\) in seconds, not '0-1'"),
+    (dict(window=(2, 1)), "a time window starts at 0 s or later and ends after it starts, not \\(2, 1\\)"),
+    (dict(std=0), "std must be a positive finite number, got 0"),
+    (dict(std=float("nan")), "std must be a positive finite number, got nan"),
+    (dict(mean=float("inf")), "mean must be a finite number, got inf"),
+    (dict(num_frames=2.5), "num_frames must be an integer ≥ 1, got 2.5"),
+    (dict(num_frames=0), "num_frames must be an integer ≥ 1, got 0"),
+    (dict(size=True), "size must be an integer ≥ 1, got True"),
+    (dict(sampling_rate=-1), r"sampling_rate must be an integer ≥ 0 \(0: spread\), got -1"),
+    (dict(sampling_rate=1.5), r"sampling_rate must be an integer ≥ 0 \(0: spread\), got 1.5"),
+    (dict(spatial_crops=2), "spatial_crops must be 1 or 3, got 2"),
+])
+def test_read_clip_names_a_bad_argument(kwargs, message):
+    """Checked before decoding, each in one line naming the argument (was: IndexError, TypeError, or NaNs)."""
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        read_clip(SAMPLE, **{"size": 32, **kwargs})
+
+
+def test_read_clip_takes_numpy_integers_and_a_window_list():
+    assert read_clip(SAMPLE, num_frames=np.int64(2), size=16, window=[0, None])[0].shape == (1, 3, 2, 16, 16)

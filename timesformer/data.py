@@ -9,7 +9,6 @@ skipped ones and counts them, so one broken file never ends an epoch.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import signal
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from .csvlist import read_csv_list
 from .synthmotion import APPEARANCE_CLASSES, TASKS, TEMPORAL_CLASSES, SynthMotion, export_synthmotion
 from .video import VIDEO_EXTENSIONS, VideoError, read_clip, temporal_median
 
@@ -104,7 +104,8 @@ def video_folder(root, split: str = "train", classes: list[str] | None = None, *
         splits = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         raise FileNotFoundError(f"no split folder {base} (found: {', '.join(splits) or 'nothing'})")
     found = sorted(p.name for p in base.iterdir() if p.is_dir())
-    if classes is None:
+    from_folders = classes is None  # the training split: every folder is a class
+    if from_folders:
         classes = found
     unknown = sorted(set(found) - set(classes))
     if unknown:
@@ -112,9 +113,12 @@ def video_folder(root, split: str = "train", classes: list[str] | None = None, *
     items = []
     for label, name in enumerate(classes):
         folder = base / name
-        if folder.is_dir():
-            items += [(str(p), label) for p in sorted(folder.iterdir())
-                      if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
+        clips = [(str(p), label) for p in sorted(folder.iterdir())
+                 if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS] if folder.is_dir() else []
+        if not clips and from_folders:  # a class without clips would change the class count and the labels
+            raise ValueError(f"class folder {folder} holds no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}): "
+                             "add its clips or remove the folder")
+        items += clips
     if not items:
         raise ValueError(f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) under {base}/<class>/")
     return VideoListDataset(items, list(classes), **kw)
@@ -124,46 +128,11 @@ def video_csv(path, classes: list[str] | None = None, root=None, **kw) -> VideoL
     """A Kinetics-style list: one `path,label` (or `path label`) per line; a header line is allowed.
 
     Labels are class names or integer indices; relative paths are taken relative to `root` (default: the
-    list's folder). Classes are the sorted names (or 0..max for integer labels) unless given.
+    list's folder). Classes are the sorted names (or 0..max for integer labels) unless given
+    (`timesformer.csvlist.read_csv_list`).
     """
-    path = Path(path)
-    root = Path(root) if root is not None else path.parent
-    rows = []
-    with open(path, newline="") as f:
-        for n, line in enumerate(f):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = next(csv.reader([line])) if "," in line else line.rsplit(None, 1)
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{n + 1}: expected 'path,label', got {line!r}")
-            clip, label = parts[0].strip(), parts[1].strip()
-            if not label or label.lower().endswith(VIDEO_EXTENSIONS):  # "my clip.mp4" alone: class "clip.mp4"
-                raise ValueError(f"{path}:{n + 1}: {line!r} has no label (a path with spaces needs a comma: "
-                                 "'path,label')")
-            if n == 0 and label.lower() in ("label", "class", "labels") and clip.lower() in ("path", "video", "file"):
-                continue  # header
-            rows.append((clip, label, n + 1))
-    if not rows:
-        raise ValueError(f"{path} lists no clips")
-    numeric = all(label.lstrip("-").isdigit() for _, label, _ in rows)
-    if classes is None:
-        classes = ([str(i) for i in range(max(int(lb) for _, lb, _ in rows) + 1)] if numeric
-                   else sorted({lb for _, lb, _ in rows}))
-    index = {c: i for i, c in enumerate(classes)}
-    items = []
-    for clip, label, line in rows:
-        if numeric and label not in index:
-            label_idx = int(label)
-            if not 0 <= label_idx < len(classes):
-                raise ValueError(f"{path}:{line}: label {label} is outside 0..{len(classes) - 1}")
-        elif label not in index:
-            raise ValueError(f"{path}:{line}: class {label!r} is not one of the training classes")
-        else:
-            label_idx = index[label]
-        p = Path(clip)
-        items.append((str(p if p.is_absolute() else root / p), label_idx))
-    return VideoListDataset(items, list(classes), **kw)
+    items, classes = read_csv_list(path, classes, root)
+    return VideoListDataset(items, classes, **kw)
 
 
 # ---------------------------------------------------------------------------------------------

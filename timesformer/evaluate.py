@@ -6,7 +6,8 @@ Prints two numbers, as the paper reports them:
   scores averaged over the views.
 DATA is `synthmotion-temporal` / `synthmotion-appearance` (fresh `test` clips), a folder
 `ROOT/<split>/<class>/<clip>`, a folder with `<split>.csv`, or a CSV list. The checkpoint's class names fix
-the label order; clips of classes it does not know are an error, unreadable clips are skipped and counted.
+the label order; clips of classes it does not know are an error, unreadable clips are skipped and counted
+(none readable at all is an error).
 `--predictions FILE.csv` writes every clip's prediction (to find the clips a model gets wrong, and look at
 them with `tslab explain`), `--per-class` prints the accuracy of each class.
 """
@@ -67,7 +68,7 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(str(e)) from None
         t0 = time.time()
-        loader = eval_loader(ds, batch_size, workers, dist, pin_memory=device.type == "cuda")
+        loader = seen = FirstSkipped(eval_loader(ds, batch_size, workers, dist, pin_memory=device.type == "cuda"))
         if progress and dist.main:
             from tqdm import tqdm
 
@@ -78,6 +79,11 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
         except torch.OutOfMemoryError as e:
             raise SystemExit(f"the GPU ran out of memory at --batch-size {batch_size} (3 crops of each clip in one "
                              f"forward): {out_of_memory(e)}; try a smaller --batch-size") from None
+        if not video["clips"]:  # every clip unreadable (summed over the processes: all of them stop here)
+            n, first = video.get("skipped", 0), seen.first
+            reason = f" (the first, {first.path}: {first.reason})" if first is not None else ""
+            raise SystemExit(f"no clip of {data} could be read: "
+                             f"{'the only clip is' if n == 1 else f'all {n} clips are'} unreadable{reason}")
         seconds = round(time.time() - t0, 2)
         out = {"amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype], "processes": dist.world}
         if per_clip:
@@ -86,6 +92,23 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
             out["predictions"] = prediction_rows(kept, ds, model.class_names, data, seed)
             out["per_class"] = per_class(out["predictions"], model.class_names)
         return {"clip": {**video.pop("view"), "seconds": seconds}, "video": {**video, "seconds": seconds}, **out}
+
+
+class FirstSkipped:
+    """A loader's batches, keeping the first unreadable clip (`Skipped`): the error when none could be read
+    names it."""
+
+    def __init__(self, loader):
+        self.loader, self.first = loader, None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.first is None and batch["skipped"]:
+                self.first = batch["skipped"][0]
+            yield batch
 
 
 def prediction_rows(kept: dict, ds, names: list[str], data: str, seed: int) -> list[dict]:
@@ -174,9 +197,10 @@ def main(argv=None, prog: str | None = None) -> None:
                         ("video", "video accuracy (1 clip × 3 crops)")):
         m = res[name]
         top5 = f", top-5 {m['acc5']:.2%}" if "acc5" in m else ""
-        skipped = f", {m['skipped']} unreadable clips skipped" if m.get("skipped") else ""
+        skipped = f", {m['skipped']} unreadable clip{'s' * (m['skipped'] != 1)} skipped" if m.get("skipped") else ""
         amp = f", {res['amp']} autocast" if res["amp"] != "none" else ""
-        print(f"{label}: top-1 {m['acc1']:.2%}{top5} over {m['clips']} clips (loss {m['loss']:.4f}{amp}){skipped}")
+        clips = f"{m['clips']} clip{'s' * (m['clips'] != 1)}"
+        print(f"{label}: top-1 {m['acc1']:.2%}{top5} over {clips} (loss {m['loss']:.4f}{amp}){skipped}")
     if a.per_class:
         width = max(len(c["class"]) for c in res["per_class"]) if res["per_class"] else 0
         print("per class: top-1 of 1 clip × 3 crops (centre crop), clips")

@@ -222,6 +222,11 @@ class TimeSformer(nn.Module):
     def grid_of(self, video: torch.Tensor) -> tuple[int, int, int]:
         """(T, H_p, W_p) of a (B, 3, T, H, W) clip, or a ValueError that says what to change."""
         cfg = self.config
+        if not isinstance(video, torch.Tensor):  # a numpy array or list: name it, not a missing `.dim`
+            numpy = type(video).__module__ == "numpy"
+            raise ValueError(f"expected a video batch (B, {cfg.in_chans}, T, H, W) as a torch.Tensor, got a "
+                             f"{'numpy.' * numpy}{type(video).__name__}: use "
+                             f"torch.{'from_numpy' if numpy else 'as_tensor'}(video)")
         if video.dim() != 5:
             raise ValueError(f"expected a video batch (B, {cfg.in_chans}, T, H, W), got shape {tuple(video.shape)}")
         if not video.is_floating_point():  # raw frames: uint8 pixels, not the normalised clip the model takes
@@ -240,6 +245,8 @@ class TimeSformer(nn.Module):
             )
         if T < 1 or H < P or W < P:
             raise ValueError(f"empty clip of shape {tuple(video.shape)}")
+        if B < 1:
+            raise ValueError(f"empty batch: a video batch of shape {tuple(video.shape)} holds no clip")
         return T, H // P, W // P
 
     def _pos_embed(self, H: int, W: int) -> torch.Tensor:
@@ -254,6 +261,9 @@ class TimeSformer(nn.Module):
         """Tokens (B, C + T·N, D) in frame-major order, and the grid (T, H_p, W_p)."""
         T, H, W = grid = self.grid_of(video)
         B = video.shape[0]
+        # in the weights' dtype: a float64 or half clip into a float32 model (or a float32 clip into a bf16 one)
+        # would stop conv2d; under autocast the conv then casts to the autocast dtype as before
+        video = video.to(self.patch_embed.proj.weight.dtype)
         frames = video.transpose(1, 2).reshape(B * T, *video.shape[1:2], *video.shape[3:])  # (B·T, 3, H, W)
         x = self.patch_embed.proj(frames).flatten(2).transpose(1, 2)  # (B·T, N, D)
         x = x + self._pos_embed(H, W)

@@ -10,6 +10,7 @@ whose index keeps empty slots for dropped frames, a variable-rate mkv, a GIF wit
 stride of `sampling_rate / fps` seconds, each sample the frame on screen at that time (`_pick_by_time`).
 `window=(start, end)` (seconds) samples the part of the video between those times as if it were the video.
 
+The input is sniffed first (`timesformer.videoinput`: an image, audio, text or archive is named as such);
 decord decodes (it seeks to the frames it needs); PyAV is the fallback for what decord cannot open (GIF)
 and wherever decord fails on a file PyAV can read. Every failure becomes a `VideoError` (a `ValueError`)
 whose message says what is wrong with the file: decord raises `RuntimeError` or `decord.DECORDError`
@@ -18,15 +19,16 @@ whose message says what is wrong with the file: decord raises `RuntimeError` or 
 
 from __future__ import annotations
 
-import io
 import math
-import os
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .videoinput import Source, VideoError, sniff
 
 MEAN = 0.45  # official TimeSformer normalisation (Kinetics statistics), also HuggingFace's
 STD = 0.225
@@ -35,10 +37,6 @@ MAX_FRAMES = 10_000_000  # a frame count above this is a broken header, not a vi
 SPREAD = 0  # the sampling rate that spreads the frames evenly over the whole video
 # file suffixes taken as videos in dataset folders, the app's uploads and sample folders
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
-
-
-class VideoError(ValueError):
-    """A file that cannot be used as a video, with a message for the user."""
 
 
 @dataclass
@@ -127,79 +125,6 @@ def temporal_median(video: torch.Tensor, dim: int = 2) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# input sniffing: name what a file is before a decoder gives a cryptic error about it
-_IMAGE_MAGIC = [
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"BM", "a BMP image"),
-    (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
-]
-_AUDIO_MAGIC = [(b"ID3", "an MP3 audio file"), (b"fLaC", "a FLAC audio file"), (b"OggS", None)]
-
-
-def _sniff(head: bytes) -> str | None:
-    """'gif', or None to try the decoders; raises VideoError for input that is certainly not a video."""
-    if not head:
-        raise VideoError("empty file (0 bytes): not a video")
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        raise VideoError("this is a WebP image, not a video")
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        raise VideoError("this is a WAV audio file: no video stream")
-    for magic, what in _IMAGE_MAGIC + _AUDIO_MAGIC:
-        if head.startswith(magic) and what is not None:
-            kind = "image" if "image" in what else "audio"
-            raise VideoError(f"this is {what}, not a video" + (" (no video stream)" if kind == "audio" else ""))
-    if head.startswith(b"%PDF"):
-        raise VideoError("this is a PDF document, not a video")
-    if head.startswith(b"PK\x03\x04"):
-        raise VideoError("this is a ZIP archive, not a video")
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
-        raise VideoError("this is a text file, not a video")
-    return None
-
-
-class _Source:
-    """A path or in-memory bytes, with the first bytes read for sniffing."""
-
-    def __init__(self, source):
-        self.path: str | None = None
-        self.data: bytes | None = None
-        if isinstance(source, (str, os.PathLike)):
-            p = Path(source)
-            if not p.exists():
-                raise VideoError(f"no such file: {p}")
-            if p.is_dir():
-                raise VideoError(f"{p} is a folder, not a video file")
-            self.path = str(p)
-            self.name = p.name
-            with open(p, "rb") as f:
-                self.head = f.read(4096)
-        elif isinstance(source, (bytes, bytearray, memoryview)):
-            self.data = bytes(source)
-            self.name = "<bytes>"
-        elif hasattr(source, "read"):
-            if isinstance(source, io.TextIOBase):
-                raise VideoError("the file object is opened in text mode: open the video with 'rb'")
-            data = source.read()
-            if isinstance(data, str):
-                raise VideoError("the file object is opened in text mode: open the video with 'rb'")
-            self.data = bytes(data)
-            self.name = getattr(source, "name", "<file>")
-        else:
-            raise TypeError(f"read_clip takes a path, bytes or a binary file object, not {type(source).__name__}")
-        if self.data is not None:
-            self.head = self.data[:4096]
-
-    def open(self):
-        """What the decoders take: the path, or a fresh BytesIO."""
-        return self.path if self.path is not None else io.BytesIO(self.data)
-
-
-# ---------------------------------------------------------------------------------------------
 def _check_size(width: int, height: int) -> None:
     if width <= 0 or height <= 0:
         raise VideoError(f"the video stream has no picture size ({width}×{height}): the file is corrupt")
@@ -245,7 +170,7 @@ def _within(pick, window: tuple[float, float | None], duration: float, fps: floa
     return picked
 
 
-def _read_decord(src: _Source, pick, window=None):
+def _read_decord(src: Source, pick, window=None):
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
@@ -282,7 +207,7 @@ def _av_message(err: Exception) -> str:
     return f"the video could not be decoded ({type(err).__name__}: {str(err)[:200]})"
 
 
-def _read_pyav(src: _Source, pick, window=None):
+def _read_pyav(src: Source, pick, window=None):
     import av
 
     try:
@@ -361,8 +286,8 @@ def decode_frames(source, indices_for, *, backend: str = "auto", window=None) ->
     """Decode the frames `indices_for(n)` picks among the video's n frames — or, where frame count and time
     disagree, among its duration·fps time slots (see `_pick_by_time`) — of the `window` (start, end or None)
     seconds when given: uint8 (T, H, W, 3) and ClipInfo."""
-    src = _Source(source)
-    kind = _sniff(src.head)
+    src = Source(source)
+    kind = sniff(src.head)
     if backend not in ("auto", "decord", "pyav"):
         raise ValueError(f"backend must be auto, decord or pyav, not {backend!r}")
     if kind != "gif" and backend in ("auto", "decord"):
@@ -386,10 +311,7 @@ def read_clip(source, num_frames: int = 8, sampling_rate: int = 32, size: int = 
     `sampling_rate=SPREAD` (0) spreads the frames evenly over the whole video.
     Raises VideoError (a ValueError) on anything that is not a readable video.
     """
-    if num_frames < 1 or sampling_rate < 0 or size < 1:
-        raise ValueError("num_frames and size must be positive and sampling_rate at least 0 (0: spread)")
-    if window is not None and not (window[0] >= 0 and (window[1] is None or window[1] > window[0])):
-        raise ValueError(f"a time window starts at 0 s or later and ends after it starts, not {window}")
+    _check_arguments(num_frames, sampling_rate, size, spatial_crops, mean, std, window)
     rng = rng if rng is not None else (np.random.default_rng() if train else None)
     frames, info = decode_frames(source, lambda n: sample_indices(n, num_frames, sampling_rate, train, rng),
                                  backend=backend, window=window)
@@ -397,6 +319,28 @@ def read_clip(source, num_frames: int = 8, sampling_rate: int = 32, size: int = 
     if keep_frames:
         info.frames = frames
     return video, info
+
+
+def _check_arguments(num_frames, sampling_rate, size, spatial_crops, mean, std, window) -> None:
+    """read_clip's arguments, before anything is decoded: a ValueError naming the first bad one (a float frame
+    count, a one-element window or std=0 would otherwise end in a TypeError, an IndexError or NaNs)."""
+    for name, value, low in (("num_frames", num_frames, 1), ("size", size, 1), ("sampling_rate", sampling_rate, 0)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+            spread = " (0: spread)" if name == "sampling_rate" else ""
+            raise ValueError(f"{name} must be an integer ≥ {low}{spread}, got {value!r}")
+    if spatial_crops not in (1, 3):
+        raise ValueError(f"spatial_crops must be 1 or 3, got {spatial_crops!r}")
+    for name, value in (("mean", mean), ("std", std)):
+        if not isinstance(value, numbers.Real) or not math.isfinite(value) or (name == "std" and value <= 0):
+            raise ValueError(f"{name} must be a {'positive ' * (name == 'std')}finite number, got {value!r}")
+    if window is None:
+        return
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise ValueError(f"window must be a pair (start, end) in seconds, not {window!r}")
+    start, end = window
+    numeric = isinstance(start, numbers.Real) and (end is None or isinstance(end, numbers.Real))
+    if not (numeric and start >= 0 and (end is None or end > start)):
+        raise ValueError(f"a time window starts at 0 s or later and ends after it starts, not {window}")
 
 
 def write_video(path, frames: np.ndarray, fps: float = 8.0, crf: int = 18) -> Path:

@@ -118,10 +118,12 @@ def read_json(path: Path) -> dict:
 
 def make_config(fields: dict, overrides: dict, what: str) -> TimeSformerConfig:
     """The file's fields with the caller's overrides on top. Class names that no longer fit an overridden
-    class count are dropped (the head is then new, or the load fails naming it)."""
+    class count are dropped (the head is then new, or the load fails naming it); names that do not fit the
+    file's own count are an error (a broken config, whose names would otherwise become '0', '1', ...)."""
     merged = {**fields, **overrides}
     names = merged.get("class_names")
-    if "class_names" not in overrides and names is not None and len(names) != merged.get("num_classes", len(names)):
+    if ("num_classes" in overrides and "class_names" not in overrides and names is not None
+            and len(names) != merged["num_classes"]):
         merged["class_names"] = None
     try:
         return TimeSformerConfig.from_dict(merged)
