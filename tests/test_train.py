@@ -849,6 +849,10 @@ def test_check_ranges_names_the_flag_or_argument():
     (["--model", "num_heads=3"], "the model's configuration: embed_dim [0-9]+ is not divisible by num_heads 3"),
     (["--model", "drop_path_rate=1.5"], "drop_path_rate must be a number at least 0 and below 1, got 1.5"),
     (["--model", "heads=3"], "--model heads=3: TimeSformerConfig has no field 'heads'"),
+    # one setting in two places: --model won over --attention (the config recorded the flag)
+    (["--model", "attention_type=axial"], "--model attention_type=axial: attention_type is set by --attention, "
+                                           "not --model"),
+    (["--model", "num_frames=2"], "--model num_frames=2: num_frames is set by --num-frames, not --model"),
     (["--init", "{tmp}/missing"], "--init: no such checkpoint"),
     (["--init", "{tmp}/notes.pyth"], "--init: .*notes.pyth is not a PyTorch checkpoint"),
     (["--data", "{tmp}/missing"], "--data: .*missing: no such file or folder"),
@@ -960,9 +964,15 @@ def test_init_from_an_image_vit_takes_the_attention_flag(tmp_path):
     assert trained.config.attention_type == "axial" and trained.config.num_frames == 4
     assert trained.config.norm_eps == 1e-12 and trained.class_names[0] == "moving right"
     assert "image ViT (huggingface-vit) started as attention_type=axial" in (tmp_path / "run" / "log.txt").read_text()
-    T.main(toy_args(tmp_path / "run2", "--init", str(tmp_path / "run" / "checkpoint-last"), "--attention",
-                    "joint_space_time", epochs=1))
+    # a video checkpoint keeps its scheme: another --attention is an error (it was ignored without a word),
+    # none takes the checkpoint's, and the run's config records it (it recorded the default)
+    with pytest.raises(SystemExit, match=r"^--attention joint_space_time: --init .*checkpoint-last has "
+                                         r"attention_type=axial, which a video model keeps"):
+        T.main(toy_args(tmp_path / "run2", "--init", str(tmp_path / "run" / "checkpoint-last"), "--attention",
+                        "joint_space_time", epochs=1))
+    T.main(toy_args(tmp_path / "run2", "--init", str(tmp_path / "run" / "checkpoint-last"), epochs=1))
     assert load_model(tmp_path / "run2" / "checkpoint-last").config.attention_type == "axial"
+    assert yaml.safe_load((tmp_path / "run2" / "train_config.yaml").read_text())["args"]["attention"] == "axial"
 
 
 def test_init_at_other_frame_counts_resizes_the_time_embedding(tmp_path):

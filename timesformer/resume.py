@@ -66,7 +66,7 @@ class Resume:
         that change where and how fast it runs but not what it computes."""
         saved = self.saved.get("args") or {}
         return [f"--{k.replace('_', '-')} {saved[k]} → {v}" for k, v in sorted(vars(args).items())
-                if k in saved and k not in SAME_RUN and saved[k] != v]
+                if k in saved and k not in SAME_RUN and saved[k] != v and not (k in ARCHITECTURE and v is None)]
 
     def keep_architecture(self, args) -> None:
         """Set the flags that chose the model to the checkpoint run's: the model is the checkpoint's, and the

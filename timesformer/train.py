@@ -21,17 +21,14 @@ optimiser, schedule, mixed precision and the Trainer in `timesformer.optim`, the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DistributedSampler
 
-from timesformer.checkpoints import IMAGE_FORMATS, CheckpointError, from_checkpoint, read_checkpoint
 from timesformer.cli import HelpFormatter, check_ranges
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
 from timesformer.data import FrameDrop, TrainLoader, auto_workers, build_datasets, synthmotion_task, workers_arg
@@ -45,10 +42,10 @@ from timesformer.engine import (
     train_one_epoch,
     train_row,
 )
-from timesformer.model import TimeSformer
 from timesformer.optim import AMP, build_trainer, resolve
 from timesformer.resume import Resume, find_resume
 from timesformer.runs import LAST, Interrupted, OutOfMemory, Run, StopRequest, memory_advice
+from timesformer.train_model import DEFAULT_ATTENTION, build_model, load_init, parse_model_overrides
 
 PRESETS = ("tiny", "base", "hr", "large")
 
@@ -79,7 +76,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--preset", default="tiny", choices=PRESETS,
                    help="tiny (8 frames of 64², width 128, 4 blocks: trains on a CPU), base (ViT-B/16, 8×224²), "
                         "hr (16×448²), large (96×224²)")
-    g.add_argument("--attention", default="divided_space_time", choices=ATTENTION_TYPES, help="attention scheme")
+    g.add_argument("--attention", choices=ATTENTION_TYPES,
+                   help=f"attention scheme (default: --init's, else {DEFAULT_ATTENTION})")
     g.add_argument("--num-frames", type=int, help="frames per clip (default: the preset's)")
     g.add_argument("--img-size", type=int, help="crop side (default: the preset's)")
     g.add_argument("--patch-size", type=int, help="patch side (default: the preset's)")
@@ -164,65 +162,6 @@ def parse_args(argv=None, prog: str | None = None) -> argparse.Namespace:
     return args
 
 
-def parse_model_overrides(items: list[str]) -> dict:
-    import yaml
-
-    fields = {f.name for f in dataclasses.fields(TimeSformerConfig)}
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--model expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        if k.strip() not in fields:
-            raise SystemExit(f"--model {item}: TimeSformerConfig has no field {k.strip()!r}; its fields are "
-                             f"{', '.join(sorted(fields))}")
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
-def load_init(args, log) -> TimeSformer:
-    """The `--init` checkpoint at --num-frames / --img-size where given (time and position embeddings
-    resized); an image ViT also takes --attention (the paper's recipe: each extra step starts as a copy of the
-    image attention with a zero output linear). A video checkpoint keeps its scheme."""
-    try:
-        checkpoint = read_checkpoint(args.init)
-    except (CheckpointError, OSError) as e:
-        raise SystemExit(f"--init: {e}") from None
-    overrides = {name: getattr(args, name) for name in ("num_frames", "img_size") if getattr(args, name) is not None}
-    if checkpoint.format in IMAGE_FORMATS:
-        overrides["attention_type"] = args.attention
-        log(f"--init {args.init}: an image ViT ({checkpoint.format}) started as attention_type={args.attention}")
-    return from_checkpoint(checkpoint, **overrides)
-
-
-def build_model(args, classes: list[str], log, init: TimeSformer | None = None) -> TimeSformer:
-    """A fresh model from `--preset` and the flags, or `init` (the `--init` checkpoint) with a new head when
-    the classes differ."""
-    overrides = parse_model_overrides(args.model)
-    if init is not None:
-        model, cfg = init, init.config
-        if cfg.num_classes != len(classes) or (cfg.class_names or []) != list(classes):
-            if cfg.num_classes != len(classes) or cfg.class_names:
-                log(f"--init {args.init}: new head for {len(classes)} classes (checkpoint had {cfg.num_classes})")
-                model.head = nn.Linear(cfg.embed_dim, len(classes))
-                nn.init.trunc_normal_(model.head.weight, std=0.02)
-                nn.init.zeros_(model.head.bias)
-            model.config = cfg.replace(num_classes=len(classes), class_names=list(classes))
-        if overrides:
-            log(f"--model {overrides} ignored: the architecture comes from --init")
-        return model
-    preset = getattr(TimeSformerConfig, args.preset)
-    kw = dict(attention_type=args.attention, num_classes=len(classes), class_names=list(classes))
-    for name in ("num_frames", "img_size", "patch_size"):
-        if getattr(args, name) is not None:
-            kw[name] = getattr(args, name)
-    try:
-        config = preset(**{**kw, **overrides})
-    except ValueError as e:  # what the flags and --model ask for together, e.g. embed_dim=100 num_heads=3
-        raise SystemExit(f"the model's configuration: {e}") from None
-    return TimeSformer(config)
-
-
 # ---------------------------------------------------------------------------------------------
 # wiring
 def main(argv=None, prog: str | None = None) -> dict:
@@ -262,9 +201,9 @@ def _train(args, dist: Dist, run: Run) -> dict:
     # the data decides the classes; the model decides frames and size unless the flags do
     loaded = resume.model if resume is not None else init
     ref = loaded.config if loaded is not None else getattr(TimeSformerConfig, args.preset)()
-    overrides = parse_model_overrides(args.model)
-    num_frames = args.num_frames or overrides.get("num_frames") or ref.num_frames
-    size = args.img_size or overrides.get("img_size") or ref.img_size
+    parse_model_overrides(args.model)  # a bad --model stops the run before the data is built
+    num_frames = args.num_frames or ref.num_frames
+    size = args.img_size or ref.img_size
     try:
         train_ds, val_ds, classes = build_datasets(
             args.data, num_frames=num_frames, size=size, sampling_rate=args.sampling_rate, seed=args.seed,
@@ -292,6 +231,7 @@ def _train(args, dist: Dist, run: Run) -> dict:
     else:
         model = build_model(args, classes, log, init)
     model.set_grad_checkpointing(args.grad_checkpointing).to(device)
+    args.attention = model.config.attention_type  # the run's config names the scheme it trains
 
     sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True,
                                  seed=args.seed, drop_last=True)
