@@ -610,6 +610,17 @@ def test_a_stopped_ddp_run_frees_its_model_before_the_process_group(tmp_path):
         assert f"rank {rank}: training stopped: the " in proc.stdout, proc.stdout
 
 
+def test_a_validation_loss_that_is_not_finite_stops_before_the_checkpoint(tmp_path, monkeypatch):
+    """--lr 1e30 left finite weights whose validation loss was nan: the run finished and kept them, as
+    checkpoint-best where the accuracy happened to rank."""
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: dict(acc1=0.5, loss=float("nan"), clips=8))
+    out = tmp_path / "run"
+    with pytest.raises(T.TrainingDiverged, match=r"^training stopped: the validation loss became nan at step 4\. The "
+                                                 r"last good checkpoint is none"):
+        T.main(toy_args(out, epochs=2))
+    assert not list(out.glob("ckpt-*")) and rows(out)[-1]["split"] == "val"  # logged, not kept
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     out = tmp_path / "nan"
     with pytest.raises(T.TrainingDiverged, match="the loss became (nan|inf)") as err:
@@ -857,6 +868,8 @@ def test_check_ranges_names_the_flag_or_argument():
     (["--init", "{tmp}/notes.pyth"], "--init: .*notes.pyth is not a PyTorch checkpoint"),
     (["--data", "{tmp}/missing"], "--data: .*missing: no such file or folder"),
     (["--data", "{tmp}"], "--data: .*: expected a folder with train/<class>/<clip>"),
+    (["--val-data", "{tmp}/v.csv"], "--data: --val-data .*v.csv goes with a CSV list; synthmotion-temporal has a "
+                                    "validation split of its own"),  # it was ignored
     (["--out", "{tmp}/notes.pyth"], "--out: .*notes.pyth is a file, not a folder"),
     (["--config", "{tmp}/bad.yaml"], "--keep must be an integer, got 1.5"),  # YAML values skip argparse's types
     (["--lr", "nan"], "--lr must be a finite number, got nan"),  # nan passed every range check

@@ -366,9 +366,11 @@ def build_datasets(data: str, *, num_frames: int, size: int, sampling_rate: int 
 
 def _validation_source(data: str, val_data: str | None) -> tuple[str, str] | None:
     """(data, split) of the validation clips that go with the training split of `data`."""
+    path = Path(data)
+    if val_data is not None and (synthmotion_task(data) is not None or (path / "train").is_dir()):
+        raise ValueError(f"--val-data {val_data} goes with a CSV list; {data} has a validation split of its own")
     if synthmotion_task(data) is not None:
         return data, "val"
-    path = Path(data)
     if path.is_dir() and (path / "train").is_dir():
         split = next((s for s in ("val", "test") if (path / s).is_dir()), None)
         return (data, split) if split else None

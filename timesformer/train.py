@@ -21,6 +21,7 @@ optimiser, schedule, mixed precision and the Trainer in `timesformer.optim`, the
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -319,6 +320,8 @@ def _train(args, dist: Dist, run: Run) -> dict:
                                      "--val-data (or the data's val split)")
                 improved = run.beats_earlier(row)
                 run.log_metrics(row)
+                if not math.isfinite(row["loss"]):  # finite weights whose logits overflow: no checkpoint of them
+                    raise TrainingDiverged(f"the validation loss became {row['loss']} at step {state.step}")
             state.next_epoch()
             save(f"ckpt-s{state.step:08d}-end", best=improved)
             if not finished and stop.settle(dist):
