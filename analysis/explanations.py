@@ -13,6 +13,8 @@ Methods, by family (docs/analysis.md says which to trust for what):
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +23,9 @@ import torch
 from analysis import attribution, lrp, rollout
 from analysis.attribution import Cost, Progress
 from analysis.maps import query_map, recorded_forward
+
+# Families whose methods take gradients (of the target logit, with respect to the clip, its tokens or attention)
+GRADIENT_FAMILIES = ("attention × gradient", "relevance", "gradient")
 
 
 @dataclass(frozen=True)
@@ -108,21 +113,44 @@ def explain(model, video: torch.Tensor, method: str, target=None, progress: Prog
     if unknown:
         allowed = ", ".join(e.options) or "none"
         raise ValueError(f"{method} takes no option {', '.join(unknown)} (its options: {allowed})")
+    for name, value in options.items():  # nan passes every range check and turns the whole map into nan
+        for x in value if isinstance(value, (tuple, list)) else [value]:
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"{method}: option {name} must be a finite number, got {value}")
+    if e.family in GRADIENT_FAMILIES and torch.is_inference_mode_enabled():  # no enable_grad() can leave it
+        raise RuntimeError(f"{method} needs gradients, which torch.inference_mode() turns off: call explain outside "
+                           "it (torch.no_grad() is fine)")
+    if video.is_inference():  # made under inference_mode: a copy made here can take part in autograd
+        video = video.clone()
     if progress is not None and "progress" in inspect.signature(e.run).parameters:
         options["progress"] = progress
-    out = e.run(model, video, target=_class_indices(model, target), **options)
+    out = e.run(model, video, target=_class_indices(model, target, video.shape[0]), **options)
     return out.detach().float()
 
 
-def _class_indices(model, target):
-    """`target` with class names (str) turned into indices by the model's class names."""
+def _class_indices(model, target, batch: int):
+    """`target` as None (the predicted classes), one class index, or a list of one per clip of the batch: class
+    names (str) turned into indices by the model's class names, -1 the last class (as `tslab explain --target`)."""
+    if target is None:
+        return None
+    if hasattr(target, "tolist"):  # a tensor or numpy array (or scalar)
+        target = target.tolist()
+    one = not isinstance(target, (list, tuple))
+    values = [target] if one else list(target)
+    if len(values) not in (1, batch):
+        raise ValueError(f"target: {len(values)} classes for a batch of {batch} clip{'s' * (batch != 1)}; give one, "
+                         "or one per clip")
     names = list(getattr(model, "class_names", None) or [])
-    one = isinstance(target, str)
-    if not one and not (isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target)):
-        return target
+    classes = model.config.num_classes
     picked = []
-    for t in [target] if one else target:
+    for t in values:
         if isinstance(t, str) and t not in names:
             raise ValueError(f"target {t!r} is not a class of this model ({', '.join(names) or 'no class names'})")
-        picked.append(names.index(t) if isinstance(t, str) else t)
+        if isinstance(t, str):
+            t = names.index(t)
+        if not isinstance(t, numbers.Integral) or isinstance(t, bool):  # 1.7 was silently class 1
+            raise ValueError(f"target must be a class index or name, or one per clip; got {t!r}")
+        if not -classes <= t < classes:
+            raise ValueError(f"target {t}: the model has {classes} classes (0 to {classes - 1}; -1: the last)")
+        picked.append(int(t) % classes)
     return picked[0] if one else picked

@@ -15,14 +15,21 @@ Writes into DIR (for several clips, into a folder of DIR per clip, named by its 
 - `maps.npz`: the numbers behind the pictures, for your own analysis: `frames`, the sampled and cropped frames
   the model saw (T, S, S, 3) uint8, and every map drawn, under the name of its files (`attention_<step>`,
   `rollout`, `explain_<method>`), float32 (T, H_p, W_p) on the patch grid (`numpy.load(path)[name]`).
-Without `--checkpoint` it uses the shipped default model (`timesformer.shipped.DEFAULT_MODEL`).
+Without `--checkpoint` it uses the shipped default model (`timesformer.shipped.DEFAULT_MODEL`). A clip's folder
+ends up with this run's files only: those a previous run listed in its predictions.json are replaced, nothing else
+(`fresh_files`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +49,8 @@ from timesformer.files import make_folder, write_csv
 from timesformer.shipped import DEFAULT_MODEL
 from timesformer.video import SPREAD, VideoError, denormalize, read_clip
 
+MAX_SCALE = 2048  # --scale: 8 frames of 2048² are ~100 MB of pixels, and the overlays a few times that
+
 
 def parse_query(text: str):
     """'cls' or 't,h,w'."""
@@ -59,19 +68,37 @@ def parse_baseline(text: str):
     if text in BASELINES:
         return text
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"baseline must be a number or one of {', '.join(BASELINES)}, "
                                          f"got {text!r}") from None
+    if not math.isfinite(value):  # nan or inf would make every removed patch, and so the whole map, nan
+        raise argparse.ArgumentTypeError(f"baseline must be a finite number, got {text!r}")
+    return value
+
+
+def parse_scale(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_SCALE:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_SCALE}, got {text!r}")
+    return value
 
 
 def parse_head(text: str):
     return int(text) if text.lstrip("-").isdigit() else text
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump (as `tslab cost`)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog or "python -m analysis.report", description=__doc__.split("\n\n")[0],
-                                 formatter_class=HelpFormatter)
+    ap = _Parser(prog=prog or "python -m analysis.report", description=__doc__.split("\n\n")[0],
+                 formatter_class=HelpFormatter)
     ap.add_argument("clip", nargs="+", help="video files (mp4, webm, avi, mov, mkv, gif); with several, --out holds a "
                                             "folder per clip, the model loaded once")
     ap.add_argument("--out", required=True, type=Path, help="output folder (created)")
@@ -89,7 +116,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--end", type=float, metavar="SECONDS", help="... to this time (default: its end)")
     ap.add_argument("--crops", type=int, choices=(1, 3), default=3, help="spatial crops for the video-level score")
     ap.add_argument("--format", choices=("gif", "mp4"), default="gif", help="overlay video format")
-    ap.add_argument("--scale", type=at_least(1), default=256, help="upscale frames to at least this many pixels")
+    ap.add_argument("--scale", type=parse_scale, default=256,
+                    help=f"upscale frames to at least this many pixels (at most {MAX_SCALE})")
     ap.add_argument("--methods", nargs="+", choices=list(EXPLANATIONS), default=[],
                     help="also draw these explanations of --target (e.g. gae lrp)")
     ap.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
@@ -104,7 +132,49 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def run(args, clip, out: Path, model, source, target: int | None) -> dict:
     """Explain `clip` with `model` (loaded from `source`, on its device) into the folder `out`, as `args` say;
-    the explanations of `--methods` for class `target` (None: the predicted one)."""
+    the explanations of `--methods` for class `target` (None: the predicted one). `out` ends up holding this
+    run's files, not a previous run's (`fresh_files`)."""
+    with fresh_files(out) as stage:
+        return _explain(args, clip, stage, model, source, target)
+
+
+@contextlib.contextmanager
+def fresh_files(out: Path):
+    """`with fresh_files(out) as stage:` write one clip's files into `stage`; when the block ends, the files a
+    previous `tslab explain` wrote into `out` are removed and the new ones moved in.
+
+    A previous run's files are those its `predictions.json` lists under "files", by plain name (nothing outside
+    `out`, no folders): `out` may be a folder of the user's, whose other files stay. An exception leaves `out` as
+    it was (and removes it if this call made it)."""
+    made = not Path(out).is_dir()
+    out = make_folder(out)
+    stage = Path(tempfile.mkdtemp(prefix=".explain-", dir=out))  # in `out`: same file system, so moves are renames
+    try:
+        yield stage
+        for old in _previous_files(out):
+            old.unlink(missing_ok=True)
+        for new in sorted(stage.iterdir(), key=lambda f: f.name == "predictions.json"):  # the list of files last
+            os.replace(new, out / new.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if made:
+            with contextlib.suppress(OSError):  # only if empty: a run that failed leaves no folder behind
+                out.rmdir()
+
+
+def _previous_files(out: Path) -> list[Path]:
+    """The files that `out/predictions.json` says a previous run wrote, by plain name only."""
+    try:
+        listed = json.loads((out / "predictions.json").read_text()).get("files")
+    except (OSError, ValueError, AttributeError):  # none, not JSON, not an object
+        return []
+    names = listed if isinstance(listed, list) else []
+    return [out / n for n in names if isinstance(n, str) and n not in ("", ".", "..") and Path(n).name == n
+            and (out / n).is_file()]
+
+
+def _explain(args, clip, out: Path, model, source, target: int | None) -> dict:
+    """`run`'s work, writing into the empty folder `out`."""
     t0 = time.perf_counter()
     device = model.device
     cfg = model.config
@@ -117,7 +187,6 @@ def run(args, clip, out: Path, model, source, target: int | None) -> dict:
     layer = args.layer % cfg.depth
     logits, rec = recorded_forward(model, centre)
     preds = predict(model, views, k=5)
-    out = make_folder(out)
     frames = upscale(denormalize(centre[0]), args.scale)
     (out / "frames.png").write_bytes(png_bytes(grid_image(frames)))
     layer_maps = [m for m in rec if m.layer == layer]
@@ -204,7 +273,7 @@ def main(argv=None, prog: str | None = None) -> int:
         try:
             report = run(args, clip, out, model, source, target)
         except (VideoError, CheckpointError, ValueError, OSError) as e:
-            print(f"error: {e}" if len(args.clip) == 1 else f"error: {clip}: {e}", file=sys.stderr)
+            print(f"error: {e}" if str(clip) in str(e) else f"error: {clip}: {e}", file=sys.stderr)  # name it once
             failed += 1
             continue
         summaries.append(report["summary"])

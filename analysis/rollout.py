@@ -117,8 +117,9 @@ def attention_rollout(model, video: torch.Tensor, head="mean", discard_ratio: fl
 def attention_gradients(model, video: torch.Tensor, target=None) -> tuple[list[AttentionMap], dict]:
     """Every step's recorded probabilities and {(layer, step): gradient of the target logit with respect to
     them}, from one forward and backward. `target`: class index (int or (B,) tensor); default the
-    predicted class. The model's parameters get no gradient."""
-    video = video.detach()
+    predicted class. The model's parameters get no gradient, and need none: the clip is made to require one, so
+    the graph exists even for a frozen model (requires_grad False)."""
+    video = video.detach().requires_grad_()
     with torch.enable_grad(), record_attention(model, keep_grad=True) as rec:
         logits = model(video)
         score = logits.gather(1, target_classes(logits, target)[:, None]).sum()

@@ -490,3 +490,89 @@ def test_throughput_figure_plots_the_train_rows_speed_and_data_wait():
     assert list(speed.x) == [4, 8] and list(speed.y) == [90.0, 100.0]  # in step order, train rows only
     assert list(wait.y) == [0.3, 0.1] and wait.yaxis == "y2"  # the share on its own axis
     assert throughput_figure([{"step": 1, "split": "train", "loss": 1.0}], "old run") is None
+
+
+def _saved_small_model(tmp_path):
+    from timesformer import save_model
+
+    save_model(small_model("divided_space_time", num_classes=3, class_names=["up", "down", "still"]),
+               tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+def test_cli_rejects_a_nan_baseline_and_a_huge_scale(tmp_path, capsys):
+    """--baseline nan wrote an all-NaN maps.npz, then died in the colormap with an IndexError; --scale 100000
+    asked numpy for 224 GiB."""
+    from analysis.report import MAX_SCALE, main
+
+    for flags, message in ((["--baseline", "nan"], "argument --baseline: baseline must be a finite number, got 'nan'"),
+                           (["--scale", "100000"], f"argument --scale: expected an integer from 1 to {MAX_SCALE}, "
+                                                   "got '100000'")):
+        with pytest.raises(SystemExit) as exc:
+            main(["clip.mp4", "--out", str(tmp_path / "out"), "--methods", "occlusion", *flags])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_out_holds_only_this_runs_files(tmp_path, capsys):
+    """A second clip explained into the same --out left the first one's explain_gae.png/.gif beside its own
+    files. Now what a previous run listed in its predictions.json goes; the user's own files stay; a run that fails
+    leaves the folder as it was."""
+    import json
+
+    from analysis.report import main
+    from timesformer.video import write_video
+
+    model = _saved_small_model(tmp_path)
+    clips = [tmp_path / "left.mp4", tmp_path / "right.mp4"]
+    for i, clip in enumerate(clips):
+        write_video(clip, np.random.default_rng(i).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main([str(clips[0]), "--checkpoint", model, "--out", str(out), "--methods", "gae"]) == 0
+    assert (out / "explain_gae.png").exists()
+    assert main([str(clips[1]), "--checkpoint", model, "--out", str(out)]) == 0
+    report = json.loads((out / "predictions.json").read_text())
+    assert report["clip"] == str(clips[1])
+    assert sorted(p.name for p in out.iterdir()) == sorted(report["files"] + ["notes.txt"])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (tmp_path / "text.mp4").write_text("not a video")
+    assert main([str(tmp_path / "text.mp4"), "--checkpoint", model, "--out", str(out)]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    capsys.readouterr()
+
+
+def test_cli_names_the_clip_it_cannot_read(tmp_path, capsys):
+    from analysis.report import main
+
+    model = _saved_small_model(tmp_path)
+    (tmp_path / "notes.mp4").write_text("not a video")
+    assert main([str(tmp_path / "notes.mp4"), "--checkpoint", model, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'notes.mp4'}: this is a text file, not a video\n"
+    assert main([str(tmp_path / "missing.mp4"), "--checkpoint", model, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: no such file: {tmp_path / 'missing.mp4'}\n"  # named once
+
+
+def test_record_attention_checks_layers_and_takes_negative_indices():
+    """layers='all' failed in int('a'); rec.get(-1, ...) raised KeyError though layers=[-1] recorded it; [-99] was
+    reported as -95; [] said 'run a forward pass' after one ran; [1.5] was taken as layer 1."""
+    model = small_model("divided_space_time")  # 2 blocks
+    video = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad(), record_attention(model, layers="all") as rec:
+        model(video)
+    assert {m.layer for m in rec} == {0, 1}
+    with torch.no_grad(), record_attention(model, layers=[-1]) as rec:
+        model(video)
+    assert rec.get(-1, "time") is rec.get(1, "time")
+    with pytest.raises(KeyError, match="no attention recorded for layer 0"):
+        rec.get(-2, "time")
+    for layers, message in (([-99], r"layers \[-99\] out of range for a model with 2 blocks \(0 to 1; -1: the last\)"),
+                            ([0, 5], r"layers \[5\] out of range"),
+                            ([], "layers is empty: give at least one layer index, or None for all"),
+                            ([1.5], "layers must be None, 'all', or layer indices \\(int\\); got 1.5"),
+                            ("first", "layers must be None, 'all', or layer indices \\(int\\); got 'first'")):
+        with pytest.raises(ValueError, match=message), record_attention(model, layers=layers):
+            model(video)

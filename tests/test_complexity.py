@@ -418,3 +418,25 @@ def test_measure_if_it_fits_says_none_when_the_gpu_runs_out(monkeypatch):
 
     monkeypatch.setattr(measure_module, "measure", out_of_memory)
     assert cx.measure_if_it_fits(cfg) is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpu-memory", "nan"], "--gpu-memory must be positive and at most 1048576 GiB, got nan"),
+    (["--gpu-memory", "inf"], "--gpu-memory must be positive and at most 1048576 GiB, got inf"),  # was: a hang
+    (["--gpu-memory", "1e308"], "--gpu-memory must be positive and at most 1048576 GiB, got 1e+308"),
+    (["--references", "--gpu-memory", "nan"], "--gpu-memory must be positive"),
+    (["--measure-max-gflops", "nan"], "--measure-max-gflops must be a number ≥ 0 (inf: no limit), got nan"),
+    (["--measure-max-gflops", "-1"], "--measure-max-gflops must be a number ≥ 0 (inf: no limit), got -1"),
+])
+def test_cli_rejects_numbers_that_are_not_finite_or_out_of_range(tmp_path, capsys, args, message):
+    """nan passed every check (every point out of memory) and inf never ended (max_batch_size doubled forever)."""
+    with pytest.raises(SystemExit) as exc:
+        cx.main(["--out", str(tmp_path), "--frames", "4", "--sizes", "32", "--no-png", *args])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("budget", [float("nan"), float("inf")])
+def test_max_batch_size_rejects_a_budget_that_is_not_finite(budget):
+    with pytest.raises(ValueError, match=f"gpu_memory must be a finite number of bytes, got {budget}"):
+        cx.max_batch_size(small("axial"), budget)

@@ -341,3 +341,60 @@ def test_the_benchmark_says_how_long_it_will_take():
     gae = analysis.EXPLANATIONS["gae"].estimate(grid)
     assert estimated_seconds(model, 3, ["gae"], forward_s=0.5) == pytest.approx(
         0.5 * (3 * drops + 3 * curves * 2) + gae.seconds(0.5) * (3 + 3 * 3))
+
+
+def test_options_must_be_finite_numbers():
+    """A nan baseline gave an all-NaN map (and the CLI a colormap IndexError after writing it)."""
+    model = small_model("divided_space_time")
+    video = torch.randn(1, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    for method, options in (("occlusion", {"baseline": float("nan")}), ("ablation_frames", {"baseline": float("inf")}),
+                            ("rollout", {"discard_ratio": float("nan")})):
+        name, value = next(iter(options.items()))
+        with pytest.raises(ValueError, match=f"{method}: option {name} must be a finite number, got {value}"):
+            analysis.explain(model, video, method, **options)
+
+
+GRADIENT_METHODS = ("grad_rollout", "gae", "lrp", "saliency", "integrated_gradients", "gradient_x_activation")
+
+
+def test_gradient_methods_need_no_parameter_gradients():
+    """A frozen model (requires_grad False) and a clip made under inference_mode explain as the plain ones (were:
+    'element 0 of tensors does not require grad', 'Inference tensors cannot be saved for backward')."""
+    model = small_model("divided_space_time")
+    video = torch.randn(1, 3, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        made_there = video.clone()
+    for method in GRADIENT_METHODS:
+        options = {"n_steps": 2} if method == "integrated_gradients" else {}
+        plain = analysis.explain(model, video, method, **options)
+        model.requires_grad_(False)
+        try:
+            frozen = analysis.explain(model, video, method, **options)
+        finally:
+            model.requires_grad_(True)
+        assert torch.allclose(frozen, plain, atol=1e-6), method
+        assert torch.allclose(analysis.explain(model, made_there, method, **options), plain, atol=1e-6), method
+        assert all(p.grad is None for p in model.parameters()), method
+        with torch.inference_mode(), pytest.raises(RuntimeError, match=f"{method} needs gradients, which "
+                                                   r"torch.inference_mode\(\) turns off"):
+            analysis.explain(model, video, method, **options)
+
+
+def test_target_is_checked_as_the_cli_checks_it():
+    """-1 is the last class, as `tslab explain --target -1` (was: rejected); one class per clip of the batch (was:
+    a size-mismatch RuntimeError); an index is an integer (1.7 was taken as 1)."""
+    model = small_model("divided_space_time")  # 5 classes
+    video = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(2))
+    last = analysis.explain(model, video, "saliency", target=4)
+    assert torch.equal(analysis.explain(model, video, "saliency", target=-1), last)
+    assert torch.equal(analysis.explain(model, video, "saliency", target=[-1, 4]), last)
+    assert torch.equal(analysis.explain(model, video, "saliency", target=torch.tensor([4, 4])), last)
+    for target, message in ((1.7, "target must be a class index or name, or one per clip; got 1.7"),
+                            (True, "target must be a class index or name, or one per clip; got True"),
+                            ([0, 1, 2], "target: 3 classes for a batch of 2 clips; give one, or one per clip"),
+                            (5, r"target 5: the model has 5 classes \(0 to 4; -1: the last\)"),
+                            ([0, -6], r"target -6: the model has 5 classes \(0 to 4; -1: the last\)")):
+        with pytest.raises(ValueError, match=message):
+            analysis.explain(model, video, "saliency", target=target)
+    with pytest.raises(ValueError, match="target: 2 classes for a batch of 1 clip; give one, or one per clip"):
+        analysis.explain(model, video[:1], "gae", target=[0, 1])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -155,9 +155,10 @@ class AttentionMap:
 class AttentionRecorder:
     """What `record_attention` yields: the recorded maps in forward order."""
 
-    def __init__(self, keep_grad: bool = False, detach: bool = False):
+    def __init__(self, keep_grad: bool = False, detach: bool = False, depth: int | None = None):
         self.maps: list[AttentionMap] = []
         self.keep_grad, self.detach = keep_grad, detach
+        self.depth = depth  # the model's blocks, so that get(-1, ...) is the last layer, as layers=[-1] is
 
     def _add(self, layer: int, grouping: Grouping, probs: torch.Tensor) -> torch.Tensor:
         """Keep a map of `probs` and return the tensor the forward goes on with."""
@@ -180,7 +181,9 @@ class AttentionRecorder:
         return len(self.maps)
 
     def get(self, layer: int, step: str) -> AttentionMap:
-        """The latest map of `layer`'s `step`."""
+        """The latest map of `layer`'s `step` (a negative layer counts from the end, as in Python)."""
+        if self.depth is not None and -self.depth <= layer < 0:
+            layer += self.depth
         for m in reversed(self.maps):
             if m.layer == layer and m.step == step:
                 return m
@@ -204,19 +207,26 @@ def record_attention(model, layers=None, keep_grad: bool = False, detach: bool =
     gradient-weighted rollout. `detach=True` makes the probabilities constants of the forward (no gradient
     flows through the softmax into queries and keys), as conservative LRP propagation needs (Ali et al.,
     ICML 2022); with `keep_grad` too, each map's `.grad` is still the gradient with respect to it.
+    `layers`: None or "all", an index or a list of them (negative ones count from the end, in `rec.get` too).
     Raises if nothing was recorded.
     """
     blocks = model.blocks
     depth = len(blocks)
-    if layers is None:
+    if layers is None or layers == "all":
         layers = range(depth)
-    elif isinstance(layers, int):
+    elif isinstance(layers, int) or not isinstance(layers, Iterable) or isinstance(layers, str):
         layers = [layers]
-    layers = sorted({int(i) + depth if int(i) < 0 else int(i) for i in layers})
-    bad = [i for i in layers if not 0 <= i < depth]
+    given = list(layers)
+    if not given:  # else nothing is recorded, and the error at the end blames the forward pass
+        raise ValueError("layers is empty: give at least one layer index, or None for all")
+    for i in given:
+        if isinstance(i, bool) or not hasattr(i, "__index__"):  # 1.5 would have been layer 1
+            raise ValueError(f"layers must be None, 'all', or layer indices (int); got {i!r}")
+    bad = [int(i) for i in given if not -depth <= int(i) < depth]
     if bad:
-        raise ValueError(f"layers {bad} out of range for a model with {depth} blocks")
-    rec = AttentionRecorder(keep_grad, detach)
+        raise ValueError(f"layers {bad} out of range for a model with {depth} blocks (0 to {depth - 1}; -1: the last)")
+    layers = sorted({int(i) % depth for i in given})
+    rec = AttentionRecorder(keep_grad, detach, depth)
     modules = []
     for i in layers:
         for attn in blocks[i].step_attentions():

@@ -27,6 +27,7 @@ from timesformer.distributed import resolve_device
 from timesformer.files import make_folder, write_csv
 
 PROG = "complexity.py"
+MAX_GPU_GIB = 2**20  # 1 PiB: far above any GPU, and low enough that the bytes stay finite and exact
 
 
 def _positive_ints(text: str) -> tuple[int, ...]:
@@ -85,12 +86,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd", help="sgd (official) or adamw")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     p.add_argument("--gpu-memory", dest="gpu_gib", metavar="GIB", type=float, default=32.0,
-                   help="GPU memory in GiB (default: 32, a V100-32GB)")
+                   help="GPU memory in GiB, above 0 and at most 2^20 (default: 32, a V100-32GB)")
     p.add_argument("--measure", action="store_true",
                    help="also run the real model where it fits (half the RAM, or 90%% of the GPU's memory) at the "
                         "run's batch, precision, optimizer and checkpointing; on a GPU also its peak memory")
     p.add_argument("--measure-max-gflops", type=float, default=None,
-                   help="skip measuring points above this many GFLOPs (default: 500 on a CPU, no limit on a GPU)")
+                   help="skip measuring points above this many GFLOPs (inf: no limit; default: 500 on a CPU, "
+                        "no limit on a GPU)")
     p.add_argument("--device", default="auto",
                    help="where --measure runs the model: auto (the GPU where there is one), cpu, cuda, cuda:N")
     p.add_argument("--no-png", action="store_true", help="skip the PNG even if a browser is present")
@@ -100,8 +102,6 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def _base_config(args) -> TimeSformerConfig:
     """The configuration at the sweeps' base point: `--model`'s (or ViT-B/16 with 400 classes, 8×224) with the
     flags given over it. Sets `args.base_frames` and `args.base_size` where they were not given."""
-    if args.gpu_gib <= 0:
-        raise ValueError(f"--gpu-memory must be positive, got {args.gpu_gib}")
     if args.model:
         from timesformer.checkpoints import load_model
 
@@ -184,6 +184,11 @@ def main(argv=None, prog: str | None = None) -> int:
     """Run the command on `argv` (default: sys.argv[1:]); `prog` names it in usage and errors."""
     parser = build_parser(prog or PROG)
     args = parser.parse_args(argv)
+    # `not (...)` so that nan, which fails every comparison, fails these too
+    if not 0 < args.gpu_gib <= MAX_GPU_GIB:
+        parser.error(f"--gpu-memory must be positive and at most {MAX_GPU_GIB} GiB, got {args.gpu_gib:g}")
+    if args.measure_max_gflops is not None and not args.measure_max_gflops >= 0:
+        parser.error(f"--measure-max-gflops must be a number ≥ 0 (inf: no limit), got {args.measure_max_gflops:g}")
     if args.references:
         print(references(args.gpu_gib * GiB))
         return 0

@@ -12,6 +12,7 @@ Conventions (docs/complexity.md has the derivations):
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -344,6 +345,8 @@ def max_batch_size(config: TimeSformerConfig, gpu_memory: float, **kwargs) -> in
     The estimate grows with the batch (affinely once the activations outweigh the gradients), so a doubling
     then a bisection finds the answer in a few dozen estimates.
     """
+    if not math.isfinite(gpu_memory):  # inf: the doubling below would never end; nan: nothing would fit
+        raise ValueError(f"gpu_memory must be a finite number of bytes, got {gpu_memory}")
     kwargs.pop("batch_size", None)
     fits = lambda b: estimate(config, batch_size=b, **kwargs).training_bytes <= gpu_memory
     if not fits(1):
