@@ -294,6 +294,10 @@ def test_an_empty_class_folder_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=rf"^class folder {empty} holds no video files \(.*\.mp4.*\): add its "
                                          "clips or remove the folder"):
         build_datasets(str(root), num_frames=4, size=16)
+    # a hidden folder (Jupyter's .ipynb_checkpoints) is no class at all
+    empty.rename(root / "train" / ".ipynb_checkpoints")
+    assert ".ipynb_checkpoints" not in video_folder(str(root), "train", num_frames=4, size=16).classes
+    (root / "train" / ".ipynb_checkpoints").rename(empty)
     from timesformer import evaluate as E
     from timesformer import train as T
 

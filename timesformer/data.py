@@ -103,7 +103,8 @@ def video_folder(root, split: str = "train", classes: list[str] | None = None, *
     if not base.is_dir():
         splits = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         raise FileNotFoundError(f"no split folder {base} (found: {', '.join(splits) or 'nothing'})")
-    found = sorted(p.name for p in base.iterdir() if p.is_dir())
+    # hidden folders (.ipynb_checkpoints, .DS_Store's kin) are no classes
+    found = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     from_folders = classes is None  # the training split: every folder is a class
     if from_folders:
         classes = found
