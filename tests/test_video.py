@@ -3,6 +3,7 @@
 import io
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -322,3 +323,18 @@ def test_read_clip_names_a_bad_argument(kwargs, message):
 
 def test_read_clip_takes_numpy_integers_and_a_window_list():
     assert read_clip(SAMPLE, num_frames=np.int64(2), size=16, window=[0, None])[0].shape == (1, 3, 2, 16, 16)
+
+
+def test_a_file_decord_cannot_open_leaves_no_native_error_line(tmp_path):
+    """decord's C++ printed "[time] /github/workspace/src/video/video_reader.cc:83: ERROR opening: ..." on stderr
+    beside the one-line message of every command that met a broken clip."""
+    data = (Path(__file__).resolve().parent.parent / "assets" / "samples" / "moving_left.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[:3000])
+    code = ("import sys\nfrom timesformer.video import VideoError, read_clip\ntry:\n"
+            "    read_clip(sys.argv[1], 4, 1, 32)\nexcept VideoError as e:\n    print('said:', e, file=sys.stderr)\n"
+            "print('still writes', file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cut.mp4")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stderr.splitlines() == ["said: not a video file (or a corrupt one): no decoder could read it",
+                                        "still writes"], proc.stderr
+

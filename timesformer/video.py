@@ -19,8 +19,11 @@ whose message says what is wrong with the file: decord raises `RuntimeError` or 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,7 +178,8 @@ def _read_decord(src: Source, pick, window=None):
 
     decord.logging.set_level(decord.logging.QUIET)
     try:
-        vr = decord.VideoReader(src.open(), ctx=decord.cpu(0), num_threads=1)
+        with _native_stderr_hidden():
+            vr = decord.VideoReader(src.open(), ctx=decord.cpu(0), num_threads=1)
         n = len(vr)  # the frames it can decode: an AVI's empty dropped-frame slots are not among them
         if n < 1 or n > MAX_FRAMES:
             raise _Fallback(f"decord reports {n} frames")
@@ -194,6 +198,26 @@ def _read_decord(src: Source, pick, window=None):
     if frames.shape[0] != len(indices) or frames.ndim != 4 or frames.shape[-1] != 3:
         raise _Fallback(f"decord returned frames of shape {frames.shape}")
     return frames, ClipInfo(fps, n, list(indices), w, h, "decord", duration)
+
+
+@contextlib.contextmanager
+def _native_stderr_hidden():
+    """decord's C++ writes "[time] .../video_reader.cc:83: ERROR opening: ..." straight to file descriptor 2 for
+    a file it cannot open, whatever its log level, before PyAV reads the file or the caller says in a sentence
+    what is wrong with it: descriptor 2 goes to /dev/null for that call alone."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 to hide
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class _Fallback(Exception):
