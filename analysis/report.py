@@ -230,6 +230,9 @@ def _explain(args, clip, out: Path, model, source, target: int | None) -> dict:
         "summary": summary_table(rec),
         "not_drawn": not_drawn,
         "baseline": args.baseline,
+        # the class the explanation maps (--methods) are of: --target, else the predicted one
+        "explained_class": (model.class_names[target if target is not None else int(logits[0].argmax())]
+                            if args.methods else None),
         "files": written + ["predictions.json"],
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -382,7 +382,7 @@ def test_cli_explanations_and_time_evidence(tmp_path, capsys):
     assert set(report["not_drawn"]) == {"attention_time"} and not (out / "attention_time.png").exists()
     assert (out / "attention_space.png").exists() and (out / "explain_gae.gif").exists()
     assert (out / "explain_lrp.png").exists()
-    assert report["temporal"]["target"] == "down"
+    assert report["temporal"]["target"] == "down" and report["explained_class"] == "down"
     # the numbers behind the pictures: what the model saw, and each map as the registry computes it
     from analysis import explain
     from timesformer.video import denormalize, read_clip
