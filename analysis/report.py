@@ -260,7 +260,10 @@ def _target(text: str | None, names: list[str]) -> int | None:
 
 
 def main(argv=None, prog: str | None = None) -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.target is not None and not (args.methods or args.temporal):  # it chose nothing to explain
+        parser.error("--target names the class --methods and --temporal explain: give one of them")
     source = args.checkpoint or DEFAULT_MODEL
     try:  # what holds for every clip is checked once, before the first
         model = load_model(source).to(resolve_device(args.device))

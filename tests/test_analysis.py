@@ -406,6 +406,9 @@ def test_cli_explanations_and_time_evidence(tmp_path, capsys):
     rc = main([str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(out),
                "--methods", "gae", "--target", "3"])
     assert rc == 2 and "--target 3: the model has 3 classes (0 to 2)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a target with nothing to explain was ignored without a word
+        main([str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model"), "--out", str(out), "--target", "1"])
+    assert "--target names the class --methods and --temporal explain: give one of them" in capsys.readouterr().err
     # methods that remove patches take --baseline (default: the temporal median); a bad one is one line
     maps = {}
     for baseline in ("temporal_median", "0"):
