@@ -343,25 +343,33 @@ def test_a_gpu_out_of_memory_says_what_to_change_and_how_to_estimate_it(tmp_path
     assert (row["batch_size"], row["optimizer"], row["dtype"]) == (2, "adamw", "fp32")
 
 
+def signal_job(tmp_path, launch: list[str], sig, total: int, env=None, **flags):
+    """Start `launch` + a toy run of `total` steps in a process group of its own (as a terminal's job), send
+    the whole group `sig` once its first epoch's checkpoint is there, and wait: (process, stderr, the step of
+    its last checkpoint, seconds from the signal to the end). Tried up to three times, for a run that ended
+    before the signal reached it."""
+    for attempt in range(3):
+        out = tmp_path / f"run{attempt}"
+        proc = subprocess.Popen([*launch, *toy_args(out, **flags)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.time() + 180
+        while not (out / "checkpoint-last").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        os.killpg(proc.pid, sig)
+        signalled = time.time()
+        _, err = proc.communicate(timeout=120)
+        step = torch.load(out / "checkpoint-last" / "train_state.pt", weights_only=True)["state"]["step"]
+        if step < total:
+            return out, proc, err, step, time.time() - signalled
+    pytest.fail("could not interrupt the run before it finished")
+
+
 @pytest.mark.parametrize("sig, name, status", [(signal.SIGINT, "Ctrl-C", 130), (signal.SIGTERM, "SIGTERM", 143)])
 def test_a_signal_to_the_whole_job_saves_and_stops_without_a_traceback(tmp_path, sig, name, status):
     """A terminal's Ctrl-C and a cluster scheduler's SIGTERM (sent before it kills a job) reach the loader's
     workers as well: the main process saves a checkpoint and stops them. (SIGTERM killed the run where it was.)"""
-    for attempt in range(3):
-        out = tmp_path / f"run{attempt}"
-        cmd = [sys.executable, "-m", "timesformer.train", *toy_args(out, "--workers", "2", clips=128, epochs=3)]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)  # its own process group, as a terminal's job
-        deadline = time.time() + 120
-        while not (out / "checkpoint-last").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        os.killpg(proc.pid, sig)
-        _, err = proc.communicate(timeout=120)
-        step = torch.load(out / "checkpoint-last" / "train_state.pt", weights_only=True)["state"]["step"]
-        if step < 96:
-            break
-    else:
-        pytest.fail("could not interrupt the run before it finished")
+    out, proc, err, step, _ = signal_job(tmp_path, [sys.executable, "-m", "timesformer.train", "--workers", "2"], sig,
+                                         96, clips=128, epochs=3)
     assert proc.returncode == status and "Traceback" not in err, err
     assert f"stopped by {name} at step {step} of 96; the last checkpoint is " in err
     assert step > 32 or (out / "checkpoint-last").resolve().name == "ckpt-s00000032-end"
@@ -376,25 +384,11 @@ def test_a_signal_under_torchrun_stops_every_process_after_one_step_with_a_check
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "timesformer.train"]
-    for attempt in range(3):
-        out = tmp_path / f"ddp{attempt}"
-        proc = subprocess.Popen([*torchrun, *toy_args(out, clips=128, epochs=3)], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        deadline = time.time() + 180
-        while not (out / "checkpoint-last").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGTERM)
-        signalled = time.time()
-        _, err = proc.communicate(timeout=120)
-        step = torch.load(out / "checkpoint-last" / "train_state.pt", weights_only=True)["state"]["step"]
-        if step < 48:
-            break
-    else:
-        pytest.fail("could not interrupt the run before it finished")
+    out, proc, err, step, seconds = signal_job(tmp_path, torchrun, signal.SIGTERM, 48, env=env, clips=128, epochs=3)
     said = ending(out)
     assert said and said[1].startswith(f"stopped by SIGTERM at step {step} of 48; the last checkpoint is "), err
     assert step > 16 or (out / "checkpoint-last").resolve().name == "ckpt-s00000016-end"
-    assert "SIGKILL" not in err and time.time() - signalled < 30, err[-3000:]
+    assert "SIGKILL" not in err and seconds < 30, err[-3000:]
     # each process says so once, and none ended in a traceback of its own (torchrun's agent prints its own)
     assert err.count("SIGTERM: stopping after this step") == 2, err[-3000:]
     assert "KeyboardInterrupt" not in err and str(ROOT / "timesformer") not in err, err[-3000:]
