@@ -27,7 +27,9 @@ st.subheader(f"Which patches a query sees — the {T}×{Hp}×{Wp} grid of this c
 for key, value in (("k_schemes_t", T // 2), ("k_schemes_h", Hp // 2), ("k_schemes_w", Wp // 2),
                    ("k_schemes_view", "one block's steps"), ("k_schemes_blocks", 1)):
     st.session_state.setdefault(key, value)
-for key, hi in (("k_schemes_t", T), ("k_schemes_h", Hp), ("k_schemes_w", Wp)):
+# a choice made for a bigger grid or a deeper model is brought within this one's
+for key, hi in (("k_schemes_t", T), ("k_schemes_h", Hp), ("k_schemes_w", Wp),
+                ("k_schemes_blocks", max(cfg.depth, 2) + 1)):
     if st.session_state[key] >= hi:
         st.session_state[key] = hi - 1
 c = st.columns([1, 1, 1, 2, 2])

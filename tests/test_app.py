@@ -534,6 +534,18 @@ def test_schemes_derived_models(app):
     assert "schemes_summary" in charts(at)
 
 
+def test_schemes_brings_its_choices_within_a_shallower_model(app, tmp_path):
+    """The receptive field's "after blocks" at 3 of a 4-block model, then a 2-block model: every rerun of the page
+    raised StreamlitValueAboveMaxError until another model was chosen."""
+    at = ok(page(app.run(), "schemes"))
+    at = ok(at.radio(key="k_schemes_view").set_value("receptive field").run())
+    at = ok(at.slider(key="k_schemes_blocks").set_value(3).run())
+    save_model(TimeSformer(TimeSformerConfig.tiny(depth=2, img_size=32, num_classes=4)), tmp_path / "two")
+    at = ok(at.radio(key="model_kind").set_value("Local path").run())
+    at = ok(at.text_input(key="model_path").input(str(tmp_path / "two")).run())
+    assert at.slider(key="k_schemes_blocks").value == 2
+
+
 def test_schemes_waits_for_a_button_on_large_models(app, monkeypatch):
     """On a CPU, five forwards of a large model take a while: the page waits for the button."""
     monkeypatch.setattr(settings, "HEAVY_PARAMS", 0)
