@@ -4,6 +4,7 @@ in the sidebar and on the page, never a traceback."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from app import cache, settings, uploads
 from app.widgets import Prompt, sanitize, show
 from timesformer import CheckpointError, TimeSformer, shipped
+from timesformer.attention import full_recording_bytes
 from timesformer.distributed import device_name
 from timesformer.shipped import sample_clips
 from timesformer.video import VideoError
@@ -157,6 +159,24 @@ def _clip_source(sb) -> tuple[Path | None, str, str | None]:
     return path, name, None
 
 
+def _too_big_to_record(cfg, frames: int, size: int, device: torch.device) -> str | None:
+    """Why the pages cannot record this model's attention on `frames` × `size`² (its every layer, for rollout)
+    within settings.MAX_RECORDING_GIB, or half the memory of `device`; None where they can."""
+    side = size // cfg.patch_size
+    need = full_recording_bytes(cfg.attention_type, (frames, side, side), cfg.num_heads, cfg.depth)
+    if settings.MAX_RECORDING_GIB is not None:
+        budget, whose = settings.MAX_RECORDING_GIB * 2**30, "TSLAB_MAX_RECORDING_GIB"
+    elif device.type == "cuda":
+        budget, whose = torch.cuda.get_device_properties(device).total_memory / 2, "half the GPU's memory"
+    else:
+        budget, whose = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2, "half this machine's memory"
+    if need <= budget:
+        return None
+    return (f"{frames} frames of {size}² are {frames * side * side} patches: recording this model's attention at "
+            f"every layer, as the pages do, takes about {need / 2**30:.1f} GiB, over the {budget / 2**30:.1f} GiB the "
+            f"app allows ({whose}; TSLAB_MAX_RECORDING_GIB sets it). Choose fewer frames or a smaller crop.")
+
+
 def _resample(frames: int, size: int) -> None:
     st.session_state["clip_frames"], st.session_state["clip_size"] = frames, size
 
@@ -220,6 +240,8 @@ def build_context() -> Context:
                            f"sampled as {frames} × {size}² (embeddings interpolated).")
             sb.button(f"Resample to {cfg.num_frames} × {cfg.img_size}²", key="resample",
                       on_click=_resample, args=(cfg.num_frames, cfg.img_size))
+        if cerror is None:
+            cerror = _too_big_to_record(cfg, int(frames), int(size), ctx.device)
         if path is not None and cerror is None:
             try:
                 ckey = cache.ClipKey(str(path), cache.file_digest(path), int(frames), int(size), int(rate),

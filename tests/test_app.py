@@ -261,6 +261,22 @@ def test_too_many_frames(app, monkeypatch):
     assert any("over the app's limit" in e.value for e in at.sidebar.error)
 
 
+def test_a_clip_too_big_to_record_is_refused_before_any_model_runs(app, monkeypatch):
+    """A 1024px crop (the widget allows it) of a tiny model: Explore tried to allocate 34 GB for one layer's
+    attention and showed a RuntimeError traceback. The limit is a setting."""
+    at = ok(app.run())
+    at = at.number_input(key="clip_size").set_value(1024).run()
+    assert not at.exception and not [e for e in at.main.exception]
+    said = [e.value for e in at.sidebar.error]
+    assert any("frames of 1024² are " in e and "recording this model's attention at every layer, as the pages do, "
+               "takes about" in e and "(half this machine's memory; TSLAB_MAX_RECORDING_GIB sets it)" in e
+               for e in said), said
+    at = ok(at.button(key="resample").click().run())  # the model's own sampling fits
+    monkeypatch.setattr(settings, "MAX_RECORDING_GIB", 1e-9)
+    at = at.run()
+    assert any("GiB the app allows (TSLAB_MAX_RECORDING_GIB;" in e.value for e in at.sidebar.error)
+
+
 def test_resample_when_sampling_differs_from_the_model(app):
     at = ok(app.run())
     cfg = load_model(settings.DEFAULT_MODEL).config
