@@ -30,8 +30,8 @@ def rank(val_row: dict) -> tuple[float, float]:
 
 
 def read_metrics(path: Path) -> tuple[list[dict], int]:
-    """The rows of the run folder `path`'s `metrics.jsonl` (dicts with a step and a split), and how many of its
-    lines are not such rows (a line cut short by a kill, an edit)."""
+    """The rows of the run folder `path`'s `metrics.jsonl` (dicts with an integer step, a split and numbers where
+    numbers go: `NUMBERS`), and how many of its lines are not such rows (a line cut short by a kill, an edit)."""
     file = Path(path) / METRICS
     rows, bad = [], 0
     for line in file.read_text(errors="replace").splitlines() if file.is_file() else []:
@@ -41,11 +41,20 @@ def read_metrics(path: Path) -> tuple[list[dict], int]:
             row = json.loads(line)
         except json.JSONDecodeError:
             row = None
-        if isinstance(row, dict) and {"step", "split"} <= set(row):
+        if _is_row(row):
             rows.append(row)
         else:
             bad += 1
     return rows, bad
+
+
+# the numbers a metrics row may hold: a row with a word where one of them goes is no row (a hand edit, another tool)
+NUMBERS = ("epoch", "step", "loss", "acc1", "acc5", "clips", "lr", "clips_per_s", "wall_s", "data_wait", "skipped")
+
+
+def _is_row(row) -> bool:
+    return (isinstance(row, dict) and isinstance(row.get("split"), str) and isinstance(row.get("step"), int)
+            and all(isinstance(row[k], (int, float)) and not isinstance(row[k], bool) for k in NUMBERS if k in row))
 
 
 def run_summary(path: Path) -> dict:
