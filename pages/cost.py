@@ -5,6 +5,7 @@ import streamlit as st
 import torch
 
 from analysis.complexity import IMPLEMENTATIONS, estimate, max_batch_size, measure_if_it_fits
+from analysis.cost.sweep import MAX_FRAMES, MAX_SIZE, parse_ints
 from analysis.figures import breakdown_figure, cost_figure, memory_figure
 from app import cache, widgets
 from app.sidebar import current
@@ -44,18 +45,11 @@ ckpt = c[4].checkbox("Checkpointing", key="k_cost_ckpt",
 base = ctx.model.config if base_name == "the current model" else PRESETS[base_name]()
 
 
-def ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        values = tuple(sorted({int(v) for v in text.replace(",", " ").split()}))
-    except ValueError:
-        values = ()
-    if not values or min(values) <= 0:
-        st.error(f"{what}: type positive whole numbers separated by commas, e.g. 8, 16, 32.")
-        st.stop()
-    return values
-
-
-frames, sizes = ints(frames_text, "Frames"), ints(sizes_text, "Crop sizes")
+try:
+    frames, sizes = parse_ints(frames_text, "Frames", MAX_FRAMES), parse_ints(sizes_text, "Crop sizes", MAX_SIZE)
+except ValueError as e:
+    st.error(f"{e}.")
+    st.stop()
 bad = [s for s in sizes + (base.img_size,) if s % base.patch_size]
 if bad:
     st.error(f"Crop sizes must be multiples of the patch size {base.patch_size}: {', '.join(map(str, bad))}.")
@@ -77,8 +71,10 @@ st.caption("GFLOPs follow fvcore's convention (one multiply-add = one FLOP), per
 # ---- will my run fit
 st.subheader("Will my run fit?")
 c = st.columns(3)
-if st.session_state.get("_fit_for") != base_name:  # a new base model: start from its configuration
-    st.session_state.update(_fit_for=base_name, k_fit_scheme=base.attention_type, k_fit_frames=base.num_frames,
+# a new base model (another preset, or another model in the sidebar): start from its configuration
+fit_for = f"{base_name}: {ctx.mkey}" if base_name == "the current model" else base_name
+if st.session_state.get("_fit_for") != fit_for:
+    st.session_state.update(_fit_for=fit_for, k_fit_scheme=base.attention_type, k_fit_frames=base.num_frames,
                             k_fit_size=base.img_size)
 scheme = c[0].selectbox("Scheme", ATTENTION_TYPES, format_func=SCHEME_LABELS.get, key="k_fit_scheme")
 fit_frames = c[1].number_input("Frames", 1, 1024, key="k_fit_frames")

@@ -633,9 +633,18 @@ def test_cost(app):
     at.text_input(key="k_cost_frames").input("eight")
     at = at.run()
     assert not at.exception
-    assert any("positive whole numbers" in e.value for e in at.error)
-    at = ok(at.text_input(key="k_cost_frames").input("8, 16").run())
+    assert any("Frames: expected whole numbers from 1 to 100000" in e.value for e in at.error)
+    at = at.text_input(key="k_cost_frames").input("8, 16").run()
+    at = at.text_input(key="k_cost_sizes").input("224, 99999984").run()  # a typo: a 2 PiB MemoryError
+    assert not at.exception and any("Crop sizes: expected whole numbers from 1 to 8192" in e.value for e in at.error)
+    at = ok(at.text_input(key="k_cost_sizes").input("224, 448").run())
     at = ok(at.selectbox(key="k_cost_base").select("the current model").run())
+    assert at.selectbox(key="k_fit_scheme").value == "divided_space_time"
+    # another model in the sidebar: "Will my run fit?" follows it (it kept the previous model's setup)
+    axial = next(n for n, p in shipped.models(settings.MODELS).items()
+                 if load_model(p).config.attention_type == "axial")
+    at = ok(at.selectbox(key="model_shipped").select(axial).run())
+    assert at.selectbox(key="k_fit_scheme").value == "axial"
 
 
 def test_cost_will_not_fit(app):

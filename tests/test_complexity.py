@@ -306,7 +306,8 @@ def test_cli_measures_at_the_runs_batch_and_optimizer(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--frames", "8,-4"], "positive"),
+    (["--frames", "8,-4"], "frames: expected whole numbers from 1 to 100000 separated by commas"),
+    (["--sizes", "224,99999984"], "sizes: expected whole numbers from 1 to 8192"),  # a typo: a MemoryError
     (["--sizes", "230"], "not divisible by the patch size 16"),
     (["--schemes", "divided_space_time,fancy"], "unknown scheme fancy"),
     (["--gpu-memory", "0"], "--gpu-memory must be positive"),

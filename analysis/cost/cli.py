@@ -19,7 +19,7 @@ import torch
 from analysis.cost.estimate import DTYPES, OPTIMIZERS, GiB, estimate
 from analysis.cost.measure import Measurement, measure_if_it_fits
 from analysis.cost.references import references
-from analysis.cost.sweep import IMPLEMENTATIONS, sweep
+from analysis.cost.sweep import IMPLEMENTATIONS, MAX_FRAMES, MAX_SIZE, parse_ints, sweep
 from analysis.figures import cost_figure
 from timesformer.cli import HelpFormatter, at_least
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
@@ -30,14 +30,14 @@ PROG = "complexity.py"
 MAX_GPU_GIB = 2**20  # 1 PiB: far above any GPU, and low enough that the bytes stay finite and exact
 
 
-def _positive_ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+def _ints(what: str, maximum: int):
+    """An argparse type: `parse_ints` of the flag's text."""
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return parse_ints(text, what, maximum)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
 
 
 def _schemes(text: str) -> tuple[str, ...]:
@@ -66,9 +66,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="print the reference tables of docs/complexity.md (FLOPs, parameters, memory) and exit")
     p.add_argument("--schemes", type=_schemes, default=ATTENTION_TYPES,
                    help="scheme names, comma-separated, or all (default: all)")
-    p.add_argument("--frames", type=_positive_ints, default=(8, 16, 32, 64, 96),
+    p.add_argument("--frames", type=_ints("frames", MAX_FRAMES), default=(8, 16, 32, 64, 96),
                    help="frame counts of the frame sweep, comma-separated")
-    p.add_argument("--sizes", type=_positive_ints, default=(224, 336, 448, 560),
+    p.add_argument("--sizes", type=_ints("sizes", MAX_SIZE), default=(224, 336, 448, 560),
                    help="crop sizes of the crop-size sweep, comma-separated")
     p.add_argument("--model", metavar="CHECKPOINT",
                    help="the architecture of this checkpoint (anything load_model opens: a run, a .pyth, a hub id): "

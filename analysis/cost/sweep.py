@@ -15,6 +15,24 @@ IMPLEMENTATIONS = {
 }
 
 
+# the largest frame count and crop side a sweep takes: 100,000 frames of ViT-B at 224² are 20M tokens (seconds
+# of arithmetic); a crop of 10^8 px (a typo) would be 10^13 patches per frame and no memory would hold its groups
+MAX_FRAMES, MAX_SIZE = 100_000, 8192
+
+
+def parse_ints(text: str, what: str, maximum: int) -> tuple[int, ...]:
+    """The sorted distinct whole numbers of `text` ("8, 16 32"), each from 1 to `maximum`, or a ValueError
+    naming `what`."""
+    try:
+        values = tuple(sorted({int(v) for v in text.replace(",", " ").split()}))
+    except ValueError:
+        values = ()
+    if not values or not 1 <= min(values) <= max(values) <= maximum:
+        raise ValueError(f"{what}: expected whole numbers from 1 to {maximum} separated by commas (e.g. 8, 16, "
+                         f"32), got {text!r}")
+    return values
+
+
 def sweep(
     base: TimeSformerConfig,
     schemes=ATTENTION_TYPES,
