@@ -197,6 +197,22 @@ def test_export_never_replaces_a_training_run_or_its_checkpoints(tmp_path, capsy
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_a_run_folder_without_a_working_checkpoint_last_names_its_checkpoints(tmp_path):
+    """load_model (tslab evaluate, the app's model path) on a run whose checkpoint-last was deleted or broken said
+    "a folder without a config.json: not a checkpoint folder"."""
+    from timesformer import CheckpointError
+
+    out = tmp_path / "run"
+    T.main(toy_args(out, "--keep", "9", epochs=2))
+    (out / "checkpoint-last").unlink()
+    os.symlink("ckpt-gone", out / "checkpoint-last")  # a dangling link
+    with pytest.raises(CheckpointError, match=r"run is a training run \(2 checkpoints, 4 metrics rows\) without a "
+                                              r"working checkpoint-last: open one of its checkpoints, .*/run/"
+                                              r"ckpt-s00000008-end$"):
+        load_model(out)
+    assert load_model(out / "ckpt-s00000008-end").config.embed_dim == 32
+
+
 def log_lines_after(run, earlier: str) -> str:
     return (run / "log.txt").read_text()[len(earlier):]
 

@@ -158,6 +158,10 @@ def read_checkpoint(source) -> Checkpoint:
     if path.is_dir():
         if not (path / CONFIG).is_file() and (path / LAST / CONFIG).is_file():
             path = path / LAST  # a training run's folder opens as its newest checkpoint
+        if not (path / CONFIG).is_file() and (run := holds_run(path)):  # its checkpoint-last gone or broken
+            names = sorted(p.parent.name for p in path.glob(f"ckpt-*/{CONFIG}"))
+            what = f"open one of its checkpoints, {path / names[-1]}" if names else "no checkpoint there opens"
+            raise CheckpointError(f"{path} is a training run ({run}) without a working {LAST}: {what}")
         if not (path / CONFIG).is_file():
             raise CheckpointError(f"{path} is a folder without a config.json: not a checkpoint folder")
         cfg = read_json(path / CONFIG)
