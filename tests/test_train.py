@@ -717,6 +717,12 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
     assert half["clip"]["loss"] == pytest.approx(res["clip"]["loss"], rel=5e-2)
     with pytest.raises(ValueError, match="amp must be one of auto, none, bf16, fp16, got 'bf17'"):
         E.run(out / "checkpoint-last", "synthmotion-temporal", num_clips=8, amp="bf17")
+    with pytest.raises(SystemExit, match="^--split foo: synthmotion-temporal has no such split"):  # it was ignored
+        E.run(out / "checkpoint-last", "synthmotion-temporal", "foo", num_clips=8)
+    (root / "val" / "unseen").mkdir()
+    (root / "val" / "unseen" / "x.mp4").write_bytes(next((root / "val").rglob("*.mp4")).read_bytes())
+    with pytest.raises(SystemExit, match="val has class folders that none of the known classes .* names: unseen$"):
+        E.run(out / "checkpoint-last", str(root), num_clips=8, sampling_rate=1)
     E.main([str(out / "checkpoint-last"), "synthmotion-temporal", "--num-clips", "4", "--amp", "bf16", "--no-progress"])
     text, err = capsys.readouterr()
     assert "(loss " in text and "bf16 autocast)" in text and "evaluating" not in err

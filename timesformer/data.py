@@ -110,7 +110,8 @@ def video_folder(root, split: str = "train", classes: list[str] | None = None, *
         classes = found
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise ValueError(f"{base} has classes the training split lacks: {', '.join(unknown)}")
+        raise ValueError(f"{base} has class folders that none of the known classes (the training split's, or the "
+                         f"checkpoint's) names: {', '.join(unknown)}")
     items = []
     for label, name in enumerate(classes):
         folder = base / name

@@ -61,6 +61,8 @@ def run(checkpoint, data: str, split: str = "val", batch_size: int = 8, num_fram
         if size % cfg.patch_size:
             raise SystemExit(f"--img-size {size} is not a multiple of the model's patch size {cfg.patch_size}")
         if synthmotion_task(data) is not None:
+            if split not in ("val", "test"):  # --split names a folder's or a list's split
+                raise SystemExit(f"--split {split}: {data} has no such split (it evaluates fresh test clips)")
             split = "test"  # a stream that neither training nor validation draws from
         try:  # the paper's 3 crops; the middle one is the centre crop that a single view takes
             ds = open_split(data, split, model.class_names, num_frames=num_frames, size=size,
