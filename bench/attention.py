@@ -97,7 +97,8 @@ def time_way(way: dict, qkv: torch.Tensor, grad: torch.Tensor, grouping, heads: 
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    ap = argparse.ArgumentParser(prog="tslab bench attention", description=__doc__.splitlines()[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="where the attention runs (default: cuda where there is one, else cpu)")
     ap.add_argument("--schemes", nargs="+", default=list(ATTENTION_TYPES), choices=ATTENTION_TYPES,

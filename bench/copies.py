@@ -93,7 +93,8 @@ def measure(model, video, train: bool) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    ap = argparse.ArgumentParser(prog="tslab bench copies", description=__doc__.splitlines()[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--schemes", nargs="*", default=list(ATTENTION_TYPES), choices=ATTENTION_TYPES,
                     help="the schemes profiled (default: all)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")

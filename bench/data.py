@@ -70,7 +70,8 @@ def loader_rate(size: int, workers: int, seconds: float, batch: int = 16) -> flo
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    ap = argparse.ArgumentParser(prog="tslab bench data", description=__doc__.splitlines()[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[224, 32], help="SynthMotion frame sizes")
     ap.add_argument("--workers", type=int, nargs="*", default=[], help="DataLoader worker counts to time")
     ap.add_argument("--videos", type=int, default=8, help="mp4 files (0: skip decoding)")

@@ -50,7 +50,8 @@ def timed(fn, repeats):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    ap = argparse.ArgumentParser(prog="tslab bench forward", description=__doc__.splitlines()[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--repeats", type=int, default=7, help="timed forwards of each configuration")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--json", type=Path, default=None, help="also write the result to this file")

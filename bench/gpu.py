@@ -353,7 +353,8 @@ def card_name(device: torch.device) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    ap = argparse.ArgumentParser(prog="tslab bench gpu", description=__doc__.splitlines()[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--device", default="cuda", help="the GPU (cpu with --smoke: every path at toy size)")
     ap.add_argument("--schemes", nargs="*", default=list(ATTENTION_TYPES), choices=ATTENTION_TYPES,
                     help="the schemes timed (default: all)")

@@ -185,7 +185,8 @@ def write_samples(model_name: str = DEFAULT_NAME) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="tslab bench shipped_models", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--skip-train", action="store_true", help="export, evaluate and card the runs already there")
     p.add_argument("--only", nargs="*", help="these models only (names)")
     a = p.parse_args(argv)

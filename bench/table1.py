@@ -192,7 +192,8 @@ def load(path: Path = RESULTS / "table1.jsonl") -> list[dict]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="tslab bench table1", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="training seeds of each cell")
     p.add_argument("--schemes", nargs="*", default=list(ATTENTION_TYPES), help="the schemes trained (default: all)")
     p.add_argument("--tasks", nargs="*", default=["temporal", "appearance"], help="SynthMotion tasks")

@@ -39,7 +39,8 @@ def measure(scheme: str, img_size: int, batch: int, steps: int, warmup: int = 2)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="tslab bench throughput", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--img-size", type=int, nargs="*", default=[64, 32], help="crop sizes timed")
     p.add_argument("--batch-size", type=int, default=16, help="clips per training step")

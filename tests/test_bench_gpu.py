@@ -58,6 +58,10 @@ def test_tslab_bench_lists_gpu_and_data():
 
     found = benchmarks()
     assert "gpu" in found and found["gpu"].startswith("GPU benchmark") and "data" in found
+    assert found["table1"].endswith("each on 1 thread.")  # the first paragraph, not its first line cut short
+    for path in (ROOT / "bench").glob("*.py"):  # each names itself as `tslab bench` runs it, not "usage: gpu.py"
+        text = path.read_text()
+        assert "ArgumentParser(" not in text or f'prog="tslab bench {path.stem}"' in text, path.name
 
 
 def bench_module(name: str):

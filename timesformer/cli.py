@@ -118,11 +118,11 @@ def app(argv=None, prog: str = "tslab app") -> int:
 
 
 def benchmarks() -> dict[str, str]:
-    """{name: first docstring line} of the scripts in bench/."""
+    """{name: first docstring paragraph, on one line} of the scripts in bench/."""
     out = {}
     for path in sorted((ROOT / "bench").glob("*.py")):
         text = path.read_text()
-        doc = text.split('"""')[1].strip().splitlines()[0] if text.startswith('"""') else ""
+        doc = " ".join(text.split('"""')[1].strip().split("\n\n")[0].split()) if text.startswith('"""') else ""
         out[path.stem] = doc
     return out
 
