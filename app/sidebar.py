@@ -263,4 +263,7 @@ def build_context() -> Context:
         i = ctx.info
         sb.caption(f"{clabel}: {i['num_frames']} frames ({i['duration']:.1f} s), {i['width']}×{i['height']}, "
                    f"{i['fps']:.1f} fps; frames {i['indices'][0]}…{i['indices'][-1]} sampled")
+        if len(set(i["indices"])) == 1 and len(i["indices"]) > 1:  # a still image, or a part of one frame
+            sb.warning(f"One frame of the video is all the model sees, {len(i['indices'])} times: nothing moves, so "
+                       "the time steps and the evidence about time say nothing about motion here.")
     return ctx

@@ -227,7 +227,13 @@ def test_upload_gif(app):
     next(u for u in at.get("file_uploader") if u.key == "clip_upload").upload("moving.gif", buf.getvalue(), "image/gif")
     at = ok(at.run())
     assert any("moving.gif: 8 frames" in c.value for c in at.sidebar.caption)
-    assert "explore_pick" in charts(at)
+    assert "explore_pick" in charts(at) and not at.sidebar.warning
+    # a one-frame GIF (a still): the model sees one frame 8 times, and the sidebar says so
+    buf = io.BytesIO()
+    Image.fromarray(frames[0]).save(buf, format="GIF")
+    next(u for u in at.get("file_uploader") if u.key == "clip_upload").upload("still.gif", buf.getvalue(), "image/gif")
+    at = ok(at.run())
+    assert any(w.value.startswith("One frame of the video is all the model sees, 8 times") for w in at.sidebar.warning)
 
 
 @pytest.mark.parametrize("name, data, message", [
