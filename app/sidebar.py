@@ -152,6 +152,8 @@ def _clip_source(sb) -> tuple[Path | None, str, str | None]:
         p = settings.here(typed.strip())
         if not p.exists():
             return None, "", f"No such file: {typed.strip()}"
+        if p.is_dir():
+            return None, "", f"{typed.strip()} is a folder: type the path of a video file in it"
         return p, p.name, None
     path, name, error = uploads.uploaded(sb, "Video file", uploads.VIDEO_TYPES, "clip_upload")
     if path is None:
@@ -197,8 +199,9 @@ def build_context() -> Context:
             ctx.model = cache.get_model(ctx.mkey)
             ctx.model_label = label
             ctx.card = cache.model_card(ctx.mkey)
-        except USER_ERRORS as e:
-            error = f"Could not load the model from {label or source}: {e}"
+        except USER_ERRORS as e:  # an upload's message names the file by its name, not by where the app keeps it
+            said = str(e).replace(str(source), label) if label else str(e)
+            error = f"Could not load the model from {label or source}: {said}"
             ctx.mkey = None
     ctx.model_error = error
     if error:

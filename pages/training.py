@@ -49,7 +49,8 @@ run = settings.here(typed.strip())
 if run.is_file() and run.name == "metrics.jsonl":  # the metrics file itself: its folder is the run
     run = run.parent
 if not run.is_dir():
-    st.error(f"No such folder: {typed.strip()}")
+    st.error(f"{typed.strip()} is a file: type the path of the run's folder, {run.parent}" if run.is_file() else
+             f"No such folder: {typed.strip()}")
     st.stop()
 metrics_path = run / "metrics.jsonl"
 if not metrics_path.is_file():

@@ -385,6 +385,9 @@ def test_clip_from_a_local_path(app, assets, tmp_path, clip_bytes):
     assert not at.exception and any("No such file: clips/missing.mp4" in e.value for e in at.sidebar.error)
     at = at.text_input(key="clip_path").input(str(tmp_path / "clips" / "notes.mp4")).run()
     assert not at.exception and any("Could not read notes.mp4" in e.value for e in at.sidebar.error)
+    at = at.text_input(key="clip_path").input("clips").run()  # it said "[Errno 21] Is a directory"
+    assert not at.exception and any("clips is a folder: type the path of a video file in it" in e.value
+                                    for e in at.sidebar.error)
 
 
 def test_a_part_of_the_video(app):
@@ -462,6 +465,11 @@ def test_upload_checkpoint(app, assets):
     at = at.run()
     assert not at.exception
     assert any("Could not load the model from garbage.pyth" in e.value for e in at.sidebar.error)
+    up = next(u for u in at.get("file_uploader") if u.key == "model_upload")
+    up.upload("empty.pth", b"", "application/octet-stream")
+    at = at.run()  # the message named the hashed file the app keeps the upload in
+    said = [e.value for e in at.sidebar.error]
+    assert any("empty.pth is empty" in e for e in said) and not any("timesformer-lab-uploads" in e for e in said), said
     # our folder, zipped
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -753,6 +761,10 @@ def test_training_bad_folder(app, tmp_path):
     assert not at.exception and any("No such folder" in e.value for e in at.error)
     at = at.text_input(key="k_runs_path").input(str(tmp_path)).run()
     assert not at.exception and any("no metrics.jsonl" in e.value for e in at.error)
+    (tmp_path / "log.txt").write_text("a run's log\n")  # a file of the run typed: it said "No such folder"
+    at = at.text_input(key="k_runs_path").input(str(tmp_path / "log.txt")).run()
+    assert not at.exception and any(f"log.txt is a file: type the path of the run's folder, {tmp_path}" in e.value
+                                    for e in at.error)
 
 
 def test_switching_pages_keeps_state(app, clip_bytes):
