@@ -15,11 +15,13 @@ st.title("Training runs")
 
 
 def find_runs(root: Path) -> list[str]:
+    """The run folders under `root` (their metrics.jsonl a file), the most recently written first."""
     if not root.is_dir():
         return []
     base = settings.WORKDIR
-    return sorted(str(p.parent.relative_to(base) if p.is_relative_to(base) else p.parent)
-                  for p in root.rglob("metrics.jsonl") if ".tmp" not in str(p))
+    found = [p for p in root.rglob("metrics.jsonl") if p.is_file() and ".tmp" not in str(p)]
+    return [str(p.parent.relative_to(base) if p.is_relative_to(base) else p.parent)
+            for p in sorted(found, key=lambda p: (-p.stat().st_mtime, str(p)))]
 
 
 runs = find_runs(settings.RUNS)

@@ -736,7 +736,11 @@ def test_compare_runs(app, assets, tmp_path):
     (slow / "train_config.yaml").write_text("args:\n  data: synthmotion-temporal\n  preset: tiny\nmodel:\n"
                                             "  attention_type: axial\n  num_frames: 8\n  img_size: 64\n")
     (slow / "log.txt").write_text("epoch 0\n")
+    os.utime(tmp_path / "runs" / "demo" / "metrics.jsonl", (1e9, 1e9))  # demo was written long before slow
+    (tmp_path / "runs" / "odd" / "metrics.jsonl").mkdir(parents=True)  # a folder of that name: no run
     at = ok(page(app.run(), "training"))
+    assert at.text_input(key="k_runs_path").value == "runs/slow"  # the newest run first (it was the first by name)
+    assert at.multiselect(key="k_runs_compare").options == ["runs/slow", "runs/demo"]
     assert "runs_compare" not in charts(at)  # nothing chosen yet
     at = ok(at.multiselect(key="k_runs_compare").set_value(["runs/demo", "runs/slow"]).run())
     assert "runs_compare" in charts(at)
