@@ -184,18 +184,19 @@ def train_rate(name, model, cfg, device, batch, warmup, steps, compiled=False, o
     return rate, peak
 
 
-def loop_rate(model, cfg, device, batch, warmup, steps, opt, dtype) -> float:
+def loop_rate(model, cfg, device, batch, warmup, steps, targs) -> float:
     """Clips/s of `tslab train`'s own loop (`engine.train_one_epoch`: its reads of the loss, its checks, its
-    schedule) over random clips already on the device: the end-to-end rate without the data path, so that the
-    gap to the bare loop splits into the loop's share and the loader's."""
+    schedule) and its own Trainer (`optim.build_trainer` of the run's resolved flags `targs`) over random clips
+    already on the device: the end-to-end rate without the data path, so that the gap to the bare loop splits
+    into the loop's share and the loader's."""
     from timesformer.distributed import Dist
-    from timesformer.engine import Trainer, TrainState, train_one_epoch
+    from timesformer.engine import TrainState, train_one_epoch
+    from timesformer.optim import build_trainer
 
     video, label = random_clips(cfg, batch, device)
     clock = Clock(device)
     with Dist(str(device)) as dist:
-        trainer = Trainer(model, model, opt, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-                          dist, lambda step: 1e-5, total_steps=warmup + steps, dtype=dtype)
+        trainer = build_trainer(targs, dist, model, warmup + steps, warmup + steps)
         state = TrainState()
         for n in (warmup, steps):  # `train_one_epoch` takes the training view, the clip's first, of each batch
             batches = [{"video": video[:, None], "label": label, "skipped": []} for _ in range(n)]
@@ -323,8 +324,7 @@ def end_to_end(args, device, out: Path) -> dict:
     dtype = amp_dtype(targs, device)
     bare, _ = train_rate("ours", model, model.config, device, args.batch, args.warmup, steps,
                          opt=build_optimizer(targs, model), dtype=dtype)
-    loop = loop_rate(model, model.config, device, args.batch, args.warmup, steps, build_optimizer(targs, model),
-                     dtype)
+    loop = loop_rate(model, model.config, device, args.batch, args.warmup, steps, targs)
     import yaml  # a dependency of transformers
 
     resolved = yaml.safe_load((out / "train_config.yaml").read_text())["args"]
