@@ -1010,6 +1010,7 @@ def test_init_at_other_frame_counts_resizes_the_time_embedding(tmp_path):
     T.main(toy_args(tmp_path / "run", "--init", str(tmp_path / "m"), "--num-frames", "8", epochs=1))
     trained = load_model(tmp_path / "run" / "checkpoint-last")
     assert trained.config.num_frames == 8 and trained.time_embed.shape == (1, 8, 32)
+    assert "resized time_embed from 4 to 8 frames" in (tmp_path / "run" / "log.txt").read_text()  # not stderr alone
 
 
 def test_train_state_round_trips_and_reads_older_checkpoints():

@@ -334,7 +334,8 @@ def open_split(data: str, split: str, classes: list[str] | None = None, *, num_f
         return Relabeled(ds, [list(classes).index(c) for c in ds.classes])
     path = Path(data)
     if not path.exists():
-        raise FileNotFoundError(f"{data}: no such file or folder (or use synthmotion-temporal / -appearance)")
+        raise FileNotFoundError(f"{data}: no such file or folder (or use synthmotion-temporal / -appearance / "
+                                "-distractor)")
     kw = dict(num_frames=num_frames, size=size, sampling_rate=sampling_rate, seed=seed, train=train,
               spatial_crops=spatial_crops)
     if path.is_dir() and (path / split).is_dir():

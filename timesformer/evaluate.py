@@ -145,8 +145,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog or "python -m timesformer.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="anything load_model opens (a run's checkpoint-last, a .pyth, a HF folder)")
-    p.add_argument("data", help="synthmotion-temporal, synthmotion-appearance, ROOT (ROOT/<split>/<class>/<clip> or "
-                                  "ROOT/<split>.csv), or a CSV list (path,label)")
+    p.add_argument("data", help="synthmotion-temporal, synthmotion-appearance, synthmotion-distractor, ROOT "
+                                "(ROOT/<split>/<class>/<clip> or ROOT/<split>.csv), or a CSV list (path,label)")
     p.add_argument("--split", default="val", help="split folder or CSV name (folders/CSV lists)")
     p.add_argument("--batch-size", type=at_least(1), default=8, help="clips per forward (3 crops each)")
     p.add_argument("--num-frames", type=at_least(1), help="frames per clip (default: the checkpoint's)")

@@ -59,8 +59,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file whose keys (flag names, - or _) set defaults; flags override it")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="synthmotion-temporal",
-                   help="synthmotion-temporal, synthmotion-appearance, ROOT (ROOT/<split>/<class>/<clip>), "
-                        "a folder with train.csv, or a CSV list (path,label)")
+                   help="synthmotion-temporal, synthmotion-appearance, synthmotion-distractor, ROOT "
+                        "(ROOT/<split>/<class>/<clip>), a folder with train.csv, or a CSV list (path,label)")
     g.add_argument("--val-data", help="validation CSV (default: the train list's val/test sibling)")
     g.add_argument("--train-clips", type=int, default=2048, help="SynthMotion clips per epoch")
     g.add_argument("--val-clips", type=int, default=512, help="SynthMotion validation clips (0: no validation)")

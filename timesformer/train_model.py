@@ -4,10 +4,13 @@ video model keeps its scheme; an image ViT takes `--attention`), with a head for
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 
 from torch import nn
 
+from timesformer import checkpoints
 from timesformer.checkpoints import IMAGE_FORMATS, CheckpointError, from_checkpoint, read_checkpoint
 from timesformer.config import TimeSformerConfig
 from timesformer.model import TimeSformer
@@ -49,11 +52,31 @@ def load_init(args, log) -> TimeSformer:
     if checkpoint.format in IMAGE_FORMATS:
         overrides["attention_type"] = args.attention = args.attention or DEFAULT_ATTENTION
         log(f"--init {args.init}: an image ViT ({checkpoint.format}) started as attention_type={args.attention}")
-    model = from_checkpoint(checkpoint, **overrides)
+    with _notes_into(log):  # "resized time_embed from 4 to 8 frames ...": the run's log keeps it
+        model = from_checkpoint(checkpoint, **overrides)
     if args.attention not in (None, model.config.attention_type):
         raise SystemExit(f"--attention {args.attention}: --init {args.init} has attention_type="
                          f"{model.config.attention_type}, which a video model keeps (an image ViT starts as any)")
     return model
+
+
+@contextlib.contextmanager
+def _notes_into(log):
+    """What the checkpoint loader says (through `logging`: a resized embedding, an image model's start) goes to
+    `log` alone, for the run's log.txt, instead of to stderr alone."""
+    logger = logging.getLogger(checkpoints.__name__)
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: log(record.getMessage())
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def build_model(args, classes: list[str], log, init: TimeSformer | None = None) -> TimeSformer:
