@@ -265,6 +265,15 @@ def test_export_cli(tmp_path, capsys):
         SynthMotion("temporal", "train", 4, 8, 0)
 
 
+def test_a_clip_listed_with_two_labels_is_an_error(tmp_path):
+    """A clip listed twice under two classes was taken as two training examples of opposite labels."""
+    (tmp_path / "list.csv").write_text("path,label\na.mp4,left\nb.mp4,right\na.mp4,right\nb.mp4,right\n")
+    with pytest.raises(ValueError, match=r"list.csv:4: a.mp4 is listed as 'right' here and as 'left' on line 2$"):
+        video_csv(tmp_path / "list.csv")
+    (tmp_path / "list.csv").write_text("a.mp4,left\nb.mp4,right\nb.mp4,right\n")  # a repeat is not a conflict
+    assert len(video_csv(tmp_path / "list.csv")) == 3
+
+
 def test_a_byte_order_mark_is_not_part_of_a_csv_list(tmp_path):
     """Excel writes UTF-8 CSV files with a BOM: the header must stay a header, the first path a path."""
     root = export_synthmotion(tmp_path / "sm", "appearance", num_train=2, num_val=0, seed=0, num_frames=4, size=16)

@@ -41,8 +41,12 @@ def read_csv_list(path, classes: list[str] | None = None, root=None) -> tuple[li
         classes = ([str(i) for i in range(max(int(lb) for _, lb, _ in rows) + 1)] if numeric
                    else sorted({lb for _, lb, _ in rows}))
     index = {c: i for i, c in enumerate(classes)}
-    items = []
+    items, seen = [], {}
     for clip, label, line in rows:
+        first = seen.setdefault(clip, (label, line))
+        if first[0] != label:  # one clip, two classes: label noise nobody meant
+            raise ValueError(f"{path}:{line}: {clip} is listed as {label!r} here and as {first[0]!r} on line "
+                             f"{first[1]}")
         if numeric and label not in index:
             label_idx = int(label)
             if label_idx < 0:
