@@ -758,6 +758,21 @@ def test_folder_training_counts_unreadable_clips_and_evaluate_cli(tmp_path, caps
         assert f"argument {flag}: expected an integer ≥ 1, got '0'" in capsys.readouterr().err
 
 
+def test_listed_clips_that_are_not_there_are_counted_at_the_start(tmp_path):
+    """A CSV list of a partial download: the missing clips were only named batch by batch, as they were drawn."""
+    root = export_synthmotion(tmp_path / "videos", "temporal", num_train=8, num_val=0, seed=0, num_frames=4,
+                              size=32)
+    lines = [f"{p},{p.parent.name}" for p in sorted((root / "train").rglob("*.mp4"))]
+    lines += [f"{root / 'gone' / 'a.mp4'},moving left", f"{root / 'gone' / 'b.mp4'},moving left"]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    T.main(["--data", str(tmp_path / "train.csv"), "--epochs", "1", "--batch-size", "4", "--sampling-rate", "1",
+            "--out", str(out), *TOY])
+    assert f"2 of the 10 training clips listed are not there (the first: {root / 'gone' / 'a.mp4'}): each is " \
+           "skipped when drawn" in (out / "log.txt").read_text()
+    assert rows(out)[0]["skipped"] == 2
+
+
 def test_clips_none_of_which_can_be_read_stop_the_run_with_one_line(tmp_path):
     """All training clips unreadable: the run took its steps on no clip, logged a loss of 0 and kept a
     checkpoint-best of 0 %. All validation clips unreadable: an accuracy over 0 clips ranked as the best."""

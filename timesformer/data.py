@@ -84,6 +84,10 @@ class VideoListDataset(ClipDataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def missing(self) -> list[str]:
+        """The listed files that are not there (a partial download): each is skipped when drawn."""
+        return [path for path, _ in self.items if not os.path.exists(path)]
+
     def __getitem__(self, index: int):
         path, label = self.items[index]
         try:

@@ -263,6 +263,11 @@ def _train(args, dist: Dist, run: Run) -> dict:
         f"clips, {len(classes)} classes; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
         f"({model.config.attention_type}); {steps_per_epoch} steps/epoch × {args.epochs} "
         f"epoch{'s' * (args.epochs != 1)} on {dist.world} × {device_name(device)}; {args.optimizer} lr {args.lr}")
+    for split, ds in (("training", train_ds), ("validation", val_ds)) if dist.main else ():
+        gone = getattr(getattr(ds, "dataset", ds), "missing", list)()  # FrameDrop wraps the training clips
+        if gone:  # said now, not one batch at a time over the epoch
+            log(f"{len(gone)} of the {len(ds)} {split} clips listed are not there (the first: {gone[0]}): each is "
+                "skipped when drawn")
 
     val_loader = (eval_loader(val_ds, args.batch_size, args.workers, dist, pin_memory=device.type == "cuda")
                   if val_ds is not None else None)
