@@ -310,8 +310,8 @@ def _train(args, dist: Dist, run: Run) -> dict:
                 log(f"epoch {epoch}: skipped {skipped} unreadable clip{'s' * (skipped != 1)}")
             run.log_metrics(row)
             if not row["clips"]:  # steps on no clip at all: nothing to learn, and no checkpoint to keep of it
-                raise SystemExit(f"--data {args.data}: none of the {skipped} training clips of epoch {epoch} could be "
-                                 "read (the log names the first ones and why)")
+                raise SystemExit(f"--data {args.data}: none of the {skipped or 0} training clips of epoch {epoch} "
+                                 "could be read (the log names the first ones and why)")
             finished = state.step >= total_steps or epoch + 1 >= args.epochs
             # the workers begin the next epoch now: its first batches are ready once validation and the
             # checkpoint are done (started at its first step, the epoch waited for them)
