@@ -21,6 +21,10 @@ on_gpu = ctx.device is not None and ctx.device.type == "cuda"
 card_bytes = torch.cuda.get_device_properties(ctx.device).total_memory if on_gpu else None
 gpu_gib = round(card_bytes / GiB, 1) if on_gpu else 32.0
 options = (["the current model"] if ctx.model is not None else []) + list(PRESETS)
+if ctx.model is None and st.session_state.get("k_cost_base") == "the current model":
+    # kept, not dropped to ViT-B: the choice holds again once the sidebar has a model (a path still being typed)
+    st.info("The cost of the current model waits for a model in the sidebar.")
+    st.stop()
 widgets.sanitize("k_cost_base", options)
 for key, value in (("k_cost_base", "ViT-B/16 (TimeSformer)"), ("k_cost_schemes", list(ATTENTION_TYPES)),
                    ("k_cost_frames", "8, 16, 32, 64, 96"), ("k_cost_sizes", "224, 336, 448, 560"),

@@ -659,6 +659,11 @@ def test_cost(app):
                  if load_model(p).config.attention_type == "axial")
     at = ok(at.selectbox(key="model_shipped").select(axial).run())
     assert at.selectbox(key="k_fit_scheme").value == "axial"
+    # a Local path not typed yet: no model for a while, and the choice of "the current model" is kept
+    at = at.radio(key="model_kind").set_value("Local path").run()
+    assert any("waits for a model in the sidebar" in i.value for i in at.info)
+    at = ok(at.text_input(key="model_path").input(str(settings.DEFAULT_MODEL)).run())
+    assert at.selectbox(key="k_cost_base").value == "the current model"
 
 
 def test_cost_will_not_fit(app):
