@@ -12,10 +12,10 @@ import numpy as np
 import streamlit as st
 import torch
 
+from analysis.cost.shapes import step_shapes
 from app import cache, settings, uploads
 from app.widgets import Prompt, sanitize, show
 from timesformer import CheckpointError, TimeSformer, shipped
-from timesformer.attention import full_recording_bytes
 from timesformer.distributed import device_name
 from timesformer.shipped import sample_clips
 from timesformer.video import VideoError
@@ -165,7 +165,10 @@ def _too_big_to_record(cfg, frames: int, size: int, device: torch.device) -> str
     """Why the pages cannot record this model's attention on `frames` × `size`² (its every layer, for rollout)
     within settings.MAX_RECORDING_GIB, or half the memory of `device`; None where they can."""
     side = size // cfg.patch_size
-    need = full_recording_bytes(cfg.attention_type, (frames, side, side), cfg.num_heads, cfg.depth)
+    # counted from the group shapes (cached, no index tensors): the sidebar runs on every rerun, and a grid
+    # typed here would otherwise build and keep the gathers of a model it may never run
+    shapes = step_shapes(cfg.attention_type, (frames, side, side), cfg.local_split, cfg.global_stride)
+    need = sum(s.groups * s.length**2 for s in shapes) * cfg.num_heads * cfg.depth * 4  # fp32 probabilities
     if settings.MAX_RECORDING_GIB is not None:
         budget, whose = settings.MAX_RECORDING_GIB * 2**30, "TSLAB_MAX_RECORDING_GIB"
     elif device.type == "cuda":
