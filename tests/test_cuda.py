@@ -164,6 +164,8 @@ def test_explain_cli_on_cuda_matches_the_cpu(tmp_path, monkeypatch):
     CPU (the clip is made here: the GPU machine may have no video decoder)."""
     import json
 
+    pytest.importorskip("captum", reason="occlusion and --temporal are Captum's (requirements.txt)")
+
     import analysis.report as report
     from timesformer import save_model
     from timesformer.video import ClipInfo
@@ -188,6 +190,7 @@ def test_explain_cli_on_cuda_matches_the_cpu(tmp_path, monkeypatch):
 def test_explanation_benchmark_on_cuda_matches_the_cpu():
     """`tslab bench explain --device cuda`'s core: the model's accuracy, the scores and the sanity check's
     randomised stages (drawn on the CPU, so the same weights on every device) as on the CPU."""
+    pytest.importorskip("captum", reason="the frame-drop check is Captum's feature ablation (requirements.txt)")
     from analysis.benchmark import benchmark, clips
     from timesformer.synthmotion import SynthMotion
 
