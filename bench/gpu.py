@@ -6,7 +6,8 @@
     python bench/gpu.py --profile divided_space_time    # the profiler's kernel table of one training step
     python bench/gpu.py --reestimate bench/results/gpu-nvidia-h200*.json  # today's estimate, stored peaks
 
-For the device it runs on it prints and writes (bench/results/gpu-<card>.json, or --json):
+For the device it runs on it prints and writes (bench/results/gpu-<card>.json, or --json; after every scheme, with
+"complete": false until the end, so that a run stopped by a time limit keeps its rows):
 - the bf16 GEMM rate it measures (an n×n×n matmul, n = 8192) — the denominator of MFU;
 - per scheme, a bare training loop (random clips on the device, bf16 autocast, fused AdamW, no per-step sync):
   clips/s, MFU = 3 × forward FLOPs (fvcore multiply-adds × 2, `analysis.complexity.estimate`) × clips/s ÷ the
@@ -335,13 +336,17 @@ def end_to_end(args, device, out: Path) -> dict:
             "workers": resolved["workers"], "optimizer": targs.optimizer, "amp": str(dtype), "flags": flags}
 
 
-def save_results(result: dict, kind: str, card: str, path: Path | None = None) -> Path:
-    """Write `result` as JSON to `path`, or to bench/results/<kind>-<card, as a slug>.json."""
+def save_results(result: dict, kind: str, card: str, path: Path | None = None, quiet: bool = False) -> Path:
+    """Write `result` as JSON to `path`, or to bench/results/<kind>-<card, as a slug>.json; whole or not at
+    all (a temporary file renamed), so that a run stopped while writing leaves the previous write."""
     slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
     out = path or ROOT / "bench" / "results" / f"{kind}-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    part = out.with_name(out.name + ".part")
+    part.write_text(json.dumps(result, indent=2))
+    part.replace(out)
+    if not quiet:
+        print(f"wrote {out}")
     return out
 
 
@@ -411,8 +416,10 @@ def main(argv=None) -> dict:
             print(profile_step(models(cfg, None)["ours"].to(device), cfg, device, args.batch), flush=True)
         return {}
     gemm = gemm_rate(device, args.gemm_n)
+    # written after every scheme, "complete" once all is measured: a run stopped by a time limit keeps its rows
     result = {"card": card, "torch": torch.__version__, "cuda": torch.version.cuda, "smoke": args.smoke,
-              "batch": args.batch, "infer_batch": args.infer_batch, "gemm_bf16_tflop_s": gemm / 1e12, "schemes": {}}
+              "batch": args.batch, "infer_batch": args.infer_batch, "gemm_bf16_tflop_s": gemm / 1e12, "schemes": {},
+              "complete": False}
     print(f"{card}; torch {torch.__version__}; bf16 GEMM {gemm / 1e12:.1f} TFLOP/s (n={args.gemm_n})", flush=True)
     print(f"{'scheme':22s} {'model':28s} {'train clips/s':>13s} {'MFU':>6s} {'peak GiB':>9s} {'est/peak':>8s} "
           f"{'infer clips/s':>13s}")
@@ -437,6 +444,7 @@ def main(argv=None) -> dict:
                       f"{gib['saved_by_forward']:.2f} (est. {gib['estimated_activation_bytes']:.2f}), peak "
                       f"{gib['peak_bytes']:.2f} (est. {gib['estimated_training_bytes']:.2f}, "
                       f"{m['estimate_over_peak']:.3f}×)", flush=True)
+            save_results(result, "gpu", card, args.json, quiet=True)
         if args.no_speed:
             continue
         for name, model in models(cfg, hf_cfg).items():
@@ -477,6 +485,7 @@ def main(argv=None) -> dict:
                   f"inference {ratio['infer_clips_per_s']:.2f}×")
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        save_results(result, "gpu", card, args.json, quiet=True)
     if args.e2e_steps:
         with tempfile.TemporaryDirectory() as d:
             e2e = result["train_py"] = end_to_end(args, device, Path(d) / "run")
@@ -485,6 +494,7 @@ def main(argv=None) -> dict:
               f"{e2e['train_py_data_wait']:.0%} of the time; the bare loop: {e2e['bare_loop_clips_per_s']:.1f} "
               f"clips/s → {e2e['train_py_over_bare']:.0%}; its loop alone on clips in memory: "
               f"{e2e['loop_clips_per_s']:.1f} clips/s → {e2e['loop_over_bare']:.0%}")
+    result["complete"] = True
     save_results(result, "gpu", card, args.json)
     return result
 
