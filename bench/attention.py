@@ -10,9 +10,10 @@ is timed: its forward alone (inference) and forward + backward (training), after
 - `sdpa`: the default, `scaled_dot_product_attention` with the kernel PyTorch picks;
 - `sdpa:<kernel>`: each kernel alone (flash, efficient, cudnn, math) where the device has it for these inputs;
 - `matmul+softmax`: the core's path for groups of at most `MATH_BELOW` tokens;
+- `triton`: the Triton kernel of `timesformer.short_attention` (`SHORT_BELOW`), on CUDA where Triton is;
 - `packed<N`: whole groups packed into sequences of up to N tokens behind a block-diagonal mask (`PACK_TO`),
   with the kernel PyTorch picks and with each kernel alone; only where the groups are short enough to pack;
-- with --compile, `sdpa`, `matmul+softmax` and `packed<N` under `timesformer.compile_model`.
+- with --compile, `sdpa`, `matmul+softmax`, `triton` and `packed<N` under `timesformer.compile_model`.
 Every way's output and input gradient are checked against the default's (the largest difference is printed and
 stored). A way the device cannot run (a kernel that refuses the inputs) is listed as such. Results go to
 bench/results/attention-<device>.json (or --json).
@@ -27,7 +28,7 @@ import torch
 import torch._dynamo
 from gpu import Clock, configs, save_results  # bench/gpu.py, beside this script
 
-from timesformer import ATTENTION_TYPES, attention, compile_model
+from timesformer import ATTENTION_TYPES, attention, compile_model, short_attention
 from timesformer.attention import attend, packing, scheme_groupings
 from timesformer.cli import HelpFormatter
 
@@ -39,6 +40,8 @@ def ways(device: torch.device, groups: int, L: int, pack_to: list[int], compiled
     kernels = KERNELS if device.type == "cuda" else ("flash", "math")
     out = [dict(name="sdpa")] + [dict(name=f"sdpa:{k}", kernel=k) for k in kernels]
     out.append(dict(name="matmul+softmax", math_below=L))
+    if device.type == "cuda" and short_attention.triton is not None and L <= short_attention.BLOCK // 2:
+        out.append(dict(name="triton", short_below=L))  # timesformer.short_attention
     for n in pack_to:
         attention.PACK_TO = n
         fits = packing(groups, L) > 1
@@ -47,8 +50,8 @@ def ways(device: torch.device, groups: int, L: int, pack_to: list[int], compiled
             out += [dict(name=f"packed<{n}", pack_to=n)]
             out += [dict(name=f"packed<{n}:{k}", pack_to=n, kernel=k) for k in kernels if k != "flash"]
     if compiled:
-        out += [dict(w, name=w["name"] + " compiled", compiled=True) for w in out
-                if w["name"] in ("sdpa", "matmul+softmax") or (w["name"].startswith("packed") and ":" not in w["name"])]
+        out += [dict(w, name=w["name"] + " compiled", compiled=True) for w in out if w["name"] in (
+            "sdpa", "matmul+softmax", "triton") or (w["name"].startswith("packed") and ":" not in w["name"])]
     return out
 
 
@@ -69,7 +72,10 @@ def time_way(way: dict, qkv: torch.Tensor, grad: torch.Tensor, grouping, heads: 
     """(forward ms, forward + backward ms, output, input gradient) of one way; raises RuntimeError where the
     device cannot run it."""
     attention.MATH_BELOW, attention.PACK_TO = way.get("math_below", 0), way.get("pack_to", 0)
+    attention.SHORT_BELOW = way.get("short_below", 0)
     try:
+        if attention.SHORT_BELOW and not short_attention.usable(qkv, qkv.shape[2], qkv.shape[3] // 3 // heads):
+            raise RuntimeError("the Triton kernel does not take these inputs")
         def run(x):
             return attend(x, grouping, heads)
 
@@ -93,7 +99,7 @@ def time_way(way: dict, qkv: torch.Tensor, grad: torch.Tensor, grouping, heads: 
                 times[phase] = (clock() - start) / repeats * 1e3
         return times["forward"], times["training"], out.detach(), x.grad
     finally:
-        attention.MATH_BELOW, attention.PACK_TO = 0, 0
+        attention.MATH_BELOW, attention.PACK_TO, attention.SHORT_BELOW = 0, 0, 0
 
 
 def main(argv=None) -> dict:

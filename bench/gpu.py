@@ -16,7 +16,8 @@ For the device it runs on it prints and writes (bench/results/gpu-<card>.json, o
   while they are captured, so that their rows show no peak); with groups of at
   most --math-below tokens (divided's and axial's 8-token time groups) attended by matmul + softmax instead of
   the fused kernel (`timesformer.attention.MATH_BELOW`), and with groups shorter than --pack-to tokens packed
-  behind a block-diagonal mask (`timesformer.attention.PACK_TO`);
+  behind a block-diagonal mask (`timesformer.attention.PACK_TO`), and with groups of at most --short-below
+  tokens attended by the Triton kernel of `timesformer.short_attention` (`SHORT_BELOW`; CUDA only);
   HuggingFace's divided model in the same loop, its weights copied into ours through `load_model`
   (bench/forward.py does the same on a CPU);
 - per scheme, bf16 inference clips/s (inference mode, batch --infer-batch), ours and HuggingFace's;
@@ -375,6 +376,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--pack-to", type=int, default=64,
                     help="also time the schemes whose groups are shorter with them packed into sequences of up to "
                          "this many tokens (timesformer.attention.PACK_TO; 0: not)")
+    ap.add_argument("--short-below", type=int, default=16,
+                    help="also time the schemes with groups of at most this many tokens attended by the Triton "
+                         "kernel (timesformer.attention.SHORT_BELOW; CUDA with Triton only; 0: not)")
     ap.add_argument("--batch", type=int, default=8, help="training clips per step")
     ap.add_argument("--infer-batch", type=int, default=16, help="inference clips per forward")
     ap.add_argument("--steps", type=int, default=20, help="timed steps of each loop")
@@ -409,6 +413,9 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     card = card_name(device)
+    from timesformer import short_attention
+
+    short_kernel = device.type == "cuda" and short_attention.triton is not None
     if args.profile:
         for scheme in args.profile:
             cfg = configs(args.smoke, scheme)[0]
@@ -430,9 +437,10 @@ def main(argv=None) -> dict:
         rows = result["schemes"][scheme] = {"forward_gflop_per_clip": flop_per_clip / 1e9,
                                             "estimated_training_bytes": est}
         shortest = min(g.index.shape[1] for g in scheme_groupings(scheme, cfg.grid))
-        # the core's settings timed: the default, then short groups by matmul + softmax, then packed
-        cores = [(0, 0)] + [(args.math_below, 0)] * (shortest <= args.math_below) + [(0, args.pack_to)] * (
-            shortest < args.pack_to)
+        # the core's settings timed: the default, then short groups by matmul + softmax, packed, by the Triton kernel
+        cores = [(0, 0, 0)] + [(args.math_below, 0, 0)] * (shortest <= args.math_below) + [
+            (0, args.pack_to, 0)] * (shortest < args.pack_to) + [(0, 0, args.short_below)] * (
+            shortest <= args.short_below and short_kernel)
         if args.memory_batches and device.type == "cuda":
             model = TimeSformer(cfg).to(device)
             mem = rows["memory"] = memory_rows(model, cfg, device, args.memory_batches)
@@ -450,17 +458,18 @@ def main(argv=None) -> dict:
         for name, model in models(cfg, hf_cfg).items():
             model.to(device)  # alone on the device while timed: its peak memory holds no other model
             ours = name == "ours"
-            for compiled, (math, pack) in product([False, *args.compile_modes] if ours and scheme in
-                                                  args.compile_schemes else [False], cores if ours else cores[:1]):
+            modes = [False, *args.compile_modes] if ours and scheme in args.compile_schemes else [False]
+            for compiled, (math, pack, short) in product(modes, cores if ours else cores[:1]):
                 label = name + (" compiled" if compiled else "") + (
                     f" {compiled}" if compiled and compiled != "default" else "") + (
-                    f" math≤{math}" if math else "") + (f" packed<{pack}" if pack else "")
-                attention.MATH_BELOW, attention.PACK_TO = math, pack
+                    f" math≤{math}" if math else "") + (f" packed<{pack}" if pack else "") + (
+                    f" short≤{short}" if short else "")
+                attention.MATH_BELOW, attention.PACK_TO, attention.SHORT_BELOW = math, pack, short
                 try:
                     train, peak = train_rate(name, model, cfg, device, args.batch, args.warmup, args.steps, compiled)
                     infer = infer_rate(name, model, cfg, device, args.infer_batch, args.warmup, args.steps, compiled)
                 finally:
-                    attention.MATH_BELOW, attention.PACK_TO = 0, 0
+                    attention.MATH_BELOW, attention.PACK_TO, attention.SHORT_BELOW = 0, 0, 0
                 if compiled == "reduce-overhead":  # CUDA graphs took their pool while captured, before the reset:
                     peak = None  # the "peak" after it counted the weights and optimizer state alone (1.4 GiB)
                 row = rows[label] = {"train_clips_per_s": train, "mfu": 3 * flop_per_clip * train / gemm,

@@ -15,7 +15,7 @@ def test_attention_benchmark_times_every_way_and_checks_it(tmp_path, capsys):
     quick = ["--device", "cpu", "--smoke", "--warmup", "1", "--repeats", "2"]
     bench = bench_module("attention")
     res = bench.main([*quick, "--schemes", "divided_space_time", "axial", "--json", str(out)])
-    assert json.loads(out.read_text()) == res and (core.MATH_BELOW, core.PACK_TO) == (0, 0)  # knobs restored
+    assert json.loads(out.read_text()) == res and (core.MATH_BELOW, core.PACK_TO, core.SHORT_BELOW) == (0, 0, 0)
     compiled = bench.main([*quick, "--schemes", "divided_space_time", "--compile", "--pack-to", "64",
                            "--json", str(out)])
     res["steps"][0]["ways"].update(compiled["steps"][0]["ways"])

@@ -103,6 +103,39 @@ def test_short_group_settings_on_cuda(attention_type, knob, monkeypatch):
     assert torch.nn.functional.cosine_similarity(g_default, g_other, dim=0) > 0.99
 
 
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "axial"])
+def test_the_short_group_kernel_on_cuda(attention_type, monkeypatch):
+    """`attention.SHORT_BELOW` (the Triton kernel of timesformer.short_attention) in bf16 autocast, eager and
+    compiled: the default's logits and gradients within bf16's rounding; the kernel ran."""
+    from timesformer import attention
+    from timesformer import short_attention as short
+
+    torch.manual_seed(0)
+    model = TimeSformer(TimeSformerConfig(attention_type=attention_type, img_size=32, patch_size=8, num_frames=4,
+                                          embed_dim=64, depth=2, num_heads=4, num_classes=5, drop_path_rate=0.0))
+    model = model.cuda().train()  # 16 channels per head: the smallest tl.dot takes
+    video = torch.randn(2, 3, 4, 32, 32, device="cuda")
+    calls, kernel = [], short._short_attention
+    monkeypatch.setattr(short, "_short_attention", lambda *a: calls.append(a[2]) or kernel(*a))
+    results = []
+    for below, compiled in ((0, False), (32, False), (32, True)):
+        monkeypatch.setattr(attention, "SHORT_BELOW", below)
+        if compiled:
+            monkeypatch.setattr(short, "_short_attention", kernel)  # the op itself in the graph
+        model.zero_grad()
+        run = compile_model(model) if compiled else model
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = run(video).float()
+        out.pow(2).mean().backward()
+        results.append((out.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    # time groups; rows and columns or frames, with cls
+    assert sorted(set(calls)) == ([4, 5] if attention_type == "axial" else [4, 17])
+    (default, g_default), *others = results
+    for other, g_other in others:
+        assert (other - default).abs().max() <= 0.05 * default.abs().max()
+        assert torch.nn.functional.cosine_similarity(g_default, g_other, dim=0) > 0.99
+
+
 def test_evaluate_on_cuda(tmp_path):
     from timesformer import evaluate as E
 

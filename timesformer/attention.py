@@ -34,6 +34,12 @@ MATH_BELOW = 0
 # 0 (the default) packs nothing: on a 2-core CPU packed groups were 1.4-1.8× slower (`tslab bench attention`).
 PACK_TO = 0
 
+# Groups of at most SHORT_BELOW tokens go to one Triton kernel (`timesformer.short_attention`): a program
+# attends as many whole groups as fit in 64 rows, for one head, straight from qkv's layout, and the backward
+# writes dq, dk and dv into one tensor of that layout (CUDA in fp16/bf16, no dropout; elsewhere the fused
+# kernel as usual). 0 (the default) until a GPU shows it faster: `tslab bench gpu --short-below 16`.
+SHORT_BELOW = 0
+
 
 def attend(
     qkv: torch.Tensor,
@@ -49,7 +55,8 @@ def attend(
     the step has it). Returns the attention output (B, G, L, D) in the same layout, before the output
     projection. With `record`, the probabilities are materialised, passed to `record` as
     (B, G, heads, L, L) and used; otherwise the fused `scaled_dot_product_attention` runs (on groups packed
-    into sequences of up to PACK_TO tokens; for groups of at most MATH_BELOW tokens, matmul and softmax).
+    into sequences of up to PACK_TO tokens; for groups of at most MATH_BELOW tokens, matmul and softmax; for
+    groups of at most SHORT_BELOW tokens, the Triton kernel of `timesformer.short_attention`).
     `record` returns the probabilities to go on with (the same tensor, or a detached one for conservative
     propagation). With `cls_only` (a step with cls, not recorded) only the cls queries are computed and
     (B, G, D) is returned: all the classifier needs from a model's last step.
@@ -58,6 +65,11 @@ def attend(
     D = three_d // 3
     hd = D // num_heads
     fused = record is None and L > MATH_BELOW
+    if fused and L <= SHORT_BELOW and not cls_only and grouping.valid is None and dropout_p == 0.0:
+        from . import short_attention as short
+
+        if short.usable(qkv, L, hd):  # (B·G·L, 3D) → (B·G·L, D): rows in group order, as `attend` returns them
+            return short.short_attention(qkv.reshape(B * G * L, three_d), num_heads, L).view(B, G, L, D)
     P = packing(B * G, L) if fused and not cls_only and grouping.valid is None else 1
     # (B, G, L, 3D) → 3 × (B·G/P, heads, P·L, hd): strided views, no copy. Unbinding the `3` axis in place (not
     # after moving it first) lets the backward stack dq, dk, dv straight into qkv's layout: one copy fewer.
