@@ -49,6 +49,13 @@ def usable(qkv: torch.Tensor, L: int, head_dim: int) -> bool:
 
 if triton is not None:
 
+    def _tuned(kernel):
+        """4 or 8 warps a program, whichever the card runs faster (timed at the first call of each shape; both
+        compile for sm_90 without spilling); the interpreter, with no GPU to time on, runs the kernel as it is."""
+        if interpreting():
+            return kernel
+        return triton.autotune([triton.Config({}, num_warps=w) for w in (4, 8)], key=["H", "D", "L"])(kernel)
+
     @triton.jit
     def _tile(pid, rows, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr):
         """The tile's row indices, which of them are real tokens, and the block-diagonal mask of its groups."""
@@ -58,6 +65,7 @@ if triton is not None:
         same = (r[:, None] // L) == (r[None, :] // L)
         return row, real, same
 
+    @_tuned
     @triton.jit
     def _forward_kernel(QKV, OUT, LSE, rows, scale, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr,
                         BLOCK: tl.constexpr):
@@ -77,6 +85,7 @@ if triton is not None:
         tl.store(OUT + row[:, None] * (H * D) + h * D + d[None, :], out.to(OUT.dtype.element_ty), mask=real[:, None])
         tl.store(LSE + h * rows + row, m + tl.log(total), mask=real)
 
+    @_tuned
     @triton.jit
     def _backward_kernel(QKV, OUT, DOUT, LSE, DQKV, rows, scale, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr,
                          BLOCK: tl.constexpr):
