@@ -39,12 +39,14 @@ def interpreting() -> bool:
 
 def usable(qkv: torch.Tensor, L: int, head_dim: int) -> bool:
     """Whether the kernel can attend groups of L tokens of these projections: Triton present, a CUDA tensor in
-    fp16 or bf16 (or the interpreter), groups that fit a tile twice over, and a head size tl.dot takes."""
+    fp16 or bf16 (or the interpreter), groups that fit a tile twice over, a head size tl.dot takes, and fewer
+    than 2³¹ elements."""
     if triton is None or not (qkv.is_cuda or interpreting()):
         return False
     # float32 on a GPU stays with PyTorch's kernels: tl.dot would round its inputs to TF32
     half = qkv.dtype in (torch.float16, torch.bfloat16) or (interpreting() and qkv.dtype == torch.float32)
-    return half and 1 <= L <= BLOCK // 2 and head_dim in (16, 32, 64, 128)
+    # the kernels index in int32
+    return half and 1 <= L <= BLOCK // 2 and head_dim in (16, 32, 64, 128) and qkv.numel() < 2**31
 
 
 if triton is not None:
