@@ -136,6 +136,26 @@ def test_the_short_group_kernel_on_cuda(attention_type, monkeypatch):
         assert torch.nn.functional.cosine_similarity(g_default, g_other, dim=0) > 0.99
 
 
+@pytest.mark.parametrize("L, groups", [(8, 1568), (15, 896)])  # ViT-B 8×224 at batch 8: time groups, axial rows
+def test_the_short_group_kernel_at_vit_b_sizes_on_cuda(L, groups):
+    """The kernel alone in bf16 at the sizes it is for (12 heads of 64; 12544 and 13440 rows: both warp counts
+    its autotune times), against fp32 attention per group: output and qkv gradient."""
+    from timesformer.short_attention import short_attention, usable
+
+    torch.manual_seed(0)
+    heads, hd = 12, 64
+    qkv = torch.randn(groups * L, 3 * heads * hd, device="cuda").bfloat16().requires_grad_()
+    assert usable(qkv, L, hd)
+    got = short_attention(qkv, heads, L)
+    q, k, v = (t.transpose(1, 2).float() for t in qkv.view(groups, L, 3, heads, hd).unbind(2))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(groups * L, -1)
+    grad = torch.randn_like(want)
+    (g_got,) = torch.autograd.grad(got, qkv, grad.bfloat16())
+    (g_want,) = torch.autograd.grad(want, qkv, grad)
+    assert got.dtype == torch.bfloat16 and (got.float() - want).abs().max() < 2e-2
+    assert (g_got.float() - g_want).abs().max() < 3e-2 * g_want.abs().max()
+
+
 def test_evaluate_on_cuda(tmp_path):
     from timesformer import evaluate as E
 

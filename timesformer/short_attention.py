@@ -19,6 +19,8 @@ Without Triton (a CPU-only PyTorch) nothing here runs; with TRITON_INTERPRET=1 t
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
@@ -37,11 +39,18 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.cache
+def _tensor_cores(index: int) -> bool:
+    """Whether CUDA device `index` has the tensor cores tl.dot uses for fp16 and bf16 (Ampere, sm_80, or later;
+    before it the kernel compiles to plain FMAs)."""
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
 def usable(qkv: torch.Tensor, L: int, head_dim: int) -> bool:
     """Whether the kernel can attend groups of L tokens of these projections: Triton present, a CUDA tensor in
-    fp16 or bf16 (or the interpreter), groups that fit a tile twice over, a head size tl.dot takes, and fewer
-    than 2³¹ elements."""
-    if triton is None or not (qkv.is_cuda or interpreting()):
+    fp16 or bf16 on an Ampere or later card (or the interpreter), groups that fit a tile twice over, a head size
+    tl.dot takes, and fewer than 2³¹ elements."""
+    if triton is None or not ((qkv.is_cuda and _tensor_cores(qkv.device.index or 0)) or interpreting()):
         return False
     # float32 on a GPU stays with PyTorch's kernels: tl.dot would round its inputs to TF32
     half = qkv.dtype in (torch.float16, torch.bfloat16) or (interpreting() and qkv.dtype == torch.float32)
@@ -121,13 +130,26 @@ def _grid(rows: int, heads: int, L: int) -> tuple[int, int]:
     return (rows + per - 1) // per, heads
 
 
+def _checked(qkv: torch.Tensor, heads: int, L: int) -> tuple[torch.Tensor, int, int]:
+    """qkv contiguous (the kernels read it by rows), and (rows, head size); whole groups of whole heads."""
+    rows, three_d = qkv.shape
+    torch._check(rows % L == 0, lambda: f"{rows} rows are not whole groups of {L}")
+    torch._check(three_d % (3 * heads) == 0, lambda: f"a width of {three_d} is not q, k and v of {heads} heads")
+    return qkv.contiguous(), rows, three_d // 3 // heads
+
+
+def _on(t: torch.Tensor):
+    """Launch on t's GPU (Triton launches on the current device), or nowhere in particular (the interpreter)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 @torch.library.custom_op("timesformer::short_attention", mutates_args=())
 def _short_attention(qkv: torch.Tensor, heads: int, L: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, three_d = qkv.shape
-    D = three_d // 3 // heads
+    qkv, rows, D = _checked(qkv, heads, L)
     out = torch.empty(rows, heads * D, dtype=qkv.dtype, device=qkv.device)
     lse = torch.empty(heads, rows, dtype=torch.float32, device=qkv.device)
-    _forward_kernel[_grid(rows, heads, L)](qkv, out, lse, rows, D**-0.5, H=heads, D=D, L=L, BLOCK=BLOCK)
+    with _on(qkv):
+        _forward_kernel[_grid(rows, heads, L)](qkv, out, lse, rows, D**-0.5, H=heads, D=D, L=L, BLOCK=BLOCK)
     return out, lse
 
 
@@ -140,11 +162,11 @@ def _(qkv, heads, L):
 @torch.library.custom_op("timesformer::short_attention_backward", mutates_args=())
 def _short_attention_backward(qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
                               heads: int, L: int) -> torch.Tensor:
-    rows, three_d = qkv.shape
-    D = three_d // 3 // heads
+    qkv, rows, D = _checked(qkv, heads, L)
     dqkv = torch.empty_like(qkv)
-    _backward_kernel[_grid(rows, heads, L)](qkv, out, dout, lse, dqkv, rows, D**-0.5, H=heads, D=D, L=L,
-                                            BLOCK=BLOCK)
+    with _on(qkv):
+        _backward_kernel[_grid(rows, heads, L)](qkv, out.contiguous(), dout.to(out.dtype).contiguous(), lse, dqkv,
+                                                rows, D**-0.5, H=heads, D=D, L=L, BLOCK=BLOCK)
     return dqkv
 
 
@@ -157,11 +179,14 @@ def _setup(ctx, inputs, output):
     qkv, heads, L = inputs
     ctx.heads, ctx.L = heads, L
     ctx.save_for_backward(qkv, *output)
+    ctx.set_materialize_grads(False)  # the log-sum-exp's gradient, always none: no tensor of zeros at every step
 
 
 def _backward(ctx, dout, dlse):
+    if dout is None:  # only the log-sum-exp was used, which has no gradient
+        return None, None, None
     qkv, out, lse = ctx.saved_tensors
-    return _short_attention_backward(qkv, out, lse, dout.to(out.dtype).contiguous(), ctx.heads, ctx.L), None, None
+    return _short_attention_backward(qkv, out, lse, dout, ctx.heads, ctx.L), None, None
 
 
 _short_attention.register_autograd(_backward, setup_context=_setup)
@@ -170,6 +195,4 @@ _short_attention.register_autograd(_backward, setup_context=_setup)
 def short_attention(qkv: torch.Tensor, heads: int, L: int) -> torch.Tensor:
     """qkv: (rows, 3·D), the projections of rows // L groups of L consecutive tokens (rows in group order, each
     row q, k, v of `heads` heads); returns the attention output (rows, D), each group attending to itself."""
-    if not qkv.is_contiguous():
-        qkv = qkv.contiguous()
     return _short_attention(qkv, heads, L)[0]
