@@ -62,7 +62,9 @@ if triton is not None:
 
     def _tuned(kernel):
         """4 or 8 warps a program, whichever the card runs faster (timed at the first call of each shape; both
-        compile for sm_90 without spilling); the interpreter, with no GPU to time on, runs the kernel as it is."""
+        compile for sm_90 without spilling); the interpreter, with no GPU to time on, runs the kernel as it is.
+        The timing cannot happen inside a CUDA-graph capture: `compile_model(mode="reduce-overhead")` runs each
+        shape eagerly before it captures, a hand-made `torch.cuda.graph` must do the same."""
         if interpreting():
             return kernel
         return triton.autotune([triton.Config({}, num_warps=w) for w in (4, 8)], key=["H", "D", "L"])(kernel)
