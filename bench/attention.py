@@ -102,7 +102,8 @@ def time_way(way: dict, qkv: torch.Tensor, grad: torch.Tensor, grouping, heads: 
         attention.MATH_BELOW, attention.PACK_TO, attention.SHORT_BELOW = 0, 0, 0
 
 
-def main(argv=None) -> dict:
+def parser() -> argparse.ArgumentParser:
+    """The command line of `tslab bench attention`."""
     ap = argparse.ArgumentParser(prog="tslab bench attention", description=__doc__.splitlines()[0],
                                  formatter_class=HelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -116,7 +117,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=10, help="timed calls of each way")
     ap.add_argument("--smoke", action="store_true", help="toy sizes: every path in seconds")
     ap.add_argument("--json", type=Path, help="the result file (default: bench/results/attention-<device>.json)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> dict:
+    args = parser().parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available here; use --device cpu")

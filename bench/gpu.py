@@ -359,7 +359,8 @@ def card_name(device: torch.device) -> str:
     return f"cpu {platform.processor() or platform.machine()}"
 
 
-def main(argv=None) -> dict:
+def parser() -> argparse.ArgumentParser:
+    """The command line of `tslab bench gpu`."""
     ap = argparse.ArgumentParser(prog="tslab bench gpu", description=__doc__.splitlines()[0],
                                  formatter_class=HelpFormatter)
     ap.add_argument("--device", default="cuda", help="the GPU (cpu with --smoke: every path at toy size)")
@@ -394,7 +395,11 @@ def main(argv=None) -> dict:
                     help="print the profiler's table of these schemes' training step (batch --batch) and exit")
     ap.add_argument("--reestimate", type=Path, nargs="+", metavar="RESULTS",
                     help="recompute the estimate columns of these results files (measured elsewhere) and exit")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> dict:
+    args = parser().parse_args(argv)
     if args.reestimate:
         for path in args.reestimate:
             for scheme, batch, ratio in reestimate(path):

@@ -126,3 +126,35 @@ def test_a_stopped_gpu_benchmark_keeps_the_schemes_it_measured(tmp_path, monkeyp
     assert not (tmp_path / "gpu.json.part").exists()
     monkeypatch.setattr(gpu, "host_floor", floor)
     assert gpu.main(argv)["complete"] and json.loads(out.read_text())["complete"] is True
+
+
+def test_the_gpu_checks_script_runs_every_step_with_flags_the_benchmarks_take(tmp_path):
+    """bench/gpu_checks.sh, with `python3` and `nvidia-smi` replaced by stubs that record what they are asked:
+    every step of both parts runs (in order), and each benchmark's command line parses with that benchmark's
+    own parser, each test file named exists, so that a renamed flag cannot waste a lent GPU's minutes."""
+    import os
+    import shlex
+
+    stubs, calls = tmp_path / "stubs", tmp_path / "calls.txt"
+    stubs.mkdir()
+    (stubs / "python3").write_text(f'#!/bin/bash\nprintf "%q " "$@" >> {calls}\necho >> {calls}\n')
+    (stubs / "nvidia-smi").write_text("#!/bin/bash\necho 'GPU 0: stub'\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    env = dict(os.environ, PATH=f"{stubs}{os.pathsep}{os.environ['PATH']}", OUT=str(tmp_path / "out"))
+    steps = []
+    for part in ([], ["more"]):
+        proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_checks.sh"), *part], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        steps += [line.split(":")[0].removeprefix("=== ") for line in proc.stdout.splitlines()
+                  if line.startswith("=== ") and "(at most" in line]
+    assert steps == ["cuda-tests", "gpu", "gpu-compiled", "gpu-graphs-b16", "gpu-axial-graphs", "attention"]
+    commands = [shlex.split(line) for line in calls.read_text().splitlines() if "bench/" in line or "pytest" in line]
+    assert len(commands) == len(steps)
+    for argv in commands:
+        if argv[:2] == ["-m", "pytest"]:
+            assert all((ROOT / a).exists() for a in argv if a.startswith("tests/")), argv
+            continue
+        name = Path(argv[0]).stem
+        bench_module(name).parser().parse_args(argv[1:])  # an unknown flag or value exits here
