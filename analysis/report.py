@@ -42,7 +42,7 @@ from analysis.media import grid_image, overlay, png_bytes, save_pattern, upscale
 from analysis.rollout import rollout
 from analysis.temporal import temporal_evidence
 from timesformer import ATTENTION_TYPES, CheckpointError, load_model
-from timesformer.cli import HelpFormatter, at_least
+from timesformer.cli import HelpFormatter, OneLineErrors, at_least
 from timesformer.distributed import resolve_device
 from timesformer.engine import predict
 from timesformer.files import make_folder, write_csv
@@ -77,28 +77,13 @@ def parse_baseline(text: str):
     return value
 
 
-def parse_scale(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_SCALE:
-        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_SCALE}, got {text!r}")
-    return value
-
-
 def parse_head(text: str):
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump (as `tslab cost`)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    ap = _Parser(prog=prog or "python -m analysis.report", description=__doc__.split("\n\n")[0],
-                 formatter_class=HelpFormatter)
+    ap = OneLineErrors(prog=prog or "python -m analysis.report", description=__doc__.split("\n\n")[0],
+                       formatter_class=HelpFormatter)
     ap.add_argument("clip", nargs="+", help="video files (mp4, webm, avi, mov, mkv, gif); with several, --out holds a "
                                             "folder per clip, the model loaded once")
     ap.add_argument("--out", required=True, type=Path, help="output folder (created)")
@@ -116,7 +101,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--end", type=float, metavar="SECONDS", help="... to this time (default: its end)")
     ap.add_argument("--crops", type=int, choices=(1, 3), default=3, help="spatial crops for the video-level score")
     ap.add_argument("--format", choices=("gif", "mp4"), default="gif", help="overlay video format")
-    ap.add_argument("--scale", type=parse_scale, default=256,
+    ap.add_argument("--scale", type=at_least(1, MAX_SCALE), default=256,
                     help=f"upscale frames to at least this many pixels (at most {MAX_SCALE})")
     ap.add_argument("--methods", nargs="+", choices=list(EXPLANATIONS), default=[],
                     help="also draw these explanations of --target (e.g. gae lrp)")

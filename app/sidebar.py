@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from analysis.cost.shapes import step_shapes
+from analysis.cost.estimate import recording_bytes
 from app import cache, settings, uploads
 from app.widgets import Prompt, sanitize, show
 from timesformer import CheckpointError, TimeSformer, shipped
@@ -167,8 +167,7 @@ def _too_big_to_record(cfg, frames: int, size: int, device: torch.device) -> str
     side = size // cfg.patch_size
     # counted from the group shapes (cached, no index tensors): the sidebar runs on every rerun, and a grid
     # typed here would otherwise build and keep the gathers of a model it may never run
-    shapes = step_shapes(cfg.attention_type, (frames, side, side), cfg.local_split, cfg.global_stride)
-    need = sum(s.groups * s.length**2 for s in shapes) * cfg.num_heads * cfg.depth * 4  # fp32 probabilities
+    need = recording_bytes(cfg, (frames, side, side))
     if settings.MAX_RECORDING_GIB is not None:
         budget, whose = settings.MAX_RECORDING_GIB * 2**30, "TSLAB_MAX_RECORDING_GIB"
     elif device.type == "cuda":

@@ -441,3 +441,19 @@ def test_cli_rejects_numbers_that_are_not_finite_or_out_of_range(tmp_path, capsy
 def test_max_batch_size_rejects_a_budget_that_is_not_finite(budget):
     with pytest.raises(ValueError, match=f"gpu_memory must be a finite number of bytes, got {budget}"):
         cx.max_batch_size(small("axial"), budget)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_recording_bytes_are_the_bytes_record_attention_keeps(attention_type):
+    """`recording_bytes` (what the app's sidebar bounds a clip by) against the probabilities a recording of every
+    layer holds, on a grid other than the config's."""
+    from analysis.cost.estimate import recording_bytes
+    from timesformer import TimeSformer, TimeSformerConfig, record_attention
+
+    cfg = TimeSformerConfig(attention_type=attention_type, img_size=32, patch_size=8, num_frames=4, embed_dim=32,
+                            depth=2, num_heads=4, num_classes=3)
+    model = TimeSformer(cfg).eval()
+    with torch.no_grad(), record_attention(model) as rec:
+        model(torch.randn(1, 3, 2, 48, 40))
+    kept = sum(m.probs.numel() * 4 for m in rec)
+    assert recording_bytes(cfg, (2, 6, 5)) == kept

@@ -38,19 +38,28 @@ COMMANDS = {
 }
 
 
-def at_least(low: int):
-    """argparse type: an integer ≥ `low` (an out-of-range value is a one-line usage error)."""
+def at_least(low: int, most: int | None = None):
+    """argparse type: an integer ≥ `low` (and ≤ `most` where given; an out-of-range value is a one-line usage
+    error)."""
 
     def integer(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer ≥ {low}, got {text!r}")
+        if value is None or value < low or (most is not None and value > most):
+            wanted = f"≥ {low}" if most is None else f"from {low} to {most}"
+            raise argparse.ArgumentTypeError(f"expected an integer {wanted}, got {text!r}")
         return value
 
     return integer
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """A parser whose usage errors are one line, "PROG: error: MESSAGE", without the usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class HelpFormatter(argparse.HelpFormatter):

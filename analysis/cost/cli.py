@@ -21,7 +21,7 @@ from analysis.cost.measure import Measurement, measure_if_it_fits
 from analysis.cost.references import references
 from analysis.cost.sweep import IMPLEMENTATIONS, MAX_FRAMES, MAX_SIZE, parse_ints, sweep
 from analysis.figures import cost_figure
-from timesformer.cli import HelpFormatter, at_least
+from timesformer.cli import HelpFormatter, OneLineErrors, at_least
 from timesformer.config import ATTENTION_TYPES, TimeSformerConfig
 from timesformer.distributed import resolve_device
 from timesformer.files import make_folder, write_csv
@@ -51,13 +51,8 @@ def _schemes(text: str) -> tuple[str, ...]:
     return names
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, formatter_class=HelpFormatter, description=(
+    p = OneLineErrors(prog=prog, formatter_class=HelpFormatter, description=(
         "FLOPs, parameters and training memory of the five TimeSformer attention schemes against frames and "
         "crop size (the paper's Figure 3, for your configuration and GPU). Writes complexity.csv, "
         "complexity.json, complexity.html and complexity.png (when kaleido finds a Chromium)."))

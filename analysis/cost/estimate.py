@@ -339,6 +339,13 @@ def _inference_peak(config: TimeSformerConfig, z: _Sizes, shapes: tuple[StepShap
     return weight_bytes + clip + B * z.S * z.D * FP32 + max(work)
 
 
+def recording_bytes(config: TimeSformerConfig, grid: tuple[int, int, int] | None = None) -> int:
+    """Bytes of one clip's attention probabilities recorded at every layer (`record_attention`, float32, as
+    rollout needs them) on `grid` (T, H_p, W_p; default: the config's)."""
+    shapes = step_shapes(config.attention_type, grid or config.grid, config.local_split, config.global_stride)
+    return FP32 * config.depth * sum(_Sizes.of(config).scores(s) for s in shapes)
+
+
 def max_batch_size(config: TimeSformerConfig, gpu_memory: float, **kwargs) -> int:
     """The largest batch whose training step fits in `gpu_memory` bytes (0 if not even one clip).
 
