@@ -7,14 +7,16 @@
 For each step of each scheme, `timesformer.attention.attend` runs on random projections of the step's real groups
 (B·G groups of L tokens; 12 heads of 64 at ViT-B), in bf16 on a GPU and fp32 on a CPU, and each way of attending
 is timed: its forward alone (inference) and forward + backward (training), after a warm-up. The ways:
-- `sdpa`: the default, `scaled_dot_product_attention` with the kernel PyTorch picks;
+- `sdpa`: `scaled_dot_product_attention` with the kernel PyTorch picks (the core's way for groups longer than
+  `SHORT_BELOW`, and for all on a CPU or in fp32);
 - `sdpa:<kernel>`: each kernel alone (flash, efficient, cudnn, math) where the device has it for these inputs;
 - `matmul+softmax`: the core's path for groups of at most `MATH_BELOW` tokens;
-- `triton`: the Triton kernel of `timesformer.short_attention` (`SHORT_BELOW`), on CUDA where Triton is;
+- `triton`: the Triton kernel of `timesformer.short_attention` (the core's way for groups of at most
+  `SHORT_BELOW` tokens, 16 by default), on CUDA where Triton is;
 - `packed<N`: whole groups packed into sequences of up to N tokens behind a block-diagonal mask (`PACK_TO`),
   with the kernel PyTorch picks and with each kernel alone; only where the groups are short enough to pack;
 - with --compile, `sdpa`, `matmul+softmax`, `triton` and `packed<N` under `timesformer.compile_model`.
-Every way's output and input gradient are checked against the default's (the largest difference is printed and
+Every way's output and input gradient are checked against `sdpa`'s (the largest difference is printed and
 stored). A way the device cannot run (a kernel that refuses the inputs) is listed as such. Results go to
 bench/results/attention-<device>.json (or --json).
 """
@@ -43,9 +45,8 @@ def ways(device: torch.device, groups: int, L: int, pack_to: list[int], compiled
     if device.type == "cuda" and short_attention.triton is not None and L <= short_attention.BLOCK // 2:
         out.append(dict(name="triton", short_below=L))  # timesformer.short_attention
     for n in pack_to:
-        attention.PACK_TO = n
-        fits = packing(groups, L) > 1
-        attention.PACK_TO = 0
+        with attention.short_groups(pack_to=n):
+            fits = packing(groups, L) > 1
         if fits:
             out += [dict(name=f"packed<{n}", pack_to=n)]
             out += [dict(name=f"packed<{n}:{k}", pack_to=n, kernel=k) for k in kernels if k != "flash"]
@@ -71,11 +72,10 @@ def time_way(way: dict, qkv: torch.Tensor, grad: torch.Tensor, grouping, heads: 
              repeats: int) -> tuple[float, float, torch.Tensor, torch.Tensor]:
     """(forward ms, forward + backward ms, output, input gradient) of one way; raises RuntimeError where the
     device cannot run it."""
-    attention.MATH_BELOW, attention.PACK_TO = way.get("math_below", 0), way.get("pack_to", 0)
-    attention.SHORT_BELOW = way.get("short_below", 0)
-    try:
+    with attention.short_groups(way.get("math_below", 0), way.get("pack_to", 0), way.get("short_below", 0)):
         if attention.SHORT_BELOW and not short_attention.usable(qkv, qkv.shape[2], qkv.shape[3] // 3 // heads):
             raise RuntimeError("the Triton kernel does not take these inputs")
+
         def run(x):
             return attend(x, grouping, heads)
 
@@ -98,8 +98,6 @@ def time_way(way: dict, qkv: torch.Tensor, grad: torch.Tensor, grouping, heads: 
                         out.backward(grad)
                 times[phase] = (clock() - start) / repeats * 1e3
         return times["forward"], times["training"], out.detach(), x.grad
-    finally:
-        attention.MATH_BELOW, attention.PACK_TO, attention.SHORT_BELOW = 0, 0, 0
 
 
 def parser() -> argparse.ArgumentParser:

@@ -16,8 +16,9 @@ For the device it runs on it prints and writes (bench/results/gpu-<card>.json, o
   while they are captured, so that their rows show no peak); with groups of at
   most --math-below tokens (divided's and axial's 8-token time groups) attended by matmul + softmax instead of
   the fused kernel (`timesformer.attention.MATH_BELOW`), and with groups shorter than --pack-to tokens packed
-  behind a block-diagonal mask (`timesformer.attention.PACK_TO`), and with groups of at most --short-below
-  tokens attended by the Triton kernel of `timesformer.short_attention` (`SHORT_BELOW`; CUDA only);
+  behind a block-diagonal mask (`timesformer.attention.PACK_TO`), and with `SHORT_BELOW` at --short-below (0 by
+  default: PyTorch's kernels for every group, the rows "sdpa", against the default's Triton kernel of
+  `timesformer.short_attention` for groups of at most 16 tokens; CUDA only);
   HuggingFace's divided model in the same loop, its weights copied into ours through `load_model`
   (bench/forward.py does the same on a CPU);
 - per scheme, bf16 inference clips/s (inference mode, batch --infer-batch), ours and HuggingFace's;
@@ -373,13 +374,14 @@ def parser() -> argparse.ArgumentParser:
                          "graphs), max-autotune-no-cudagraphs (default: default)")
     ap.add_argument("--math-below", type=int, default=16,
                     help="also time ours with groups of at most this many tokens attended by matmul + softmax "
-                         "(0: only the fused kernel)")
+                         "(timesformer.attention.MATH_BELOW; 0: not)")
     ap.add_argument("--pack-to", type=int, default=64,
                     help="also time the schemes whose groups are shorter with them packed into sequences of up to "
                          "this many tokens (timesformer.attention.PACK_TO; 0: not)")
-    ap.add_argument("--short-below", type=int, default=16,
-                    help="also time the schemes with groups of at most this many tokens attended by the Triton "
-                         "kernel (timesformer.attention.SHORT_BELOW; CUDA with Triton only; 0: not)")
+    ap.add_argument("--short-below", type=int, default=0,
+                    help="also time ours with timesformer.attention.SHORT_BELOW at this many tokens, where it "
+                         f"changes what the default ({attention.SHORT_BELOW}: the Triton kernel, on CUDA) runs; "
+                         "0: PyTorch's kernels for every group, the row 'sdpa'")
     ap.add_argument("--batch", type=int, default=8, help="training clips per step")
     ap.add_argument("--infer-batch", type=int, default=16, help="inference clips per forward")
     ap.add_argument("--steps", type=int, default=20, help="timed steps of each loop")
@@ -396,6 +398,23 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--reestimate", type=Path, nargs="+", metavar="RESULTS",
                     help="recompute the estimate columns of these results files (measured elsewhere) and exit")
     return ap
+
+
+def core_settings(shortest: int, math_below: int, pack_to: int, short_below: int,
+                  short_kernel: bool) -> dict[str, tuple[int, int, int]]:
+    """The core's settings (MATH_BELOW, PACK_TO, SHORT_BELOW) timed for a scheme whose shortest groups have
+    `shortest` tokens, by the suffix of their rows' label: the default (""), then short groups by matmul +
+    softmax, packed, and SHORT_BELOW at `short_below` where that changes which kernel attends them (" sdpa":
+    PyTorch's kernels for every group; only where the Triton kernel can run, `short_kernel`)."""
+    default = attention.MATH_BELOW, attention.PACK_TO, attention.SHORT_BELOW
+    out = {"": default}
+    if shortest <= math_below:
+        out[f" math≤{math_below}"] = (math_below, 0, 0)
+    if shortest < pack_to:
+        out[f" packed<{pack_to}"] = (0, pack_to, 0)
+    if short_kernel and short_below != default[2] and shortest <= max(short_below, default[2]):
+        out[f" short≤{short_below}" if short_below else " sdpa"] = (0, 0, short_below)
+    return out
 
 
 def main(argv=None) -> dict:
@@ -442,10 +461,7 @@ def main(argv=None) -> dict:
         rows = result["schemes"][scheme] = {"forward_gflop_per_clip": flop_per_clip / 1e9,
                                             "estimated_training_bytes": est}
         shortest = min(g.index.shape[1] for g in scheme_groupings(scheme, cfg.grid))
-        # the core's settings timed: the default, then short groups by matmul + softmax, packed, by the Triton kernel
-        cores = [(0, 0, 0)] + [(args.math_below, 0, 0)] * (shortest <= args.math_below) + [
-            (0, args.pack_to, 0)] * (shortest < args.pack_to) + [(0, 0, args.short_below)] * (
-            shortest <= args.short_below and short_kernel)
+        settings = core_settings(shortest, args.math_below, args.pack_to, args.short_below, short_kernel)
         if args.memory_batches and device.type == "cuda":
             model = TimeSformer(cfg).to(device)
             mem = rows["memory"] = memory_rows(model, cfg, device, args.memory_batches)
@@ -464,22 +480,17 @@ def main(argv=None) -> dict:
             model.to(device)  # alone on the device while timed: its peak memory holds no other model
             ours = name == "ours"
             modes = [False, *args.compile_modes] if ours and scheme in args.compile_schemes else [False]
-            for compiled, (math, pack, short) in product(modes, cores if ours else cores[:1]):
+            for compiled, setting in product(modes, list(settings) if ours else [""]):
                 label = name + (" compiled" if compiled else "") + (
-                    f" {compiled}" if compiled and compiled != "default" else "") + (
-                    f" math≤{math}" if math else "") + (f" packed<{pack}" if pack else "") + (
-                    f" short≤{short}" if short else "")
-                attention.MATH_BELOW, attention.PACK_TO, attention.SHORT_BELOW = math, pack, short
-                try:
+                    f" {compiled}" if compiled and compiled != "default" else "") + setting
+                with attention.short_groups(*settings[setting]):
                     train, peak = train_rate(name, model, cfg, device, args.batch, args.warmup, args.steps, compiled)
                     infer = infer_rate(name, model, cfg, device, args.infer_batch, args.warmup, args.steps, compiled)
-                finally:
-                    attention.MATH_BELOW, attention.PACK_TO, attention.SHORT_BELOW = 0, 0, 0
                 if compiled == "reduce-overhead":  # CUDA graphs took their pool while captured, before the reset:
                     peak = None  # the "peak" after it counted the weights and optimizer state alone (1.4 GiB)
                 row = rows[label] = {"train_clips_per_s": train, "mfu": 3 * flop_per_clip * train / gemm,
                                      "peak_bytes": peak, "infer_clips_per_s": infer}
-                if peak and label == "ours":  # the model as it runs by default: eager, fused attention
+                if peak and label == "ours":  # the model as it runs by default: eager, the default core
                     row["estimate_over_peak"] = est / peak
                 gib, ratio = peak / 2**30 if peak else float("nan"), row.get("estimate_over_peak", float("nan"))
                 print(f"{scheme:22s} {label:28s} {train:13.1f} {row['mfu']:6.1%} {gib:9.2f} {ratio:8.3f} "
@@ -497,6 +508,13 @@ def main(argv=None) -> dict:
                                                      for k in ("train_clips_per_s", "infer_clips_per_s")}
             print(f"{scheme:22s} ours / HuggingFace: training {ratio['train_clips_per_s']:.2f}×, "
                   f"inference {ratio['infer_clips_per_s']:.2f}×")
+            timed = [k for k, v in rows.items() if k.startswith("ours") and "mfu" in v]
+            best = rows["best_over_huggingface"] = {}
+            for k in ("train_clips_per_s", "infer_clips_per_s"):
+                top = max(timed, key=lambda r: rows[r][k])
+                best[k], best[k.split("_")[0] + "_row"] = rows[top][k] / rows["huggingface"][k], top
+            print(f"{scheme:22s} ours at its best / HuggingFace: training {best['train_clips_per_s']:.2f}× "
+                  f"({best['train_row']}), inference {best['infer_clips_per_s']:.2f}× ({best['infer_row']})")
         if device.type == "cuda":
             torch.cuda.empty_cache()
         save_results(result, "gpu", card, args.json, quiet=True)

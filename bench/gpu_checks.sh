@@ -7,10 +7,10 @@
 #
 # 1. tests/test_cuda.py: training in bf16 with workers and resuming, --compile, grad checkpointing, evaluation,
 #    recording, rollout and gradient attributions against the CPU (the Captum ones skip where it is missing);
-# 2. tslab bench gpu for divided and axial, eager, with and without MATH_BELOW / PACK_TO / SHORT_BELOW (the
-#    Triton kernel), HuggingFace, the host's share, memory at batch 8 against the estimate, and `tslab train`
-#    end to end; 3. divided compiled, with PyTorch's kernels and with the Triton kernel (each combination
-#    compiles for a minute or more: one command timing them all outran 200 s);
+# 2. tslab bench gpu for divided and axial, eager: the default (short groups by the Triton kernel), MATH_BELOW,
+#    PACK_TO, PyTorch's kernels alone ("sdpa"), HuggingFace, the host's share, memory at batch 8 against the
+#    estimate, and `tslab train` end to end; 3. divided compiled, with the Triton kernel and with PyTorch's
+#    (each combination compiles for a minute or more: one command timing them all outran 200 s);
 # `more`: 4. divided at batch 16 and axial, compiled with CUDA graphs; 5. tslab bench attention per step.
 # It needs torch and transformers alone (no decord, PyAV, Streamlit, plotly). Wheels in .whl/ (Captum, say)
 # are installed first into /tmp/site. Everything printed is kept in $OUT (default /tmp/gpu-checks): the logs
@@ -36,18 +36,19 @@ step() {  # step NAME SECONDS COMMAND...: run it under a cap, its output on the 
 { nvidia-smi -L; git log -1 --format='commit %h' 2>/dev/null; echo "$(nproc) CPU cores"
   python3 -c 'import sys, torch, transformers; print("python", sys.version.split()[0], "torch", torch.__version__,
 "cuda", torch.version.cuda, "transformers", transformers.__version__)'; } 2>&1 | tee "$OUT/info.txt"
+# --short-below 16 (the default): no second row; 0: one more, with PyTorch's kernels for every group ("sdpa")
 if [ "${1:-}" != more ]; then
     step cuda-tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
     step gpu 150 python3 bench/gpu.py --schemes divided_space_time axial --compile-schemes --memory-batches 8 \
         --json "$OUT/gpu.json"
     step gpu-compiled 240 python3 bench/gpu.py --schemes divided_space_time --compile-schemes divided_space_time \
-        --math-below 0 --pack-to 0 --short-below 16 --memory-batches --e2e-steps 0 --json "$OUT/gpu-compiled.json"
+        --math-below 0 --pack-to 0 --short-below 0 --memory-batches --e2e-steps 0 --json "$OUT/gpu-compiled.json"
 else
     step gpu-graphs-b16 120 python3 bench/gpu.py --schemes divided_space_time --batch 16 --compile-schemes \
-        divided_space_time --compile-modes reduce-overhead --math-below 0 --pack-to 0 --short-below 0 --memory-batches \
+        divided_space_time --compile-modes reduce-overhead --math-below 0 --pack-to 0 --short-below 16 --memory-batches \
         --e2e-steps 0 --json "$OUT/gpu-graphs-b16.json"
     step gpu-axial-graphs 150 python3 bench/gpu.py --schemes axial --compile-schemes axial --compile-modes \
-        reduce-overhead --math-below 0 --pack-to 0 --short-below 0 --memory-batches --e2e-steps 0 \
+        reduce-overhead --math-below 0 --pack-to 0 --short-below 16 --memory-batches --e2e-steps 0 \
         --json "$OUT/gpu-axial-graphs.json"
     step attention 80 python3 bench/attention.py --schemes divided_space_time axial --json "$OUT/attention.json"
 fi

@@ -28,6 +28,13 @@ def test_gpu_benchmark_smoke_mode_runs_on_cpu(tmp_path):
         assert 0 < divided[name]["mfu"] < 1 and divided[name]["peak_bytes"] is None  # no allocator peak on CPU
         assert divided[name]["host_ms_per_step"] > 0  # the same step at 8 channels per head
     assert divided["ours_over_huggingface"]["train_clips_per_s"] > 0
+    best = divided["best_over_huggingface"]  # ours at its best: the fastest of its rows, in each direction
+    for k in ("train", "infer"):
+        fastest = max((r for r in divided if r.startswith("ours") and "mfu" in divided[r]),
+                      key=lambda r: divided[r][f"{k}_clips_per_s"])
+        assert best[f"{k}_row"] == fastest
+        assert best[f"{k}_clips_per_s"] == divided[fastest][f"{k}_clips_per_s"] / divided["huggingface"][
+            f"{k}_clips_per_s"]
     for variant in ("ours math≤16", "ours packed<64"):  # the core's short-group settings, timed beside the default
         assert divided[variant]["train_clips_per_s"] > 0 and divided[variant]["infer_clips_per_s"] > 0
     assert "ours packed<64" not in res["schemes"]["joint_space_time"]  # its one group of 65 tokens is not packed
@@ -37,6 +44,7 @@ def test_gpu_benchmark_smoke_mode_runs_on_cpu(tmp_path):
     assert 0 <= e2e["train_py_data_wait"] < 1
     assert e2e["loop_clips_per_s"] > 0 and e2e["loop_over_bare"] > 0  # tslab train's loop without the loader
     assert "ours / HuggingFace: training" in proc.stdout and "tslab train (divided" in proc.stdout
+    assert "ours at its best / HuggingFace: training" in proc.stdout
     assert "its loop alone on clips in memory: " in proc.stdout
     assert "ours: the host queues a training step in" in proc.stdout
 
@@ -158,3 +166,19 @@ def test_the_gpu_checks_script_runs_every_step_with_flags_the_benchmarks_take(tm
             continue
         name = Path(argv[0]).stem
         bench_module(name).parser().parse_args(argv[1:])  # an unknown flag or value exits here
+
+
+def test_the_core_settings_timed_beside_the_default():
+    """bench/gpu.py's rows of the core's short-group settings: each only where it changes what runs."""
+    from timesformer import attention
+
+    settings = bench_module("gpu").core_settings
+    default = attention.MATH_BELOW, attention.PACK_TO, attention.SHORT_BELOW
+    assert default == (0, 0, 16)  # the Triton kernel for groups of up to 16 tokens, where it runs
+    assert settings(8, 16, 64, 0, True) == {"": default, " math≤16": (16, 0, 0), " packed<64": (0, 64, 0),
+                                           " sdpa": (0, 0, 0)}  # divided's 8-token time groups on CUDA
+    assert settings(8, 16, 64, 0, False) == {"": default, " math≤16": (16, 0, 0), " packed<64": (0, 64, 0)}
+    assert settings(8, 0, 0, 32, True) == {"": default, " short≤32": (0, 0, 32)}
+    assert settings(8, 0, 0, 16, True) == {"": default}  # the default itself: no second row
+    assert settings(197, 16, 64, 0, True) == {"": default}  # space_only: one group of 197, nothing short
+    assert settings(17, 0, 0, 32, True) == {"": default, " short≤32": (0, 0, 32)}  # 17 > 16: only 32 takes it

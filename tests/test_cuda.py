@@ -85,11 +85,12 @@ def test_every_scheme_compiles_on_cuda(attention_type):
 @pytest.mark.parametrize("attention_type", list(SCHEMES))
 def test_short_group_settings_on_cuda(attention_type, knob, monkeypatch):
     """Short groups by matmul + softmax, or packed behind a mask (whichever CUDA kernel takes the mask), in bf16:
-    the same logits and gradients as the default fused kernel, within bf16's rounding."""
+    the same logits and gradients as PyTorch's fused kernel, within bf16's rounding."""
     from timesformer import attention
 
     model = small(attention_type).cuda().train()
     video = torch.randn(2, 3, 4, 32, 32, device="cuda")
+    monkeypatch.setattr(attention, "SHORT_BELOW", 0)  # PyTorch's kernels, not the Triton kernel, for short groups
     results = []
     for value in (0, 64):
         monkeypatch.setattr(attention, knob, value)
@@ -106,7 +107,8 @@ def test_short_group_settings_on_cuda(attention_type, knob, monkeypatch):
 @pytest.mark.parametrize("attention_type", ["divided_space_time", "axial"])
 def test_the_short_group_kernel_on_cuda(attention_type, monkeypatch):
     """`attention.SHORT_BELOW` (the Triton kernel of timesformer.short_attention) in bf16 autocast, eager and
-    compiled: the default's logits and gradients within bf16's rounding; the kernel ran."""
+    compiled: PyTorch's kernels' logits and gradients within bf16's rounding; the kernel ran, by default on the
+    4-token time groups alone (16: the default)."""
     from timesformer import attention
     from timesformer import short_attention as short
 
@@ -117,19 +119,21 @@ def test_the_short_group_kernel_on_cuda(attention_type, monkeypatch):
     video = torch.randn(2, 3, 4, 32, 32, device="cuda")
     calls, kernel = [], short._short_attention
     monkeypatch.setattr(short, "_short_attention", lambda *a: calls.append(a[2]) or kernel(*a))
-    results = []
-    for below, compiled in ((0, False), (32, False), (32, True)):
+    results, lengths = [], []
+    for below, compiled in ((0, False), (attention.SHORT_BELOW, False), (32, False), (32, True)):
         monkeypatch.setattr(attention, "SHORT_BELOW", below)
         if compiled:
             monkeypatch.setattr(short, "_short_attention", kernel)  # the op itself in the graph
         model.zero_grad()
+        calls.clear()
         run = compile_model(model) if compiled else model
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = run(video).float()
         out.pow(2).mean().backward()
         results.append((out.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
-    # time groups; rows and columns or frames, with cls
-    assert sorted(set(calls)) == ([4, 5] if attention_type == "axial" else [4, 17])
+        lengths.append(sorted(set(calls)))
+    # none; time groups (and axial's 5-token rows and columns, cls included); with them frames of 16 + cls
+    assert lengths[:3] == ([[], [4, 5], [4, 5]] if attention_type == "axial" else [[], [4], [4, 17]])
     (default, g_default), *others = results
     for other, g_other in others:
         assert (other - default).abs().max() <= 0.05 * default.abs().max()

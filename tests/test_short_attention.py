@@ -1,7 +1,8 @@
 """The Triton kernel for short groups (`timesformer.short_attention`, `attention.SHORT_BELOW`) against PyTorch's
 attention, on the CPU through Triton's interpreter (TRITON_INTERPRET=1, set before Triton compiles anything, so
-in a process of its own). Skipped where Triton is not installed (a CPU-only PyTorch comes without it; every
-CUDA build has it); tests/test_cuda.py runs the kernel on a GPU in bf16."""
+in a process of its own): skipped where Triton is not installed (a CPU-only PyTorch comes without it; every
+CUDA build has it); tests/test_cuda.py runs the kernel on a GPU in bf16. Without Triton: when the core takes the
+kernel (the default on CUDA, never on a CPU) and when it falls back to PyTorch's kernels."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+import torch
 
-pytest.importorskip("triton", reason="Triton comes with PyTorch's CUDA builds")
+from timesformer import TimeSformer, TimeSformerConfig, attention
+from timesformer import short_attention as short
+
+needs_triton = pytest.mark.skipif(find_spec("triton") is None, reason="Triton comes with PyTorch's CUDA builds")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,6 +35,7 @@ def interpreted(code: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@needs_triton
 def test_the_kernel_attends_each_group_to_itself_as_pytorch_does():
     """Forward and backward against scaled_dot_product_attention per group: groups of 8 (8 to a tile), 15 (4
     to a tile and 4 rows unused), 4 and 32; a last tile only partly filled; fp32 and fp16."""
@@ -60,6 +68,24 @@ def test_the_kernel_attends_each_group_to_itself_as_pytorch_does():
         assert err < tol and grad_err < tol * max(1.0, grad_max), (L, dtype, err, grad_err)
 
 
+@needs_triton
+def test_the_first_try_of_a_device_passes_in_any_mode():
+    """The try a GPU gets before its first short group (`_tried`), on the interpreter: under inference_mode,
+    no_grad and autocast alike it runs forward and backward, says yes and warns nothing."""
+    res = interpreted("""
+        import json, torch, warnings
+        from timesformer import short_attention as short
+        warnings.simplefilter("error")
+        cpu, answers = torch.device("cpu"), []
+        for mode in (torch.inference_mode, torch.no_grad, lambda: torch.autocast("cpu", dtype=torch.bfloat16)):
+            with mode():
+                answers.append(short._tried(cpu))
+        print(json.dumps(answers))
+    """)
+    assert res == [True, True, True]
+
+
+@needs_triton
 def test_a_model_with_short_below_gives_the_same_logits_and_gradients_eager_and_compiled():
     """`attention.SHORT_BELOW = 32`: every scheme's groups of at most 32 tokens go to the kernel (divided's and
     axial's time groups, axial's rows and columns, the local windows, a frame of 16 patches and cls) and the
@@ -105,3 +131,50 @@ def test_a_model_with_short_below_gives_the_same_logits_and_gradients_eager_and_
         assert all(c_err < 1e-4 and c_grad_err < 1e-4 for c_err, c_grad_err, _ in compiled), (scheme, compiled)
         # 4×4 patches, 4 frames: frames of 16 (+ cls: 17), time groups of 4, rows and columns, L+G windows
         assert bool(lengths) == (scheme != "joint_space_time"), (scheme, lengths)  # its one group: 65 tokens
+
+
+def test_the_default_sends_short_groups_to_the_kernel_on_cuda_alone():
+    """SHORT_BELOW is 16 (divided's and axial's 8-token time groups, axial's 15-token rows): on a CPU nothing
+    changes, the logits are bit for bit those of PyTorch's kernels everywhere."""
+    assert attention.SHORT_BELOW == 16
+    model = TimeSformer(TimeSformerConfig(attention_type="axial", img_size=32, patch_size=8, num_frames=4,
+                                          embed_dim=64, depth=2, num_heads=4, num_classes=5)).eval()
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        default = model(video)
+        with attention.short_groups():  # 0, 0, 0: PyTorch's kernels for every group
+            assert attention.SHORT_BELOW == 0
+            off = model(video)
+    assert attention.SHORT_BELOW == 16 and torch.equal(default, off)
+    assert not short.usable(torch.zeros(64, 192, dtype=torch.bfloat16), 8, 16)  # a CPU tensor, no interpreter
+
+
+def test_a_gpu_where_the_kernel_cannot_build_falls_back_with_one_warning(monkeypatch):
+    """Where Triton cannot build or run the kernels (no C compiler for its launcher, say), the first try on a
+    device warns once, naming the cause, and the core takes PyTorch's kernels from then on."""
+    def no_compiler(*args):
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    monkeypatch.setattr(short, "short_attention", no_compiler)
+    monkeypatch.setattr(short, "_WORKS", {})
+    # on a CPU-only PyTorch the try fails one step earlier, at the tensor on cuda:0: the same answer
+    with pytest.warns(RuntimeWarning, match=r"does not run on cuda:0 \(\w+: .+\); PyTorch's attention kernels"):
+        assert short._works(0) is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert short._works(0) is False and short._WORKS == {0: False}  # asked again: no second try, no warning
+
+
+def test_the_device_checks_compile_into_one_graph_without_a_warning(monkeypatch):
+    """Under torch.compile the card's generation is read without a graph break or a warning (a functools cache
+    made Dynamo warn on every compile), and the kernels are not tried: Inductor's own Triton kernels need what
+    they need."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    monkeypatch.setattr(short, "_TENSOR_CORES", {})
+    monkeypatch.setattr(short, "_works", lambda index: pytest.fail("tried under torch.compile"))
+    torch._dynamo.reset()
+    step = torch.compile(lambda x: x * 2 if short._cuda_ready(x.device.index or 0) else x + 1, backend="eager",
+                         fullgraph=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(step(torch.ones(2)), torch.full((2,), 2.0)) and short._TENSOR_CORES == {0: True}

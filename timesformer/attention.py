@@ -36,9 +36,12 @@ PACK_TO = 0
 
 # Groups of at most SHORT_BELOW tokens go to one Triton kernel (`timesformer.short_attention`): a program
 # attends as many whole groups as fit in 64 rows, for one head, straight from qkv's layout, and the backward
-# writes dq, dk and dv into one tensor of that layout (CUDA in fp16/bf16, no dropout; elsewhere the fused
-# kernel as usual). 0 (the default) until a GPU shows it faster: `tslab bench gpu --short-below 16`.
-SHORT_BELOW = 0
+# writes dq, dk and dv into one tensor of that layout (CUDA in fp16/bf16, no dropout; elsewhere, and in fp32,
+# the fused kernel as usual); where it runs, PACK_TO leaves these groups to it. On an H200, ViT-B divided
+# 8×224, batch 8, against PyTorch's kernels (`tslab bench gpu --short-below 0` times both): inference 1.30×
+# eager, 1.35× compiled, 1.37× with CUDA graphs; training 1.34× with CUDA graphs, the same compiled without
+# them, and eager within its run-to-run noise (docs/benchmarks.md). 0: PyTorch's kernels for every group.
+SHORT_BELOW = 16
 
 
 def attend(
@@ -97,6 +100,19 @@ def attend(
         out = F.dropout(probs, dropout_p).view(B * G, num_heads, L, L) @ v
     # (B·G/P, heads, P·L, hd) → (B, G, L, D); a view where the kernel wrote (B·G/P, P·L, heads, hd), as flash does
     return out.transpose(1, 2).reshape(B, G, L, D)
+
+
+@contextlib.contextmanager
+def short_groups(math_below: int = 0, pack_to: int = 0, short_below: int = 0) -> Iterator[None]:
+    """MATH_BELOW, PACK_TO and SHORT_BELOW as given (0: off) inside the block, as they were after it: how the
+    benchmarks time each way of attending short groups."""
+    global MATH_BELOW, PACK_TO, SHORT_BELOW
+    saved = MATH_BELOW, PACK_TO, SHORT_BELOW
+    MATH_BELOW, PACK_TO, SHORT_BELOW = math_below, pack_to, short_below
+    try:
+        yield
+    finally:
+        MATH_BELOW, PACK_TO, SHORT_BELOW = saved
 
 
 def packing(groups: int, L: int) -> int:

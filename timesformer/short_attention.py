@@ -1,6 +1,6 @@
 """Attention within many short groups in one Triton kernel: `attend`'s path for groups of at most
-`timesformer.attention.SHORT_BELOW` tokens (divided's and axial's 8-token time groups, axial's rows), off by
-default until a GPU shows it faster.
+`timesformer.attention.SHORT_BELOW` tokens (16 by default: divided's and axial's 8-token time groups, axial's
+15-token rows and columns), on CUDA in fp16 or bf16 (autocast).
 
 A fused kernel of PyTorch attends each group as a sequence of its own: an 8-token group fills 8 of the 64 or 128
 query rows of its tiles. Here one program of the kernel takes as many whole groups as fit in BLOCK (64) rows,
@@ -14,14 +14,16 @@ deterministic.
 
 The kernels are `torch.library` custom ops (forward and backward), so `torch.compile` keeps them in its graph.
 Without Triton (a CPU-only PyTorch) nothing here runs; with TRITON_INTERPRET=1 the kernels run on CPU tensors
-(slowly), which is how the tests check them where there is no GPU.
+(slowly), which is how the tests check them where there is no GPU. On a GPU where Triton cannot build them (no C
+compiler for its launcher, say, which a runtime image may lack), a warning says so once and PyTorch's kernels
+attend every group.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
+import warnings
 
 import torch
 
@@ -39,23 +41,64 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@functools.cache
+_TENSOR_CORES: dict[int, bool] = {}  # CUDA device index → whether it is an Ampere or later card
+_WORKS: dict[int, bool] = {}  # CUDA device index → whether the kernels compiled and ran there
+
+
+@torch.compiler.assume_constant_result  # a constant to torch.compile: no guard, no graph break
 def _tensor_cores(index: int) -> bool:
     """Whether CUDA device `index` has the tensor cores tl.dot uses for fp16 and bf16 (Ampere, sm_80, or later;
     before it the kernel compiles to plain FMAs)."""
-    return torch.cuda.get_device_capability(index) >= (8, 0)
+    if index not in _TENSOR_CORES:
+        _TENSOR_CORES[index] = torch.cuda.get_device_capability(index) >= (8, 0)
+    return _TENSOR_CORES[index]
+
+
+def _works(index: int) -> bool:
+    """Whether the kernels compile and run on CUDA device `index`, tried once (`_tried`)."""
+    if index not in _WORKS:
+        _WORKS[index] = _tried(torch.device("cuda", index))
+    return _WORKS[index]
+
+
+def _tried(device: torch.device) -> bool:
+    """Forward and backward of two groups of 8 tokens on `device`, whatever the caller's mode (the try needs
+    autograd and no autocast). Triton builds a launcher with the machine's C compiler and its kernels with
+    ptxas, which a runtime image may lack: where the try fails, a warning names the cause and the answer is no."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the interpreter has no bf16
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            qkv = torch.randn(16, 48, device=device, dtype=dtype, requires_grad=True)
+            short_attention(qkv, 1, 8).float().sum().backward()
+            if not qkv.grad.isfinite().all():  # waits for the kernels, whose errors surface here
+                raise RuntimeError("a gradient that is not finite")
+        return True
+    except Exception as e:  # noqa: BLE001 - any failure of the try means PyTorch's kernels instead
+        cause = (str(e).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"the Triton kernel for short attention groups does not run on {device} "
+                      f"({type(e).__name__}: {cause}); PyTorch's attention kernels take every group",
+                      RuntimeWarning, stacklevel=3)
+        return False
+
+
+def _cuda_ready(index: int) -> bool:
+    """CUDA device `index` is an Ampere or later card where the kernels run: tried once in eager mode; under
+    torch.compile taken to, as Inductor writes Triton kernels of its own, which need what these need."""
+    return _tensor_cores(index) and (torch.compiler.is_compiling() or _works(index))
 
 
 def usable(qkv: torch.Tensor, L: int, head_dim: int) -> bool:
     """Whether the kernel can attend groups of L tokens of these projections: Triton present, a CUDA tensor in
-    fp16 or bf16 on an Ampere or later card (or the interpreter), groups that fit a tile twice over, a head size
-    tl.dot takes, and fewer than 2³¹ elements."""
-    if triton is None or not ((qkv.is_cuda and _tensor_cores(qkv.device.index or 0)) or interpreting()):
+    fp16 or bf16 on an Ampere or later card where the kernels run (or the interpreter), groups that fit a tile
+    twice over, a head size tl.dot takes, and fewer than 2³¹ elements. The device is asked last: its first
+    answer tries the kernels, which a model in fp32 never needs."""
+    if triton is None or not (qkv.is_cuda or interpreting()):
         return False
     # float32 on a GPU stays with PyTorch's kernels: tl.dot would round its inputs to TF32
     half = qkv.dtype in (torch.float16, torch.bfloat16) or (interpreting() and qkv.dtype == torch.float32)
     # the kernels index in int32
-    return half and 1 <= L <= BLOCK // 2 and head_dim in (16, 32, 64, 128) and qkv.numel() < 2**31
+    fits = half and 1 <= L <= BLOCK // 2 and head_dim in (16, 32, 64, 128) and qkv.numel() < 2**31
+    return fits and (not qkv.is_cuda or _cuda_ready(qkv.device.index or 0))
 
 
 if triton is not None:
