@@ -46,7 +46,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from timesformer import ATTENTION_TYPES, TimeSformer, TimeSformerConfig, attention, compile_model, load_model
+from timesformer import (
+    ATTENTION_TYPES,
+    TimeSformer,
+    TimeSformerConfig,
+    attention,
+    compile_model,
+    load_model,
+    short_attention,
+)
 from timesformer.attention import scheme_groupings
 from timesformer.cli import HelpFormatter
 
@@ -437,8 +445,6 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     card = card_name(device)
-    from timesformer import short_attention
-
     short_kernel = device.type == "cuda" and short_attention.triton is not None
     if args.profile:
         for scheme in args.profile:

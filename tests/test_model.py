@@ -12,7 +12,7 @@ from timesformer import (
     compile_model,
     record_attention,
 )
-from timesformer.attention import SCHEMES, full_recording_bytes
+from timesformer.attention import SCHEMES
 
 SMALL = dict(img_size=32, patch_size=8, num_frames=4, embed_dim=32, depth=2, num_heads=4, num_classes=5,
              drop_path_rate=0.0)
@@ -199,7 +199,9 @@ def test_full_recording_size_formula():
     model = small_model("axial")
     with torch.no_grad(), record_attention(model) as rec:
         model(torch.randn(1, 3, 4, 32, 32))
-    assert sum(m.probs.numel() * 4 for m in rec) == full_recording_bytes("axial", (4, 4, 4), 4, 2)
+    from analysis.cost.estimate import recording_bytes
+
+    assert sum(m.probs.numel() * 4 for m in rec) == recording_bytes(model.config, (4, 4, 4))
 
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)

@@ -271,18 +271,7 @@ def record_attention(model, layers=None, keep_grad: bool = False, detach: bool =
         raise RuntimeError("record_attention recorded nothing: run a forward pass of the model inside the block")
 
 
-def full_recording_bytes(attention_type: str, grid: tuple[int, int, int], num_heads: int, depth: int,
-                         batch: int = 1, bytes_per_value: int = 4) -> int:
-    """Bytes of the raw probabilities a full recording keeps (before any dense())."""
-    total = 0
-    for g in scheme_groupings(attention_type, tuple(grid)):
-        G, L = g.index.shape
-        total += G * L * L
-    return total * num_heads * depth * batch * bytes_per_value
-
-
 __all__ = [
     "KEYS", "ROLES", "SCHEMES", "STEP_NAMES", "Step", "Scheme", "Grouping", "Layout", "AttentionMap",
     "AttentionRecorder", "attend", "attention_pattern", "lift", "record_attention", "scheme_groupings",
-    "full_recording_bytes",
 ]
